@@ -1,0 +1,216 @@
+"""`learnpos <command>`: the user-facing entry point. Owns all printing and exit codes.
+
+Exit codes: 0 success, 1 a failed check, 2 bad input (config, data, run directory) with
+a one-line message and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from learnpos.errors import ConfigError, LearnposError
+
+
+def _parse_overrides(tokens: list[str]) -> dict[str, str]:
+    """['--model.n_layer=4', '--train.lr', '3e-4'] -> {'model.n_layer': '4', 'train.lr': '3e-4'}."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--") or len(tok) == 2:
+            raise ConfigError(f"unexpected argument '{tok}'; config overrides look like --section.key=value")
+        key, eq, value = tok[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise ConfigError(f"override --{key} needs a value: --{key}=VALUE")
+            value = tokens[i + 1]
+            i += 1
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def _free_dir(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`, ... if it already holds a model (never overwrite a run)."""
+    candidate, n = path, 1
+    while (candidate / "model.safetensors").exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _emit_json(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_demo(args, overrides) -> int:
+    from learnpos.config import load_config
+    from learnpos.train import train
+
+    cfg = load_config("demo", overrides)
+    cfg.train.out_dir = str(_free_dir(Path(args.out or cfg.train.out_dir)))
+    p, s = cfg.model.positional, cfg.synthetic
+    if not args.quiet:
+        print(f"learnpos demo: teach a {cfg.model.n_layer}-layer Transformer with a learned position table "
+              f"({p.max_len} x {cfg.model.n_embd}) to reverse {s.length} symbols; {cfg.train.max_iters} steps "
+              f"on {cfg.train.device}", flush=True)
+    result = train(cfg, quiet=args.quiet)
+    m = result.metrics
+    if not args.quiet:
+        print(f"held-out exact-match {m['exact_match']:.3f} on {s.n_eval} sequences "
+              f"(token accuracy {m['token_accuracy']:.4f}) in {result.wall_s:.1f} s")
+        print(f"run dir: {result.run_dir}  (config.json, model.safetensors, metrics.jsonl, pos_similarity.png)")
+        print(f"try: learnpos generate --run {result.run_dir} --prompt \"3 1 4 1 5 9 2 6\"")
+    if args.json:
+        _emit_json({"task": cfg.task, "exact_match": m["exact_match"], "wall_s": round(result.wall_s, 2),
+                    "run_dir": str(result.run_dir)})
+    return 0
+
+
+def cmd_train(args, overrides) -> int:
+    from learnpos.config import load_config, load_run_config, set_override, validate
+    from learnpos.train import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").exists():
+            raise ConfigError(f"--resume {run_dir}: no config.json there; give the run directory of an earlier run")
+        cfg = load_run_config(run_dir / "config.json")
+        for key, value in overrides.items():
+            set_override(cfg, key, value)
+        cfg.train.out_dir = str(run_dir)
+        validate(cfg)
+    else:
+        cfg = load_config(args.preset, overrides)
+    result = train(cfg, resume=bool(args.resume), quiet=args.quiet)
+    m = {k: v for k, v in result.metrics.items() if not isinstance(v, list)}
+    if not args.quiet:
+        print(f"done: step {result.step} in {result.wall_s:.1f} s; run dir {result.run_dir}")
+    if args.json:
+        _emit_json({"task": cfg.task, "step": result.step, **m, "wall_s": round(result.wall_s, 2),
+                    "run_dir": str(result.run_dir)})
+    return 0
+
+
+def cmd_eval(args, overrides) -> int:
+    from learnpos.runs import load_run
+    from learnpos.tasks import build_task
+    from learnpos.train import autocast_for, resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg = load_run(args.run, device)
+    if args.length:
+        cfg.synthetic.eval_length = args.length
+    task = build_task(cfg)
+    metrics = task.evaluate(model, device, autocast=autocast_for(device, cfg.train.dtype))
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    if not args.json or args.verbose:
+        for k, v in metrics.items():
+            print(f"{k}: {' '.join(f'{x:.3f}' for x in v) if isinstance(v, list) else f'{v:.4f}'}")
+    if args.json:
+        _emit_json({"task": cfg.task, **scalars, "run_dir": str(args.run)})
+    return 0
+
+
+def cmd_generate(args, overrides) -> int:
+    import torch
+
+    from learnpos.runs import load_run
+    from learnpos.tasks import build_task
+    from learnpos.train import resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg = load_run(args.run, device)
+    task = build_task(cfg)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    for _ in range(args.num_samples):
+        print(task.respond(model, args.prompt, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, generator=gen))
+    return 0
+
+
+def cmd_config(args, overrides) -> int:
+    from learnpos.config import list_presets, load_config
+
+    if args.list:
+        print("\n".join(list_presets()))
+        return 0
+    print(load_config(args.preset, overrides).to_json())
+    return 0
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="learnpos", description="Transformers with learnable positional encodings.",
+        epilog="Config overrides: any command that builds a config takes --section.key=value "
+               "(e.g. --model.positional.kind=sinusoidal --train.max_iters=500).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train the reverse task with a learned table (CPU, < 3 min)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--out", help="run directory (default runs/demo, or runs/demo-N if taken)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or prose")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model from a preset plus overrides")
+    p.add_argument("--preset", default="demo", help="preset name or .toml path (see `learnpos config --list`)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run on its held-out set")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--length", type=int, default=0, help="evaluate on sequences of this length instead")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="answer a prompt with a trained run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--prompt", required=True, help='e.g. "3 1 4 1 5" (synthetic tasks; index: "3 1 4 ?2")')
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("config", help="print the resolved config of a preset plus overrides")
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--list", action="store_true", help="list the presets")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        overrides = _parse_overrides(rest)
+        if overrides and args.command in ("eval", "generate"):
+            raise ConfigError(f"'{args.command}' takes no config overrides (got {', '.join(overrides)})")
+        return args.func(args, overrides)
+    except LearnposError as e:
+        print(f"learnpos {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"learnpos {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Errors a user can cause and fix. The CLI turns every `LearnposError` into one line on
+stderr and exit code 2; anything else is a bug and keeps its traceback."""
+
+
+class LearnposError(Exception):
+    """Base class for problems in the user's input (config, data, positions, run dirs)."""
+
+
+class ConfigError(LearnposError, ValueError):
+    """An unknown key, a wrong type or an impossible combination in a config."""
+
+
+class PositionOutOfRange(LearnposError, ValueError):
+    """A position id that the positional encoding cannot represent."""
+
+
+class RunDirError(LearnposError):
+    """A run directory that is missing, incomplete or would be overwritten."""
+
+
+class TrainingDiverged(LearnposError):
+    """The loss became NaN or infinite."""

@@ -1,0 +1,290 @@
+"""THE model: a GPT-style Transformer, read top to bottom.
+
+    token embedding + positional encoding -> n_layer x [pre-LN attention, pre-LN MLP]
+    -> final LayerNorm -> linear head (optionally tied to the token embedding)
+
+`causal=True` is a decoder-only language model; `causal=False` is a bidirectional encoder
+(same weights and names, no causal mask) for masked-token tasks such as KG completion.
+
+Shapes (see learnpos/positional.py): B batch, T new tokens, S keys (cache + new),
+C n_embd, nh heads, hs head size, V vocab. Parameter names (the `state_dict` keys) are
+the contract with the NumPy reference and the checkpoint files:
+    tok_emb.weight, pos.weight (learned only), blocks.{i}.ln1.{weight,bias},
+    blocks.{i}.attn.qkv.{weight,bias}, blocks.{i}.attn.proj.{weight,bias},
+    blocks.{i}.ln2.*, blocks.{i}.mlp.fc.*, blocks.{i}.mlp.proj.*, ln_f.*, head.weight
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from learnpos.config import ModelConfig
+from learnpos.positional import (
+    LearnedPositionalEmbedding,
+    apply_rotary,
+    build_positional,
+    default_position_ids,
+)
+
+IGNORE_INDEX = -100  # targets with this value contribute no loss (prompt tokens, padding)
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding, preallocated to `capacity`.
+
+    The model writes into it in place during `forward(..., past_kv=cache)` and then
+    advances `length`; the default positions of new tokens continue from `length`.
+    It also keeps, per cached slot, whether it is a real token (for left-padded batches)
+    and its position id (for ALiBi's distance bias).
+    """
+
+    def __init__(self, n_layer: int, capacity: int):
+        self.capacity = capacity
+        self.length = 0
+        self.k: list[Tensor | None] = [None] * n_layer  # each (B, nh, capacity, hs)
+        self.v: list[Tensor | None] = [None] * n_layer
+        self.key_mask: Tensor | None = None  # (B, capacity) bool; None while nothing is padded
+        self.positions: Tensor | None = None  # (B, capacity) long
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store this step's k, v (B, nh, T, hs); return all keys/values so far (B, nh, S, hs)."""
+        B, nh, T, hs = k.shape
+        if self.length + T > self.capacity:
+            raise ValueError(f"KV cache full: {self.length} + {T} > capacity {self.capacity}")
+        if self.k[layer] is None:
+            self.k[layer] = k.new_empty(B, nh, self.capacity, hs)
+            self.v[layer] = v.new_empty(B, nh, self.capacity, hs)
+        end = self.length + T
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, key_mask: Tensor | None, positions: Tensor, B: int) -> None:
+        """Record the new tokens' mask and positions, then move `length` past them."""
+        T = positions.shape[-1]
+        end = self.length + T
+        if self.positions is None:
+            self.positions = torch.zeros(B, self.capacity, dtype=torch.long, device=positions.device)
+        self.positions[:, self.length:end] = positions
+        if key_mask is not None and self.key_mask is None:
+            self.key_mask = torch.ones(B, self.capacity, dtype=torch.bool, device=positions.device)
+        if self.key_mask is not None:
+            self.key_mask[:, self.length:end] = True if key_mask is None else key_mask.bool()
+        self.length = end
+
+
+class ModelOutput(NamedTuple):
+    logits: Tensor  # (B, T, V)
+    loss: Tensor | None  # mean cross-entropy over targets != IGNORE_INDEX
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with fused qkv, `F.scaled_dot_product_attention`, KV cache."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
+                is_causal: bool, cache: KVCache | None, layer: int) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))  # GPT-2's tanh GELU
+
+
+class Block(nn.Module):
+    """Pre-LN residual block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, rope, mask, is_causal, cache, layer) -> Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), rope, mask, is_causal, cache, layer))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+# ---------------------------------------------------------------------------- model
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (the task provides it)")
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos = build_positional(cfg.positional, cfg.n_embd, cfg.n_head)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # The positional table is not touched here: it has its own configured init.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, include_positions: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
+        if not include_positions and isinstance(self.pos, LearnedPositionalEmbedding):
+            n -= self.pos.weight.numel()
+        return n
+
+    @property
+    def max_len(self) -> int | None:
+        """The longest sequence the positional encoding accepts (None = unbounded)."""
+        return self.pos.max_len
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(len(self.blocks), capacity)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, position_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, past_kv: KVCache | None = None) -> ModelOutput:
+        """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the loss.
+
+        position_ids (B, T): explicit positions; default `offset + arange(T)` where offset
+            is the cache length. Derive them from a mask with `position_ids_from_mask`.
+        attention_mask (B, T): 1 for real tokens, 0 for padding (keys that are padding are
+            never attended to).
+        past_kv: a `KVCache`, updated in place; the new tokens attend to everything in it.
+        """
+        B, T = idx.shape
+        offset = past_kv.length if past_kv is not None else 0
+        x = self.tok_emb(idx)  # (B, T, C)
+        pe = self.pos.embed(position_ids, offset, T)  # (B|1, T, C) or None
+        if pe is not None:
+            x = x + pe
+        x = self.drop(x)
+
+        positions = position_ids if position_ids is not None else default_position_ids(T, offset, idx.device)
+        rope = self.pos.rotary(positions)
+        mask, is_causal = self._attention_mask(positions, attention_mask, past_kv, T)
+
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, is_causal, past_kv, i)
+        x = self.ln_f(x)
+        logits = self.head(x)  # (B, T, V)
+
+        if past_kv is not None:
+            past_kv.advance(attention_mask, positions.expand(B, T), B)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return ModelOutput(logits, loss)
+
+    def _attention_mask(self, positions: Tensor, attention_mask: Tensor | None,
+                        cache: KVCache | None, T: int) -> tuple[Tensor | None, bool]:
+        """What SDPA needs: (attn_mask, is_causal). attn_mask is bool (True = may attend) or
+        float (additive, for ALiBi), shaped (B|1, 1|nh, T, S). Common cases need no mask."""
+        causal = self.config.causal
+        offset = cache.length if cache is not None else 0
+        S = offset + T
+        k_pos = positions
+        if offset > 0:  # keys = cached slots, then the new tokens
+            k_pos = torch.cat([cache.positions[:, :offset], positions.expand(cache.positions.shape[0], T)], 1)
+        bias = self.pos.attn_bias(positions, k_pos)  # (B|1, nh, T, S) or None
+        key_mask = self._key_mask(attention_mask, cache, T)  # (B, S) or None
+        if key_mask is None and bias is None:
+            if not causal:
+                return None, False
+            if offset == 0:
+                return None, True
+            if T == 1:  # one new token may see every cached slot
+                return None, False
+
+        slots = torch.arange(S, device=positions.device).view(1, S)
+        q_slots = torch.arange(offset, S, device=positions.device).view(T, 1)  # query t sits at offset + t
+        allowed = slots <= q_slots if causal else torch.ones(T, S, dtype=torch.bool, device=slots.device)
+        allowed = allowed.view(1, 1, T, S)
+        if key_mask is not None:
+            # A padding query may have nothing left to see; let every query see itself so
+            # no softmax row is empty (its output is unused: nobody attends to padding).
+            allowed = (allowed & key_mask.view(-1, 1, 1, S)) | (slots == q_slots).view(1, 1, T, S)
+        if bias is None:
+            return allowed, False
+        return bias.masked_fill(~allowed, float("-inf")), False
+
+    @staticmethod
+    def _key_mask(attention_mask: Tensor | None, cache: KVCache | None, T: int) -> Tensor | None:
+        """(B, S) bool: which keys are real tokens; None when nothing is padded."""
+        cached = cache.key_mask if cache is not None else None
+        if attention_mask is None and cached is None:
+            return None
+        offset = cache.length if cache is not None else 0
+        B = attention_mask.shape[0] if attention_mask is not None else cached.shape[0]
+        device = attention_mask.device if attention_mask is not None else cached.device
+        new = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
+        if offset == 0:
+            return new
+        old = cached[:, :offset] if cached is not None else torch.ones(B, offset, dtype=torch.bool, device=device)
+        return torch.cat([old, new], 1)
+
+    # ------------------------------------------------------------ positional utilities
+
+    def extend_positions(self, n: int, method: str = "copy-last") -> None:
+        """Grow the learned table to n rows (see `LearnedPositionalEmbedding.extend`)."""
+        self._learned_table().extend(n, method)
+        self.config.positional.max_len = n
+
+    def crop_positions(self, n: int) -> None:
+        self._learned_table().crop(n)
+        self.config.positional.max_len = n
+
+    def _learned_table(self) -> LearnedPositionalEmbedding:
+        if not isinstance(self.pos, LearnedPositionalEmbedding):
+            raise ValueError(f"only a learned table can be resized; this model uses '{self.config.positional.kind}'")
+        return self.pos
+
+    def generate(self, prompts, max_new_tokens: int, **kwargs) -> list[list[int]]:
+        """Sample continuations; see `learnpos.generate.generate`."""
+        from learnpos.generate import generate
+
+        return generate(self, prompts, max_new_tokens, **kwargs)

@@ -1,0 +1,263 @@
+"""Positional encodings behind one small interface, plus position-id helpers.
+
+Shape letters used throughout learnpos (model, reference, tests, docs):
+    B batch, T sequence length (queries), S key length (cache + new), C = n_embd,
+    nh heads, hs = C // nh head size, L = max_len rows of a learned table, V vocab.
+
+Positions enter a Transformer in one of two places:
+
+* absolute encodings add a vector to each token embedding:  h[b,t] = E[x[b,t]] + P[pos[b,t]]
+  (`learned`, `sinusoidal`) -> `embed()` returns that vector;
+* relative encodings act inside attention (`rope` rotates q and k, `alibi` adds a distance
+  bias to the scores) -> `rotary()` / `attn_bias()` return what attention needs.
+
+`none` is the null object: every hook returns None. A model holds exactly one encoding,
+chosen by `PositionalConfig.kind` through `build_positional`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from learnpos.config import PositionalConfig
+from learnpos.errors import PositionOutOfRange
+
+# ------------------------------------------------------------------ position-id helpers
+
+
+def default_position_ids(T: int, offset: int = 0, device: torch.device | str | None = None) -> Tensor:
+    """`offset + arange(T)` as a (1, T) tensor: broadcasts over the batch without copies."""
+    return torch.arange(offset, offset + T, device=device).unsqueeze(0)
+
+
+def position_ids_from_mask(attention_mask: Tensor, offset: Tensor | int = 0) -> Tensor:
+    """Position ids (B, T) for a padded batch, from its attention mask (1 = token, 0 = pad).
+
+    Works for left and right padding alike: the first real token of each row gets
+    `offset`, the next `offset + 1`, and so on; pad slots get 0 (they are never attended
+    to, so any in-range value is fine, and 0 always is). `offset` may be a (B,) tensor,
+    e.g. the number of real tokens already in a KV cache for each row.
+    """
+    mask = attention_mask.to(torch.long)
+    ids = mask.cumsum(-1) - 1
+    if isinstance(offset, Tensor):
+        ids = ids + offset.to(ids.device).view(-1, 1)
+    else:
+        ids = ids + offset
+    return ids.masked_fill(mask == 0, 0)
+
+
+def sinusoid_table(positions: Tensor, dim: int) -> Tensor:
+    """Vaswani et al. (2017) sinusoids: row p = [sin(p w_0), cos(p w_0), sin(p w_1), ...],
+    w_i = 10000^(-2i/dim). `positions` (...,) -> (..., dim), float32."""
+    freqs = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device)
+                      * (-math.log(10000.0) / dim))
+    angles = positions.to(torch.float64).unsqueeze(-1) * freqs  # (..., dim/2)
+    table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # interleave sin, cos
+    return table.to(torch.float32)
+
+
+# ------------------------------------------------------------------------ the interface
+
+
+class PositionalEncoding(nn.Module):
+    """The null encoding (`none`) and the interface every encoding implements.
+
+    Without positions a bidirectional encoder is permutation-equivariant: permuting the
+    input permutes the outputs. A causal decoder still sees order through its mask.
+    """
+
+    max_len: int | None = None  # positions >= max_len are rejected; None = unbounded
+
+    def embed(self, position_ids: Tensor | None, offset: int, T: int) -> Tensor | None:
+        """Vector added to each token embedding: (B or 1, T, C), or None."""
+        return None
+
+    def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(cos, sin), each (B or 1, 1, T, hs/2), for rotating q and k; or None."""
+        return None
+
+    def attn_bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Additive attention-score bias (B or 1, nh, T, S) from query/key positions; or None."""
+        return None
+
+
+class LearnedPositionalEmbedding(PositionalEncoding):
+    """A trainable table P (L, C): h[b,t] = E[x[b,t]] + P[pos[b,t]].  Absolute, learnable.
+
+    Gradient: dL/dP[k] = sum over (b,t) with pos[b,t] = k of dL/dh[b,t]; rows no position
+    uses get exactly zero. Past the table (pos >= L) there is nothing to look up, so
+    `embed` raises `PositionOutOfRange` before indexing; `extend` grows the table.
+    Inits: `normal` (std 0.02, GPT-2), `zeros`, `sinusoidal` (start from the fixed
+    sinusoid, then learn), `randn` (std 1: what many tutorials do; ~50x the token
+    embedding scale, it drowns the token signal at the start of training).
+    """
+
+    def __init__(self, max_len: int, n_embd: int, init: str = "normal", init_std: float = 0.02):
+        super().__init__()
+        self.max_len = max_len
+        self.init, self.init_std = init, init_std
+        self.weight = nn.Parameter(torch.empty(max_len, n_embd))  # (L, C)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.copy_(self._init_rows(0, self.max_len))
+
+    def _init_rows(self, start: int, stop: int) -> Tensor:
+        C, dev = self.weight.shape[1], self.weight.device
+        if self.init == "normal":
+            return torch.randn(stop - start, C, device=dev) * self.init_std
+        if self.init == "zeros":
+            return torch.zeros(stop - start, C, device=dev)
+        if self.init == "sinusoidal":
+            return sinusoid_table(torch.arange(start, stop, device=dev), C)
+        if self.init == "randn":
+            return torch.randn(stop - start, C, device=dev)
+        raise ValueError(f"unknown init '{self.init}'")
+
+    def check(self, position_ids: Tensor | None, offset: int, T: int) -> None:
+        """Raise `PositionOutOfRange` if any position is outside 0..max_len-1."""
+        if position_ids is None:
+            lo, hi = offset, offset + T - 1
+        else:
+            if position_ids.numel() == 0:
+                return
+            lo, hi = int(position_ids.min()), int(position_ids.max())
+        if lo < 0:
+            raise PositionOutOfRange(f"position ids must be >= 0, got {lo}")
+        if hi >= self.max_len:
+            L = self.max_len
+            raise PositionOutOfRange(
+                f"position {hi} is past the learned position table (max_len={L}: positions 0..{L - 1}); "
+                f"the input needs {hi + 1} positions. Crop the input to at most {L} tokens, grow the table "
+                f"with model.extend_positions(n, method='copy-last'|'interpolate'|'init') and fine-tune, "
+                f"or use a relative encoding (model.positional.kind=rope or alibi)")
+
+    def embed(self, position_ids: Tensor | None, offset: int, T: int) -> Tensor:
+        self.check(position_ids, offset, T)
+        if position_ids is None:
+            return self.weight[offset:offset + T].unsqueeze(0)  # (1, T, C): a view, broadcast over B
+        return self.weight[position_ids]  # (B, T, C)
+
+    @torch.no_grad()
+    def crop(self, n: int) -> None:
+        """Keep rows 0..n-1 (a smaller `max_len`, e.g. before export)."""
+        if not 0 < n <= self.max_len:
+            raise ValueError(f"crop size must be in 1..{self.max_len}, got {n}")
+        self.weight = nn.Parameter(self.weight[:n].clone())
+        self.max_len = n
+
+    @torch.no_grad()
+    def extend(self, n: int, method: str = "copy-last") -> None:
+        """Grow the table to n rows.
+
+        copy-last:   rows L..n-1 repeat the last trained row; rows 0..L-1 unchanged.
+        init:        rows L..n-1 freshly drawn from the configured init; rows 0..L-1 unchanged.
+        interpolate: resample the whole table linearly along positions so that n rows
+                     span the old 0..L-1 range (position interpolation): row 0 and row n-1
+                     equal the old first and last rows; the rows in between are new.
+        Create the optimizer after resizing: the parameter object is replaced.
+        """
+        L = self.max_len
+        if n < L:
+            raise ValueError(f"extend size must be >= max_len={L}, got {n}; use crop() to shrink")
+        old = self.weight.detach()
+        if method == "copy-last":
+            new = torch.cat([old, old[-1:].expand(n - L, -1)])
+        elif method == "init":
+            new = torch.cat([old, self._init_rows(L, n)])
+        elif method == "interpolate":
+            x = torch.linspace(0, L - 1, n, dtype=torch.float64, device=old.device)
+            lo = x.floor().long().clamp(max=L - 1)
+            hi = (lo + 1).clamp(max=L - 1)
+            w = (x - lo).to(old.dtype).unsqueeze(1)
+            new = old[lo] * (1 - w) + old[hi] * w
+        else:
+            raise ValueError(f"unknown extend method '{method}'; use copy-last, interpolate or init")
+        self.weight = nn.Parameter(new.contiguous())
+        self.max_len = n
+
+
+class SinusoidalPositionalEncoding(PositionalEncoding):
+    """Fixed sinusoids (Vaswani et al., 2017) added to embeddings. Absolute, not learned.
+    Defined for every position, so there is no table limit; beyond the training length the
+    vectors exist but the model has not seen them."""
+
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.n_embd = n_embd
+        self.register_buffer("anchor", torch.empty(0), persistent=False)  # follows .to(device)
+
+    def embed(self, position_ids: Tensor | None, offset: int, T: int) -> Tensor:
+        if position_ids is None:
+            position_ids = default_position_ids(T, offset, device=self.anchor.device)
+        return sinusoid_table(position_ids, self.n_embd)  # (B|1, T, C)
+
+
+class RotaryPositionalEncoding(PositionalEncoding):
+    """RoPE (Su et al., 2021, RoFormer): rotate each (q, k) channel pair by an angle
+    proportional to the position, so q.k depends on the position difference. Relative,
+    not learned; no table, so any position works (quality past the training length is
+    another matter). Half-split pairing: channel i rotates with channel i + hs/2."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hs/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        angles = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq  # (B|1, T, hs/2)
+        return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)  # (B|1, 1, T, hs/2)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, nh, T, hs) by (cos, sin) (B|1, 1, T, hs/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class ALiBiPositionalEncoding(PositionalEncoding):
+    """ALiBi (Press et al., 2022): no position vectors; each head h adds
+    -m_h * |i - j| to the score of query i for key j, with fixed geometric slopes m_h.
+    Relative, not learned, no table limit."""
+
+    def __init__(self, n_head: int):
+        super().__init__()
+        self.register_buffer("slopes", self._slopes(n_head), persistent=False)  # (nh,)
+
+    @staticmethod
+    def _slopes(n: int) -> Tensor:
+        def power_of_2(k: int) -> list[float]:
+            start = 2 ** (-8 / k)
+            return [start ** (i + 1) for i in range(k)]
+
+        if math.log2(n).is_integer():
+            s = power_of_2(n)
+        else:  # the paper's recipe: slopes of the closest power of 2, then every other of 2x that
+            k = 2 ** math.floor(math.log2(n))
+            s = power_of_2(k) + power_of_2(2 * k)[0::2][: n - k]
+        return torch.tensor(s, dtype=torch.float32)
+
+    def attn_bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        dist = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).abs().to(torch.float32)  # (B|1, T, S)
+        return -self.slopes.view(1, -1, 1, 1) * dist.unsqueeze(1)  # (B|1, nh, T, S)
+
+
+def build_positional(cfg: PositionalConfig, n_embd: int, n_head: int) -> PositionalEncoding:
+    """The registry: one `kind` string -> one encoding."""
+    registry = {
+        "learned": lambda: LearnedPositionalEmbedding(cfg.max_len, n_embd, cfg.init, cfg.init_std),
+        "sinusoidal": lambda: SinusoidalPositionalEncoding(n_embd),
+        "rope": lambda: RotaryPositionalEncoding(n_embd // n_head, cfg.rope_base),
+        "alibi": lambda: ALiBiPositionalEncoding(n_head),
+        "none": lambda: PositionalEncoding(),
+    }
+    if cfg.kind not in registry:
+        raise ValueError(f"unknown positional kind '{cfg.kind}'; known: {', '.join(registry)}")
+    return registry[cfg.kind]()

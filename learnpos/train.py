@@ -1,0 +1,161 @@
+"""train(cfg): one readable loop from a Config to a run directory."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from learnpos.config import Config, load_run_config
+from learnpos.errors import ConfigError, RunDirError, TrainingDiverged
+from learnpos.model import GPT
+from learnpos.optim import build_optimizer, lr_at
+from learnpos.runs import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    append_metrics,
+    atomic_write_text,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+    truncate_metrics,
+)
+from learnpos.tasks import build_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: GPT
+    step: int
+    metrics: dict  # the last evaluation
+    wall_s: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available here; use --train.device=cpu or auto")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, dtype: str):
+    """A zero-argument context factory: bf16 autocast, or nothing for float32."""
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "bfloat16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / CONFIG_FILE).exists():
+            raise RunDirError(f"cannot resume: {run_dir} has no {CONFIG_FILE}")
+        saved = load_run_config(run_dir / CONFIG_FILE)
+        if saved.model != cfg.model or saved.task != cfg.task or saved.synthetic != cfg.synthetic:
+            raise RunDirError(f"cannot resume {run_dir}: its model/task config differs from this one "
+                              f"(only train.* settings may change on resume)")
+    elif (run_dir / MODEL_FILE).exists():
+        raise RunDirError(f"{run_dir} already holds a trained model; pass --resume to continue it "
+                          f"or choose another --train.out_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
+
+
+def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quiet: bool = False) -> TrainResult:
+    """Train `cfg` into `cfg.train.out_dir`.
+
+    resume: continue from the run directory's last checkpoint (bit-exact on CPU).
+    stop_after: stop (with a checkpoint) after this many steps of *this* call, as if the
+        process were killed there; the schedule still runs to `train.max_iters`.
+    """
+    t = cfg.train
+    t0 = time.perf_counter()
+    device = resolve_device(t.device)
+    autocast = autocast_for(device, t.dtype)
+    torch.manual_seed(t.seed)
+
+    task = build_task(cfg)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = task.vocab_size
+    elif cfg.model.vocab_size < task.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < the task's {task.vocab_size} tokens; "
+                          f"leave it 0 to take it from the task")
+    run_dir = Path(t.out_dir)
+    _prepare_run_dir(cfg, run_dir, resume)
+
+    model = GPT(cfg.model).to(device)
+    optimizer = build_optimizer(model, t, cfg.model.positional.weight_decay, device.type)
+    step = 0
+    if resume:
+        state = load_trainer_state(run_dir)
+        weights_step = load_weights(model, run_dir)
+        if weights_step != state["step"]:
+            raise RunDirError(f"{run_dir}: weights are from step {weights_step} but optimizer state from "
+                              f"step {state['step']} (interrupted while saving?); cannot resume exactly")
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        step = state["step"]
+        truncate_metrics(run_dir, step)
+    forward = torch.compile(model) if t.compile else model
+    log.info("model: %d parameters (%d without the position table)",
+             model.num_params(), model.num_params(include_positions=False))
+
+    end = t.max_iters if stop_after is None else min(t.max_iters, step + stop_after)
+    metrics: dict = {}
+    bar = tqdm(total=t.max_iters, initial=step, disable=quiet, desc="train", unit="it", dynamic_ncols=True)
+    model.train()
+    while step < end:
+        lr = lr_at(step, t)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = task.train_batch(step, t.batch_size).to(device)
+        with autocast():
+            loss = forward(batch.idx, targets=batch.targets, position_ids=batch.position_ids,
+                           attention_mask=batch.attention_mask).loss
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        if step % t.log_interval == 0 or step == end:
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"loss is {loss_value} at step {step}; lower train.lr (now {t.lr}) "
+                                       f"or enable train.grad_clip; the last checkpoint in {run_dir} is kept")
+            append_metrics(run_dir, {"step": step, "split": "train", "loss": loss_value, "lr": lr,
+                                     "time_s": round(time.perf_counter() - t0, 3)})
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        if step % t.eval_interval == 0 or step == end:
+            metrics = task.evaluate(model, device, autocast=autocast)
+            append_metrics(run_dir, {"step": step, "split": "val", **metrics})
+            save_checkpoint(run_dir, model, optimizer, step)
+            if not quiet:
+                bar.write(_summary(step, metrics))
+    bar.close()
+
+    if step == t.max_iters:
+        from learnpos.analysis.plots import save_position_plots
+
+        save_position_plots(model, run_dir)
+    return TrainResult(run_dir, model, step, metrics, time.perf_counter() - t0)
+
+
+def _summary(step: int, metrics: dict) -> str:
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    return f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items())

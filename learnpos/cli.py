@@ -7,12 +7,16 @@ a one-line message and no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
+from learnpos.config import Config
 from learnpos.errors import ConfigError, LearnposError
+
+TOP_LEVEL_KEYS = tuple(f.name for f in dataclasses.fields(Config) if isinstance(f.default, str))  # e.g. task
 
 
 def _parse_overrides(tokens: list[str]) -> dict[str, str]:
@@ -24,6 +28,8 @@ def _parse_overrides(tokens: list[str]) -> dict[str, str]:
         if not tok.startswith("--") or len(tok) == 2:
             raise ConfigError(f"unexpected argument '{tok}'; config overrides look like --section.key=value")
         key, eq, value = tok[2:].partition("=")
+        if "." not in key and key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"unknown option --{key}; see --help (config overrides look like --section.key=value)")
         if not eq:
             if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
                 raise ConfigError(f"override --{key} needs a value: --{key}=VALUE")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from learnpos.errors import ConfigError
 
@@ -30,7 +31,7 @@ class PositionalConfig:
     kind: str = "learned"  # learned | sinusoidal | rope | alibi | none
     max_len: int = 64  # rows of the learned table; the longest sequence learned/sinusoidal accept
     init: str = "normal"  # learned only: normal | zeros | sinusoidal | randn
-    init_std: float = 0.02  # std of the `normal` init (GPT-2 uses 0.02)
+    init_std: float = 0.02  # std of the `normal` init (GPT-2 uses 0.02); also the RMS of sinusoids
     # Decoupled weight decay shrinks *every* row of the table each step, including rows
     # that never receive a gradient (positions longer than any training sequence), so
     # the default is no decay on P. Set true to treat P like the other matrices.
@@ -271,7 +272,8 @@ def validate(cfg: Config) -> None:
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0, got lr={t.lr}, min_lr={t.min_lr}")
     if t.warmup_iters < 0 or t.warmup_iters > t.max_iters:
-        raise ConfigError(f"train.warmup_iters={t.warmup_iters} must be in [0, max_iters={t.max_iters}]")
+        raise ConfigError(f"train.warmup_iters={t.warmup_iters} must be in [0, max_iters={t.max_iters}]; "
+                          f"set --train.warmup_iters to at most {t.max_iters}")
     if t.grad_clip < 0 or t.weight_decay < 0 or t.momentum < 0:
         raise ConfigError("train.grad_clip, train.weight_decay and train.momentum must be >= 0")
     if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):

@@ -51,14 +51,22 @@ def position_ids_from_mask(attention_mask: Tensor, offset: Tensor | int = 0) -> 
     return ids.masked_fill(mask == 0, 0)
 
 
-def sinusoid_table(positions: Tensor, dim: int) -> Tensor:
+def sinusoid_table(positions: Tensor, dim: int, scale: float = 1.0) -> Tensor:
     """Vaswani et al. (2017) sinusoids: row p = [sin(p w_0), cos(p w_0), sin(p w_1), ...],
-    w_i = 10000^(-2i/dim). `positions` (...,) -> (..., dim), float32."""
+    w_i = 10000^(-2i/dim), times `scale`. `positions` (...,) -> (..., dim), float32."""
     freqs = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device)
                       * (-math.log(10000.0) / dim))
     angles = positions.to(torch.float64).unsqueeze(-1) * freqs  # (..., dim/2)
     table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # interleave sin, cos
-    return table.to(torch.float32)
+    return (table * scale).to(torch.float32)
+
+
+def sinusoid_scale(init_std: float) -> float:
+    """Scale that gives sinusoids an element RMS of `init_std`, the scale of the token
+    embeddings at init. Raw sinusoids have RMS 1/sqrt(2), ~35x a 0.02 token embedding,
+    and would drown the token signal after LayerNorm (Vaswani et al. instead multiply the
+    embeddings by sqrt(C)); matching scales keeps the comparison with `learned` fair."""
+    return init_std * math.sqrt(2.0)
 
 
 # ------------------------------------------------------------------------ the interface
@@ -93,7 +101,7 @@ class LearnedPositionalEmbedding(PositionalEncoding):
     uses get exactly zero. Past the table (pos >= L) there is nothing to look up, so
     `embed` raises `PositionOutOfRange` before indexing; `extend` grows the table.
     Inits: `normal` (std 0.02, GPT-2), `zeros`, `sinusoidal` (start from the fixed
-    sinusoid, then learn), `randn` (std 1: what many tutorials do; ~50x the token
+    sinusoid at the same scale as `normal`, then learn), `randn` (std 1: what many tutorials do; ~50x the token
     embedding scale, it drowns the token signal at the start of training).
     """
 
@@ -115,7 +123,7 @@ class LearnedPositionalEmbedding(PositionalEncoding):
         if self.init == "zeros":
             return torch.zeros(stop - start, C, device=dev)
         if self.init == "sinusoidal":
-            return sinusoid_table(torch.arange(start, stop, device=dev), C)
+            return sinusoid_table(torch.arange(start, stop, device=dev), C, sinusoid_scale(self.init_std))
         if self.init == "randn":
             return torch.randn(stop - start, C, device=dev)
         raise ValueError(f"unknown init '{self.init}'")
@@ -184,19 +192,20 @@ class LearnedPositionalEmbedding(PositionalEncoding):
 
 
 class SinusoidalPositionalEncoding(PositionalEncoding):
-    """Fixed sinusoids (Vaswani et al., 2017) added to embeddings. Absolute, not learned.
+    """Fixed sinusoids (Vaswani et al., 2017) added to embeddings, scaled to the token
+    embedding init (`sinusoid_scale`). Absolute, not learned.
     Defined for every position, so there is no table limit; beyond the training length the
     vectors exist but the model has not seen them."""
 
-    def __init__(self, n_embd: int):
+    def __init__(self, n_embd: int, scale: float = 1.0):
         super().__init__()
-        self.n_embd = n_embd
+        self.n_embd, self.scale = n_embd, scale
         self.register_buffer("anchor", torch.empty(0), persistent=False)  # follows .to(device)
 
     def embed(self, position_ids: Tensor | None, offset: int, T: int) -> Tensor:
         if position_ids is None:
             position_ids = default_position_ids(T, offset, device=self.anchor.device)
-        return sinusoid_table(position_ids, self.n_embd)  # (B|1, T, C)
+        return sinusoid_table(position_ids, self.n_embd, self.scale)  # (B|1, T, C)
 
 
 class RotaryPositionalEncoding(PositionalEncoding):
@@ -253,7 +262,7 @@ def build_positional(cfg: PositionalConfig, n_embd: int, n_head: int) -> Positio
     """The registry: one `kind` string -> one encoding."""
     registry = {
         "learned": lambda: LearnedPositionalEmbedding(cfg.max_len, n_embd, cfg.init, cfg.init_std),
-        "sinusoidal": lambda: SinusoidalPositionalEncoding(n_embd),
+        "sinusoidal": lambda: SinusoidalPositionalEncoding(n_embd, sinusoid_scale(cfg.init_std)),
         "rope": lambda: RotaryPositionalEncoding(n_embd // n_head, cfg.rope_base),
         "alibi": lambda: ALiBiPositionalEncoding(n_head),
         "none": lambda: PositionalEncoding(),

@@ -7,7 +7,7 @@ Vocabulary: symbols 0..S-1, then PAD, BOS, SEP, MASK, then one query token per p
 
     copy     BOS x1..xn SEP | x1..xn          (decoder; teacher-forced answer)
     reverse  BOS x1..xn SEP | xn..x1          (decoder)
-    index    decoder: BOS x1..xn Q_k | x_k    encoder: x1..xn Q_k MASK -> x_k at MASK
+    index    decoder: BOS x1..xn Q_k | x_k    encoder: x1..xn Q_k, predict x_k at Q_k
 
 Metrics: `exact_match` (every answer token right; with teacher forcing this equals greedy
 decoding being right), `token_accuracy`, and `per_position_accuracy` (by answer index for
@@ -50,7 +50,7 @@ class SyntheticTask(Task):
         return 0
 
     @classmethod
-    def seq_len(cls, n: int) -> int:
+    def seq_len(cls, n: int, causal: bool = True) -> int:
         """Model input length for n symbols."""
         raise NotImplementedError
 
@@ -65,7 +65,7 @@ class SyntheticTask(Task):
         if cls.causal is not None and cfg.model.causal != cls.causal:
             mode = "decoder (model.causal=true)" if cls.causal else "encoder (model.causal=false)"
             raise ConfigError(f"task '{cfg.task}' needs a {mode}")
-        longest = cls.seq_len(max(s.length, s.eval_length))
+        longest = cls.seq_len(max(s.length, s.eval_length), cfg.model.causal)
         if p.kind == "learned" and longest > p.max_len:
             raise ConfigError(
                 f"model.positional.max_len={p.max_len} is shorter than the {longest}-token sequences of task "
@@ -133,7 +133,7 @@ class CopyTask(SyntheticTask):
     name = "copy"
 
     @classmethod
-    def seq_len(cls, n: int) -> int:
+    def seq_len(cls, n: int, causal: bool = True) -> int:
         return 2 * n + 1  # BOS x1..xn SEP y1..yn, minus the last token (it is only a target)
 
     def _answer(self, x: np.ndarray) -> np.ndarray:
@@ -144,7 +144,7 @@ class CopyTask(SyntheticTask):
         seq = np.concatenate([np.full((count, 1), self.BOS), x, np.full((count, 1), self.SEP),
                               self._answer(x)], axis=1)  # (count, 2n + 2)
         idx, targets = seq[:, :-1].copy(), seq[:, 1:].copy()
-        targets[:, :n] = IGNORE_INDEX  # no loss on predicting the input symbols or SEP
+        targets[:, :n + 1] = IGNORE_INDEX  # no loss on predicting the input symbols or SEP
         return idx.astype(np.int64), targets.astype(np.int64)
 
 
@@ -166,8 +166,8 @@ class IndexTask(SyntheticTask):
         return max(s.length, s.eval_length)
 
     @classmethod
-    def seq_len(cls, n: int) -> int:
-        return n + 2  # decoder: BOS x1..xn Q_k; encoder: x1..xn Q_k MASK
+    def seq_len(cls, n: int, causal: bool = True) -> int:
+        return n + 2 if causal else n + 1  # decoder: BOS x1..xn Q_k; encoder: x1..xn Q_k
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -186,15 +186,14 @@ class IndexTask(SyntheticTask):
         if self.causal_model:
             idx = np.concatenate([np.full((count, 1), self.BOS), x, q], axis=1)
         else:
-            idx = np.concatenate([x, q, np.full((count, 1), self.MASK)], axis=1)
+            idx = np.concatenate([x, q], axis=1)  # the answer is read out at the query token
         targets = np.full_like(idx, IGNORE_INDEX)
         targets[:, -1] = answer
         return idx.astype(np.int64), targets.astype(np.int64)
 
     def _per_position(self, b, right, answer):
-        n = b.idx.shape[1] - 2
-        q_col = -1 if self.causal_model else -2
-        k = (b.idx[:, q_col] - self.Q0).cpu()
+        n = b.idx.shape[1] - (2 if self.causal_model else 1)
+        k = (b.idx[:, -1] - self.Q0).cpu()
         hit = right[:, -1].cpu().to(torch.long)
         return (torch.zeros(n, dtype=torch.long).index_add_(0, k, hit),
                 torch.zeros(n, dtype=torch.long).index_add_(0, k, torch.ones_like(hit)))
@@ -213,5 +212,5 @@ class IndexTask(SyntheticTask):
             out = model.generate([[self.BOS, *xs, q]], 1, **sampling)[0]
             return " ".join(map(str, out))
         with torch.no_grad():
-            idx = torch.tensor([[*xs, q, self.MASK]], device=next(model.parameters()).device)
+            idx = torch.tensor([[*xs, q]], device=next(model.parameters()).device)
             return str(int(model(idx).logits[0, -1].argmax()))

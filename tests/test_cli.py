@@ -1,0 +1,98 @@
+"""The CLI as a user runs it: subprocesses, exit codes, JSON last lines, no tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def learnpos(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "learnpos.cli", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_demo_as_in_the_readme(tmp_path):
+    """`learnpos demo --json`: the README's first command, full length."""
+    r = learnpos("demo", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = last_json(r.stdout)
+    assert res["task"] == "reverse" and res["exact_match"] >= 0.99 and res["wall_s"] < 180
+    run = tmp_path / res["run_dir"]
+    assert (run / "pos_similarity.png").stat().st_size > 1000 and (run / "model.safetensors").exists()
+    again = learnpos("demo", "--json", "--quiet", "--train.max_iters=20", "--train.eval_interval=20",
+                     "--train.warmup_iters=5", cwd=tmp_path)
+    assert again.returncode == 0 and last_json(again.stdout)["run_dir"] == "runs/demo-2"  # never overwrites
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("cli")
+    r = learnpos("train", "--preset", "demo", "--train.max_iters=30", "--train.eval_interval=30",
+                 "--train.warmup_iters=5", "--train.out_dir=run", "--quiet", "--json", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert last_json(r.stdout)["step"] == 30
+    return cwd / "run"
+
+
+def test_eval_and_generate(small_run):
+    r = learnpos("eval", "--run", str(small_run), "--json", cwd=small_run.parent)
+    assert r.returncode == 0, r.stderr
+    assert set(last_json(r.stdout)) >= {"loss", "exact_match", "token_accuracy"}
+    prompt = " ".join(["1"] * 16)
+    g = learnpos("generate", "--run", str(small_run), "--prompt", prompt, cwd=small_run.parent)
+    assert g.returncode == 0, g.stderr
+    assert len(g.stdout.split()) == 16
+
+
+def test_resume_from_cli(small_run):
+    r = learnpos("train", "--resume", str(small_run), "--train.max_iters=40", "--quiet", "--json",
+                 cwd=small_run.parent)
+    assert r.returncode == 0, r.stderr
+    assert last_json(r.stdout)["step"] == 40
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--model.n_embd=30", "--model.n_head=4"], "not divisible by model.n_head"),
+    (["train", "--model.n_lyer=3"], "did you mean 'n_layer'"),
+    (["train", "--train.lr=fast"], "train.lr must be float"),
+    (["train", "--preset", "nope"], "no preset 'nope'"),
+    (["train", "stray"], "unexpected argument 'stray'"),
+    (["train", "--train.lr"], "needs a value"),
+    (["train", "--resume", "missing_dir"], "no config.json"),
+    (["eval", "--run", "missing_dir"], "not a run directory"),
+    (["train", "--train.device=cuda:0"], "CUDA is not available"),
+    (["eval", "--run", "x", "--quiet"], "unknown option --quiet"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    if "cuda" in " ".join(args):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+    r = learnpos(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_generate_bad_prompt_and_too_long_eval(small_run):
+    g = learnpos("generate", "--run", str(small_run), "--prompt", "1 2 x", cwd=small_run.parent)
+    assert g.returncode == 2 and "space-separated symbols" in g.stderr and "Traceback" not in g.stderr
+    e = learnpos("eval", "--run", str(small_run), "--length", "40", cwd=small_run.parent)
+    assert e.returncode == 2 and "max_len=40" in e.stderr and "Traceback" not in e.stderr
+
+
+def test_config_command_prints_resolved_config(tmp_path):
+    r = learnpos("config", "--preset", "index-encoder", "--train.seed=3", cwd=tmp_path)
+    assert r.returncode == 0
+    cfg = json.loads(r.stdout)
+    assert cfg["task"] == "index" and cfg["model"]["causal"] is False and cfg["train"]["seed"] == 3

@@ -1,0 +1,63 @@
+"""Config: presets, typed overrides, and clear errors for impossible settings."""
+
+import json
+
+import pytest
+
+from learnpos.config import Config, from_dict, list_presets, load_config, set_override
+from learnpos.errors import ConfigError
+
+
+def test_every_preset_loads_and_validates():
+    assert {"demo", "index-encoder"} <= set(list_presets())
+    for name in list_presets():
+        assert isinstance(load_config(name), Config)
+
+
+def test_overrides_are_typed():
+    cfg = load_config("demo", {"model.n_layer": "3", "train.lr": "1e-2", "model.positional.weight_decay": "true",
+                               "model.positional.kind": "rope", "task": "copy"})
+    assert cfg.model.n_layer == 3 and cfg.train.lr == 1e-2 and cfg.model.positional.weight_decay is True
+    assert cfg.model.positional.kind == "rope" and cfg.task == "copy"
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("model.n_lyer", "3", "did you mean 'n_layer'"),
+    ("modle.n_layer", "3", "unknown config key 'modle'"),
+    ("model.n_layer", "three", "model.n_layer must be int"),
+    ("train.lr", "fast", "train.lr must be float"),
+    ("model.bias", "maybe", "model.bias must be bool"),
+    ("model", "3", "is a section"),
+    ("model.n_layer.x", "3", "is a value, not a section"),
+])
+def test_bad_override_messages(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        set_override(Config(), key, value)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"model.n_embd": "30", "model.n_head": "4"}, "not divisible"),
+    ({"model.positional.kind": "learnt"}, "is not one of"),
+    ({"model.positional.max_len": "20"}, "max_len=20 is shorter than the 33-token"),
+    ({"task": "translate"}, "task='translate'"),
+    ({"train.warmup_iters": "5000"}, "warmup_iters"),
+    ({"train.min_lr": "1"}, "min_lr"),
+    ({"model.causal": "false"}, "needs a decoder"),
+    ({"task": "index", "synthetic.length": "20", "model.positional.max_len": "64"}, "distinct symbols"),
+    ({"train.device": "tpu"}, "train.device"),
+    ({"model.n_head": "0"}, "must be positive"),
+])
+def test_impossible_configs_are_rejected(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("demo", overrides)
+
+
+def test_round_trip_through_json():
+    cfg = load_config("index-encoder", {"train.seed": "7"})
+    again = from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+
+
+def test_unknown_preset_lists_known_ones():
+    with pytest.raises(ConfigError, match="known presets: .*demo"):
+        load_config("nope")

@@ -1,0 +1,164 @@
+"""The model: KV cache equals recomputation, left padding equals prompts alone, encoder mode."""
+
+import pytest
+import torch
+
+from learnpos.config import ModelConfig, PositionalConfig
+from learnpos.errors import PositionOutOfRange
+from learnpos.model import GPT
+from learnpos.positional import position_ids_from_mask
+
+KINDS = ["learned", "sinusoidal", "rope", "alibi", "none"]
+V = 23
+
+
+def make(kind="learned", causal=True, max_len=32, n_head=4, seed=0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=V, n_layer=2, n_head=n_head, n_embd=32, causal=causal,
+                      positional=PositionalConfig(kind=kind, max_len=max_len), **kw)
+    model = GPT(cfg).eval()
+    if kind == "learned":  # make positions matter as much as tokens in these checks
+        with torch.no_grad():
+            model.pos.weight.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kv_cache_matches_full_recomputation(kind):
+    model = make(kind)
+    torch.manual_seed(1)
+    idx = torch.randint(0, V, (3, 14))
+    full = model(idx).logits  # (B, T, V)
+    cache = model.new_cache(14)
+    steps = [model(idx[:, :5], past_kv=cache).logits]  # prefill 5, then one token at a time,
+    for t in range(5, 9):
+        steps.append(model(idx[:, t:t + 1], past_kv=cache).logits)
+    steps.append(model(idx[:, 9:], past_kv=cache).logits)  # then a chunk of 5 (offset causal mask)
+    assert cache.length == 14
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_left_padded_batch_equals_each_prompt_alone(kind):
+    model = make(kind)
+    torch.manual_seed(2)
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in (7, 3, 11, 1)]
+    T = max(map(len, prompts))
+    idx = torch.zeros(len(prompts), T, dtype=torch.long)
+    mask = torch.zeros_like(idx)
+    for b, p in enumerate(prompts):
+        idx[b, T - len(p):] = torch.tensor(p)
+        mask[b, T - len(p):] = 1
+    batched = model(idx, position_ids=position_ids_from_mask(mask), attention_mask=mask).logits
+    for b, p in enumerate(prompts):
+        alone = model(torch.tensor([p])).logits[0]
+        torch.testing.assert_close(batched[b, T - len(p):], alone, atol=2e-5, rtol=1e-4)
+    # generation: greedy tokens per row equal the row alone (through the cache, with positions continuing)
+    together = model.generate(prompts, 8, temperature=0)
+    for b, p in enumerate(prompts):
+        assert together[b] == model.generate([p], 8, temperature=0)[0]
+
+
+def test_padding_without_position_ids_would_differ():
+    """The check above can fail: left padding with default positions shifts every row."""
+    model = make("learned")
+    p = [3, 4, 5]
+    idx = torch.tensor([[0, 0, *p]])
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    wrong = model(idx, attention_mask=mask).logits[0, 2:]
+    alone = model(torch.tensor([p])).logits[0]
+    assert not torch.allclose(wrong, alone, atol=1e-3)
+
+
+def test_generate_respects_stop_token_and_sampling_controls():
+    model = make("learned")
+    prompt = [[1, 2, 3]]
+    greedy = model.generate(prompt, 10, temperature=0)[0]
+    stop = greedy[3]
+    cut = model.generate(prompt, 10, temperature=0, stop_token=stop)[0]
+    assert cut == greedy[:greedy.index(stop)]
+    g = torch.Generator().manual_seed(0)
+    top1 = model.generate(prompt, 10, temperature=1.0, top_k=1, generator=g)[0]
+    assert top1 == greedy  # top-k=1 sampling is greedy
+    tiny_p = model.generate(prompt, 10, temperature=1.0, top_p=1e-6, generator=g)[0]
+    assert tiny_p == greedy  # nucleus with p -> 0 keeps only the top token
+    a = model.generate(prompt, 10, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    b = model.generate(prompt, 10, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    assert a == b
+
+
+def test_generate_checks_table_length_up_front():
+    model = make("learned", max_len=10)
+    assert len(model.generate([[1] * 4], 7, temperature=0)[0]) == 7  # needs positions 0..9
+    with pytest.raises(PositionOutOfRange, match="max_len=10"):
+        model.generate([[1] * 4], 8, temperature=0)
+
+
+def test_encoder_without_positions_is_permutation_equivariant():
+    """No positional encoding + no causal mask: permuting the input permutes the output."""
+    model = make("none", causal=False)
+    torch.manual_seed(3)
+    idx = torch.randint(0, V, (2, 9))
+    perm = torch.randperm(9)
+    out, out_perm = model(idx).logits, model(idx[:, perm]).logits
+    torch.testing.assert_close(out_perm, out[:, perm], atol=1e-5, rtol=1e-5)
+    learned = make("learned", causal=False)  # and the check can fail: with positions it does not hold
+    assert not torch.allclose(learned(idx[:, perm]).logits, learned(idx).logits[:, perm], atol=1e-3)
+
+
+def test_encoder_sees_the_future_decoder_does_not():
+    torch.manual_seed(4)
+    idx = torch.randint(0, V, (1, 8))
+    changed = idx.clone()
+    changed[0, -1] = (idx[0, -1] + 1) % V
+    dec, enc = make("learned"), make("learned", causal=False)
+    assert torch.equal(dec(idx).logits[0, :-1], dec(changed).logits[0, :-1])
+    assert not torch.allclose(enc(idx).logits[0, 0], enc(changed).logits[0, 0])
+
+
+def test_encoder_padding_mask_hides_pad_tokens():
+    model = make("learned", causal=False)
+    idx = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 9, 9]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])  # different pad tokens, same mask
+    out = model(idx, attention_mask=mask).logits
+    torch.testing.assert_close(out[0, :3], out[1, :3])
+    torch.testing.assert_close(out[0, :3], model(idx[:1, :3]).logits[0], atol=2e-5, rtol=1e-4)
+
+
+def test_loss_ignores_masked_targets():
+    model = make("learned")
+    idx = torch.randint(0, V, (2, 6))
+    targets = torch.full_like(idx, -100)
+    targets[:, -1] = 3
+    out = model(idx, targets=targets)
+    manual = torch.nn.functional.cross_entropy(out.logits[:, -1], targets[:, -1])
+    torch.testing.assert_close(out.loss, manual)
+
+
+def test_weight_tying_and_param_counts():
+    model = make("learned", max_len=32)
+    assert model.head.weight is model.tok_emb.weight
+    assert model.num_params() - model.num_params(include_positions=False) == 32 * 32
+    untied = make("learned", tie_weights=False)
+    assert untied.num_params() == model.num_params() + V * 32
+    assert make("sinusoidal").num_params() == model.num_params(include_positions=False)
+
+
+def test_extend_positions_on_the_model_keeps_outputs_for_short_inputs():
+    model = make("learned", max_len=16)
+    idx = torch.randint(0, V, (2, 10))
+    before = model(idx).logits
+    model.extend_positions(24, "copy-last")
+    assert model.config.positional.max_len == 24 and model.max_len == 24
+    torch.testing.assert_close(model(idx).logits, before)
+    model(torch.randint(0, V, (1, 24)))  # now fits
+    with pytest.raises(ValueError, match="only a learned table"):
+        make("rope").extend_positions(24)
+
+
+def test_position_gradient_reaches_only_used_rows():
+    model = make("learned", max_len=32).train()
+    idx = torch.randint(0, V, (2, 7))
+    model(idx, targets=idx).loss.backward()
+    g = model.pos.weight.grad
+    assert (g[:7].abs().sum(1) > 0).all() and (g[7:] == 0).all()

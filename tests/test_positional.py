@@ -1,0 +1,173 @@
+"""The learned table and its siblings: shapes, limits, padding-aware ids, crop/extend, inits."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from learnpos.config import PositionalConfig
+from learnpos.errors import PositionOutOfRange
+from learnpos.positional import (
+    ALiBiPositionalEncoding,
+    LearnedPositionalEmbedding,
+    PositionalEncoding,
+    build_positional,
+    position_ids_from_mask,
+    sinusoid_table,
+)
+
+L, C = 12, 8
+
+
+def table(init="normal") -> LearnedPositionalEmbedding:
+    torch.manual_seed(0)
+    return LearnedPositionalEmbedding(L, C, init=init)
+
+
+def test_default_ids_are_a_broadcast_slice_for_any_T_below_max_len():
+    pe = table()
+    for T in (1, 5, L):  # T < max_len is the tutorial `.repeat` bug
+        out = pe.embed(None, 0, T)
+        assert out.shape == (1, T, C)
+        assert torch.equal(out[0], pe.weight[:T])
+        assert out.data_ptr() == pe.weight.data_ptr()  # a view: no copy of the table
+
+
+def test_offset_continues_positions():
+    pe = table()
+    assert torch.equal(pe.embed(None, 4, 3)[0], pe.weight[4:7])
+
+
+def test_explicit_ids_gather_per_token():
+    pe = table()
+    ids = torch.tensor([[0, 0, 3], [11, 2, 5]])
+    out = pe.embed(ids, 0, 3)
+    assert out.shape == (2, 3, C)
+    assert torch.equal(out[1, 0], pe.weight[11]) and torch.equal(out[0, 1], pe.weight[0])
+
+
+def test_too_long_raises_before_indexing_with_remedies():
+    pe = table()
+    with pytest.raises(PositionOutOfRange) as e:
+        pe.embed(None, 0, L + 1)
+    msg = str(e.value)
+    assert f"max_len={L}" in msg and f"needs {L + 1} positions" in msg
+    assert "crop" in msg.lower() and "extend_positions" in msg and "rope" in msg
+    with pytest.raises(ValueError, match=f"position {L} "):
+        pe.embed(torch.tensor([[0, L]]), 0, 2)
+    with pytest.raises(ValueError, match="offset|position 12"):
+        pe.embed(None, L - 1, 2)  # cached decoding running off the end
+    with pytest.raises(ValueError, match=">= 0"):
+        pe.embed(torch.tensor([[-1, 0]]), 0, 2)
+
+
+def test_ids_from_mask_left_and_right_padding():
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert position_ids_from_mask(left).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert position_ids_from_mask(right).tolist() == [[0, 1, 2, 0, 0], [0, 1, 2, 3, 4]]
+    assert position_ids_from_mask(left, offset=torch.tensor([3, 5])).tolist() == [[0, 0, 3, 4, 5], [5, 6, 7, 8, 9]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(1, 9), st.booleans()), min_size=1, max_size=5))
+def test_ids_from_mask_property(rows):
+    """For any mix of left/right padded rows: real tokens get 0..n-1 in order, pads get 0."""
+    T = max(pad + n for pad, n, _ in rows)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for b, (_, n, left) in enumerate(rows):
+        start = T - n if left else 0
+        mask[b, start:start + n] = 1
+    ids = position_ids_from_mask(mask)
+    for b, (_, n, _) in enumerate(rows):
+        assert ids[b][mask[b] == 1].tolist() == list(range(n))
+        assert (ids[b][mask[b] == 0] == 0).all()
+    assert ids.max() < T and ids.min() >= 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, L), st.integers(0, L))
+def test_embed_accepts_exactly_the_positions_in_the_table(T, offset):
+    pe = table()
+    if offset + T <= L:
+        out = pe.embed(None, offset, T)
+        assert torch.equal(out[0], pe.weight[offset:offset + T])
+    else:
+        with pytest.raises(PositionOutOfRange):
+            pe.embed(None, offset, T)
+
+
+def test_crop_and_extend_keep_trained_rows():
+    for method in ("copy-last", "init"):
+        pe = table()
+        old = pe.weight.detach().clone()
+        pe.extend(20, method)
+        assert pe.weight.shape == (20, C) and pe.max_len == 20
+        assert torch.equal(pe.weight[:L], old)
+        if method == "copy-last":
+            assert torch.equal(pe.weight[L:], old[-1:].expand(20 - L, C))
+        else:
+            assert pe.weight[L:].std() < 0.1 and not torch.equal(pe.weight[L:], old[-1:].expand(20 - L, C))
+        pe.crop(5)
+        assert torch.equal(pe.weight, old[:5]) and pe.max_len == 5
+        pe.embed(None, 0, 5)
+        with pytest.raises(PositionOutOfRange):
+            pe.embed(None, 0, 6)
+
+
+def test_interpolate_resamples_linearly_along_positions():
+    pe = table()
+    old = pe.weight.detach().clone()
+    pe.extend(2 * L - 1, "interpolate")  # new row 2i = old row i, row 2i+1 = their midpoint
+    assert torch.allclose(pe.weight[0::2], old, atol=1e-6)
+    assert torch.allclose(pe.weight[1::2], (old[:-1] + old[1:]) / 2, atol=1e-6)
+
+
+def test_resize_rejects_nonsense():
+    pe = table()
+    with pytest.raises(ValueError):
+        pe.extend(L - 1)
+    with pytest.raises(ValueError):
+        pe.extend(L + 2, "nearest")
+    with pytest.raises(ValueError):
+        pe.crop(0)
+
+
+def test_inits():
+    torch.manual_seed(0)
+    normal = LearnedPositionalEmbedding(512, 64).weight
+    assert abs(normal.std().item() - 0.02) < 0.002
+    randn = LearnedPositionalEmbedding(512, 64, init="randn").weight
+    assert abs(randn.std().item() - 1.0) < 0.05  # ~50x the token-embedding scale
+    assert LearnedPositionalEmbedding(8, 4, init="zeros").weight.abs().sum() == 0
+    sin = LearnedPositionalEmbedding(8, 4, init="sinusoidal").weight  # scaled to RMS init_std
+    expected = torch.tensor([math.sin(3), math.cos(3), math.sin(3 / 100), math.cos(3 / 100)]) * 0.02 * math.sqrt(2)
+    assert sin.requires_grad and torch.allclose(sin[3], expected, atol=1e-7)
+    assert abs(LearnedPositionalEmbedding(512, 64, init="sinusoidal").weight.pow(2).mean().sqrt() - 0.02) < 1e-3
+
+
+def test_sinusoid_table_formula():
+    t = sinusoid_table(torch.tensor([0, 5]), 6)
+    w = [10000 ** (-2 * i / 6) for i in range(3)]
+    expected = [[f(5 * wi) for wi in w for f in (math.sin, math.cos)]]
+    assert torch.allclose(t[1], torch.tensor(expected[0]), atol=1e-6)
+    assert torch.equal(t[0], torch.tensor([0.0, 1.0] * 3))
+
+
+def test_registry_and_null_object():
+    kinds = {"learned": LearnedPositionalEmbedding, "none": PositionalEncoding, "alibi": ALiBiPositionalEncoding}
+    for kind, cls in kinds.items():
+        assert type(build_positional(PositionalConfig(kind=kind, max_len=8), 16, 4)) is cls
+    none = build_positional(PositionalConfig(kind="none"), 16, 4)
+    assert none.embed(None, 0, 3) is None and none.rotary(torch.zeros(1, 3)) is None
+    assert list(none.parameters()) == []
+    with pytest.raises(ValueError, match="unknown positional kind"):
+        build_positional(PositionalConfig(kind="bogus"), 16, 4)
+
+
+def test_alibi_slopes_match_paper():
+    assert torch.allclose(ALiBiPositionalEncoding._slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    s6 = ALiBiPositionalEncoding._slopes(6)  # 4 from 2^(-2i), then 2 odd ones of the 8-head set
+    assert torch.allclose(s6, torch.tensor([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]))

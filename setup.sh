@@ -12,7 +12,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     echo "setup: NVIDIA GPU found; installing the default (CUDA) PyTorch build"
   else
     echo "setup: no NVIDIA GPU; installing the CPU build of PyTorch first"
-    "$pip" install -q "torch>=2.3" --index-url https://download.pytorch.org/whl/cpu \
+    "$pip" install -q --retries 0 --timeout 20 "torch>=2.3" --index-url https://download.pytorch.org/whl/cpu \
       || "$pip" install -q "torch==2.13.0"  # fallback for machines with a local CPU wheel
   fi
 fi

@@ -82,6 +82,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 (autocast); auto = bf16 on CUDA if supported
     compile: bool = False  # torch.compile the model (worth it on CUDA)
+    position_stats: bool = False  # record per-row gradient norms/counts/displacement of P
     out_dir: str = "runs/default"
 
 

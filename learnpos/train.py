@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 from learnpos.config import Config, load_run_config
 from learnpos.errors import ConfigError, RunDirError, TrainingDiverged
 from learnpos.model import GPT
+from learnpos.analysis.position_stats import STATS_FILE, PositionStats
 from learnpos.optim import build_optimizer, lr_at
+from learnpos.positional import LearnedPositionalEmbedding
 from learnpos.runs import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -109,6 +111,10 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         step = state["step"]
         truncate_metrics(run_dir, step)
+    stats = None
+    if t.position_stats and isinstance(model.pos, LearnedPositionalEmbedding):
+        stats = (PositionStats.load(run_dir, model.pos.weight) if resume and (run_dir / STATS_FILE).exists()
+                 else PositionStats(model.pos.weight))
     forward = torch.compile(model) if t.compile else model
     log.info("model: %d parameters (%d without the position table)",
              model.num_params(), model.num_params(include_positions=False))
@@ -126,6 +132,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
             loss = forward(batch.idx, targets=batch.targets, position_ids=batch.position_ids,
                            attention_mask=batch.attention_mask).loss
         loss.backward()
+        if stats is not None:
+            stats.update(model.pos.weight.grad)
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
@@ -145,6 +153,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
             metrics = task.evaluate(model, device, autocast=autocast)
             append_metrics(run_dir, {"step": step, "split": "val", **metrics})
             save_checkpoint(run_dir, model, optimizer, step)
+            if stats is not None:
+                stats.save(run_dir, model.pos.weight)
             if not quiet:
                 bar.write(_summary(step, metrics))
     bar.close()

@@ -36,7 +36,8 @@ def test_position_table_has_its_own_decay_group():
 
 def test_resume_is_bit_exact(tmp_path):
     """Train 2N steps straight; train N, stop, resume to 2N: identical weights and optimizer state."""
-    over = {**FAST, "train.max_iters": "30", "model.dropout": "0.1"}  # dropout: RNG state must resume too
+    # dropout: the RNG state must resume too; position stats must continue their counts
+    over = {**FAST, "train.max_iters": "30", "model.dropout": "0.1", "train.position_stats": "true"}
     a = load_config("demo", {**over, "train.out_dir": str(tmp_path / "a")})
     train(a, quiet=True)
     b = load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")})
@@ -44,10 +45,11 @@ def test_resume_is_bit_exact(tmp_path):
     assert first.step == 15
     b = load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")})
     assert train(b, resume=True, quiet=True).step == 30
-    wa, wb = load_file(tmp_path / "a/model.safetensors"), load_file(tmp_path / "b/model.safetensors")
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    for name in ("model.safetensors", "position_stats.safetensors"):
+        wa, wb = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), (name, k)
     ma = (tmp_path / "a/metrics.jsonl").read_text().splitlines()
     mb = (tmp_path / "b/metrics.jsonl").read_text().splitlines()
     records = lambda lines, split: [{k: v for k, v in json.loads(x).items() if k != "time_s"}  # noqa: E731
@@ -155,3 +157,29 @@ def test_synthetic_batches_mask_everything_but_the_answer():
     k = e.idx[:, -1] - enc.Q0
     assert torch.equal(e.targets[:, -1], e.idx[torch.arange(64), k])
     assert all(len(set(row[:-1].tolist())) == 8 for row in e.idx)  # distinct symbols
+
+
+def test_position_stats_record_which_rows_learn(tmp_path):
+    from learnpos.analysis.position_stats import load_position_stats
+
+    over = {**FAST, "train.max_iters": "20", "train.position_stats": "true", "train.out_dir": str(tmp_path)}
+    result = train(load_config("demo", over), quiet=True)
+    s = load_position_stats(tmp_path)
+    used = 33  # reverse-16 inputs are 33 tokens: rows 0..32 get gradients, 33..39 never
+    assert int(s["steps"][0]) == 20
+    assert (s["nonzero_steps"][:used] == 20).all() and (s["nonzero_steps"][used:] == 0).all()
+    assert (s["grad_norm_mean"][:used] > 0).all() and (s["grad_norm_max"][used:] == 0).all()
+    # no weight decay on P (the default): unused rows do not move at all; used rows do
+    assert (s["displacement"][used:] == 0).all() and (s["displacement"][:used] > 0).all()
+    expected = (result.model.pos.weight.detach() - s["init"]).norm(dim=1)
+    torch.testing.assert_close(s["displacement"], expected)
+
+
+def test_weight_decay_on_p_moves_rows_that_get_no_gradient(tmp_path):
+    from learnpos.analysis.position_stats import load_position_stats
+
+    over = {**FAST, "train.max_iters": "20", "train.position_stats": "true", "train.out_dir": str(tmp_path),
+            "model.positional.weight_decay": "true"}
+    train(load_config("demo", over), quiet=True)
+    s = load_position_stats(tmp_path)
+    assert (s["nonzero_steps"][33:] == 0).all() and (s["displacement"][33:] > 0).all()

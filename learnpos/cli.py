@@ -84,6 +84,10 @@ def cmd_train(args, overrides) -> int:
     from learnpos.config import load_config, load_run_config, set_override, validate
     from learnpos.train import train
 
+    if args.data:
+        overrides["lm.data"] = args.data
+    if args.val_data:
+        overrides["lm.val_data"] = args.val_data
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").exists():
@@ -134,11 +138,25 @@ def cmd_generate(args, overrides) -> int:
 
     device = resolve_device(args.device)
     model, cfg = load_run(args.run, device)
-    task = build_task(cfg)
+    task = build_task(cfg, args.run)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    for _ in range(args.num_samples):
-        print(task.respond(model, args.prompt, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, generator=gen))
+    streaming = cfg.task == "lm" and not args.no_stream
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}", flush=True)
+        text = task.respond(model, args.prompt, max_new_tokens=args.max_new_tokens,
+                            stream=(lambda piece: print(piece, end="", flush=True)) if streaming else None,
+                            sliding=args.sliding, skip_unknown=args.skip_unknown, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, generator=gen)
+        print("" if streaming else text, flush=True)  # streaming already printed the text
+    return 0
+
+
+def cmd_data(args, overrides) -> int:
+    from learnpos.data.fetch import fetch
+
+    folder = fetch(args.name, args.dir, args.mirror, log=(lambda m: None) if args.quiet else print)
+    print(folder)
     return 0
 
 
@@ -172,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a preset plus overrides")
     p.add_argument("--preset", default="demo", help="preset name or .toml path (see `learnpos config --list`)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    p.add_argument("--data", help="text file or folder for task lm (same as --lm.data=PATH)")
+    p.add_argument("--val-data", help="separate validation text (same as --lm.val_data=PATH)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -183,16 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="answer a prompt with a trained run")
+    p = sub.add_parser("generate", help="continue a prompt with a trained run (streams text for LMs)")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--prompt", required=True, help='e.g. "3 1 4 1 5" (synthetic tasks; index: "3 1 4 ?2")')
+    p.add_argument("--prompt", required=True,
+                   help='text for an LM; for synthetic tasks symbols like "3 1 4 1 5" (index: "3 1 4 ?2")')
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: as many as the learned table has room for (200 without a table)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sliding", action="store_true",
+                   help="past the learned table, keep generating from the most recent tokens")
+    p.add_argument("--skip-unknown", action="store_true", help="drop prompt characters the model never saw")
+    p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("data", help="download a public corpus: learnpos data fetch tinyshakespeare|wikitext-2")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("name", help="tinyshakespeare or wikitext-2")
+    p.add_argument("--dir", help="cache folder (default ~/.cache/learnpos/data or $LEARNPOS_CACHE/data)")
+    p.add_argument("--mirror", help="base URL of a copy laid out as <mirror>/<name>/<file>")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("config", help="print the resolved config of a preset plus overrides")
     p.add_argument("--preset", default="demo")

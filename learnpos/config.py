@@ -64,6 +64,20 @@ class SyntheticConfig:
 
 
 @dataclass
+class LMConfig:
+    """Language modelling on any UTF-8 text (task = "lm")."""
+
+    data: str = ""  # a UTF-8 text file or folder (every file under it, sorted)
+    val_data: str = ""  # a separate validation file/folder; "" = the last val_fraction of data
+    val_fraction: float = 0.1
+    tokenizer: str = "char"  # char | bpe (byte-level BPE trained on the training text)
+    bpe_vocab_size: int = 4096
+    block_size: int = 64  # training sequence length; a learned table needs max_len >= this
+    eval_windows: int = 0  # val windows of block_size per evaluation, evenly spaced; 0 = all
+    cache_dir: str = ""  # token cache; "" = <parent of train.out_dir>/.cache/tokens
+
+
+@dataclass
 class TrainConfig:
     optimizer: str = "adamw"  # adamw | sgd (sgd is the seed formula P <- P - lr * dL/dP)
     lr: float = 1e-3
@@ -92,6 +106,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

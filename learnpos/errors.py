@@ -10,6 +10,10 @@ class ConfigError(LearnposError, ValueError):
     """An unknown key, a wrong type or an impossible combination in a config."""
 
 
+class DataError(LearnposError, ValueError):
+    """Missing, empty, binary or non-UTF-8 data, or text a tokenizer cannot encode."""
+
+
 class PositionOutOfRange(LearnposError, ValueError):
     """A position id that the positional encoding cannot represent."""
 

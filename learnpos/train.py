@@ -59,17 +59,22 @@ def autocast_for(device: torch.device, dtype: str):
     return contextlib.nullcontext
 
 
-def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / CONFIG_FILE).exists():
             raise RunDirError(f"cannot resume: {run_dir} has no {CONFIG_FILE}")
-        saved = load_run_config(run_dir / CONFIG_FILE)
-        if saved.model != cfg.model or saved.task != cfg.task or saved.synthetic != cfg.synthetic:
-            raise RunDirError(f"cannot resume {run_dir}: its model/task config differs from this one "
-                              f"(only train.* settings may change on resume)")
     elif (run_dir / MODEL_FILE).exists():
         raise RunDirError(f"{run_dir} already holds a trained model; pass --resume to continue it "
                           f"or choose another --train.out_dir")
+
+
+def _write_config(cfg: Config, run_dir: Path, resume: bool) -> None:
+    if resume:
+        saved = load_run_config(run_dir / CONFIG_FILE)
+        if saved.model != cfg.model or saved.task != cfg.task or saved.synthetic != cfg.synthetic \
+                or saved.lm != cfg.lm:
+            raise RunDirError(f"cannot resume {run_dir}: its model/task config differs from this one "
+                              f"(only train.* settings may change on resume)")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
 
@@ -87,14 +92,15 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
     autocast = autocast_for(device, t.dtype)
     torch.manual_seed(t.seed)
 
-    task = build_task(cfg)
+    run_dir = Path(t.out_dir)
+    _check_run_dir(run_dir, resume)
+    task = build_task(cfg, run_dir)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = task.vocab_size
     elif cfg.model.vocab_size < task.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < the task's {task.vocab_size} tokens; "
                           f"leave it 0 to take it from the task")
-    run_dir = Path(t.out_dir)
-    _prepare_run_dir(cfg, run_dir, resume)
+    _write_config(cfg, run_dir, resume)
 
     model = GPT(cfg.model).to(device)
     optimizer = build_optimizer(model, t, cfg.model.positional.weight_decay, device.type)

@@ -40,6 +40,8 @@ class Task:
         """Held-out metrics, including `loss`."""
         raise NotImplementedError
 
-    def respond(self, model, prompt: str, **sampling) -> str:
-        """Answer one text prompt (used by `learnpos generate`)."""
+    def respond(self, model, prompt: str, max_new_tokens: int = 200, stream=None, **options) -> str:
+        """Answer one text prompt (used by `learnpos generate`); `stream(text)` gets pieces as
+        they are produced. `options`: sampling (temperature, top_k, top_p, generator) and
+        task-specific flags."""
         raise NotImplementedError

@@ -33,7 +33,7 @@ from learnpos.tasks.base import Batch, Task
 class SyntheticTask(Task):
     causal: bool | None = True
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, run_dir=None):
         s = cfg.synthetic
         self.seed, self.eval_seed = cfg.train.seed, s.eval_seed
         self.n, self.n_eval = s.length, s.n_eval
@@ -123,9 +123,10 @@ class SyntheticTask(Task):
             raise ConfigError(f"prompt must be space-separated symbols 0..{self.S - 1}, got {text!r}")
         return xs
 
-    def respond(self, model, prompt: str, **sampling) -> str:
+    def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:
+        """The answer to "x1 x2 ... xn": always n tokens (max_new_tokens is ignored)."""
         xs = self.parse_symbols(prompt)
-        out = model.generate([[self.BOS, *xs, self.SEP]], len(xs), **sampling)[0]
+        out = model.generate([[self.BOS, *xs, self.SEP]], len(xs), **_sampling(options))[0]
         return " ".join(str(t) if t < self.S else f"<{t}>" for t in out)
 
 
@@ -202,15 +203,19 @@ class IndexTask(SyntheticTask):
         """Best accuracy without any notion of order: 1/n (see module docstring)."""
         return 1.0 / self.eval_n
 
-    def respond(self, model, prompt: str, **sampling) -> str:
+    def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:
         body, _, query = prompt.partition("?")
         xs = self.parse_symbols(body)
         if not query.strip().isdigit() or not 0 <= int(query) < len(xs):
             raise ConfigError(f"index prompt is 'x1 x2 ... xn ?k' with 0 <= k < n, got {prompt!r}")
         q = self.Q0 + int(query)
         if self.causal_model:
-            out = model.generate([[self.BOS, *xs, q]], 1, **sampling)[0]
+            out = model.generate([[self.BOS, *xs, q]], 1, **_sampling(options))[0]
             return " ".join(map(str, out))
         with torch.no_grad():
             idx = torch.tensor([[*xs, q]], device=next(model.parameters()).device)
             return str(int(model(idx).logits[0, -1].argmax()))
+
+
+def _sampling(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k in ("temperature", "top_k", "top_p", "generator")}

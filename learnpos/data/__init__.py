@@ -1,0 +1,1 @@
+"""Data: text corpora and tokenizers (KG triples and dialogues come later)."""

@@ -1,0 +1,112 @@
+"""Tokenizers: character level (any Unicode) and byte-level BPE (trained locally with the
+`tokenizers` library). Both save to / load from one `tokenizer.json` in the run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from learnpos.errors import DataError
+from learnpos.runs import atomic_write, atomic_write_text
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class CharTokenizer:
+    """One token per Unicode code point seen in the training text.
+
+    A character the tokenizer has never seen cannot be encoded: `encode` raises a
+    `DataError` naming the characters, or drops them with `unknown="skip"`.
+    """
+
+    kind = "char"
+
+    def __init__(self, chars: list[str]):
+        self.chars = chars
+        self.index = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def train(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        ids = [self.index.get(c, -1) for c in text]
+        if -1 in ids:
+            missing = sorted({c for c, i in zip(text, ids) if i < 0})
+            if unknown != "skip":
+                shown = ", ".join(repr(c) for c in missing[:10])
+                raise DataError(f"the text has {len(missing)} character(s) this model never saw ({shown}); "
+                                f"remove them or pass --skip-unknown to drop them")
+            ids = [i for i in ids if i >= 0]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps({"learnpos_tokenizer": "char", "chars": self.chars}, ensure_ascii=False))
+
+
+class BPETokenizer:
+    """Byte-level BPE (GPT-2 style pre-tokenization), so every string is encodable."""
+
+    kind = "bpe"
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        chunk = 1 << 20  # the trainer takes an iterator of strings; feed it in 1 MiB pieces
+        tok.train_from_iterator((text[i:i + chunk] for i in range(0, len(text), chunk)), trainer=trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        return self.tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, lambda tmp: self.tok.save(str(tmp)))
+
+
+Tokenizer = CharTokenizer | BPETokenizer
+
+
+def train_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:
+    if kind == "char":
+        return CharTokenizer.train(text)
+    if kind == "bpe":
+        return BPETokenizer.train(text, vocab_size)
+    raise DataError(f"unknown tokenizer '{kind}'; use char or bpe")
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no tokenizer at {path}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("learnpos_tokenizer") == "char":
+        return CharTokenizer(data["chars"])
+    from tokenizers import Tokenizer as HFTokenizer
+
+    return BPETokenizer(HFTokenizer.from_file(str(path)))

@@ -1,0 +1,181 @@
+"""Language modelling on real text: next-token prediction over windows of `lm.block_size`.
+
+Training batches are random windows of the training tokens, drawn from (seed, step).
+Evaluation runs over evenly spaced non-overlapping windows of the validation split and
+reports mean loss (nats per token), perplexity, bits per character (comparable across
+tokenizers), and the mean loss at each position 0..T-1 (`loss_by_position.json`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from learnpos.data.text import TokenData, load_corpus, tokenize_cached
+from learnpos.data.tokenizers import TOKENIZER_FILE, load_tokenizer, train_tokenizer
+from learnpos.errors import ConfigError, DataError, PositionOutOfRange
+from learnpos.positional import LearnedPositionalEmbedding
+from learnpos.runs import atomic_write_text
+from learnpos.tasks.base import Batch, Task
+
+LOSS_BY_POSITION_FILE = "loss_by_position.json"
+
+
+class LMTask(Task):
+    name = "lm"
+    causal = True
+
+    def __init__(self, cfg, run_dir: str | Path | None = None):
+        self.lm, self.seed, self.T = cfg.lm, cfg.train.seed, cfg.lm.block_size
+        self.run_dir = Path(run_dir if run_dir is not None else cfg.train.out_dir)
+        self._data: TokenData | None = None
+        tok_file = self.run_dir / TOKENIZER_FILE
+        if tok_file.exists():
+            self.tokenizer = load_tokenizer(tok_file)
+        else:  # a new run: learn the tokenizer from the training text and keep it with the run
+            corpus = self._corpus()
+            text = corpus.train_text + corpus.val_text if self.lm.tokenizer == "char" else corpus.train_text
+            self.tokenizer = train_tokenizer(self.lm.tokenizer, text, self.lm.bpe_vocab_size)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.tokenizer.save(tok_file)
+        self.vocab_size = self.tokenizer.vocab_size
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        lm, p = cfg.lm, cfg.model.positional
+        if not cfg.model.causal:
+            raise ConfigError("task 'lm' needs a decoder (model.causal=true)")
+        if lm.tokenizer not in ("char", "bpe"):
+            raise ConfigError(f"lm.tokenizer='{lm.tokenizer}' is not one of: char, bpe")
+        if lm.block_size <= 0 or lm.eval_windows < 0:
+            raise ConfigError("lm.block_size must be positive and lm.eval_windows >= 0")
+        if p.kind == "learned" and lm.block_size > p.max_len:
+            raise ConfigError(f"lm.block_size={lm.block_size} exceeds the learned table (model.positional.max_len="
+                              f"{p.max_len}); set --model.positional.max_len={lm.block_size} or a smaller block")
+        if not 0 < lm.val_fraction < 1:
+            raise ConfigError(f"lm.val_fraction must be in (0, 1), got {lm.val_fraction}")
+        if lm.tokenizer == "bpe" and lm.bpe_vocab_size < 257:
+            raise ConfigError(f"lm.bpe_vocab_size must be > 256 (the byte alphabet), got {lm.bpe_vocab_size}")
+
+    # ------------------------------------------------------------------------ data
+    def _corpus(self):
+        if not self.lm.data:
+            raise DataError("task 'lm' needs text: pass --data PATH (a UTF-8 file or folder); "
+                            "e.g. `learnpos data fetch tinyshakespeare` prints a path to use")
+        return load_corpus(self.lm.data, self.lm.val_data, self.lm.val_fraction)
+
+    @property
+    def data(self) -> TokenData:
+        if self._data is None:
+            cache = Path(self.lm.cache_dir) if self.lm.cache_dir else self.run_dir.parent / ".cache" / "tokens"
+            self._data = tokenize_cached(self._corpus(), self.tokenizer, self.run_dir / TOKENIZER_FILE, cache)
+            for split, arr in (("train", self._data.train), ("val", self._data.val)):
+                if arr.size <= self.T:
+                    raise DataError(f"the {split} split has {arr.size} tokens, not more than lm.block_size="
+                                    f"{self.T}; give more text or a smaller --lm.block_size")
+        return self._data
+
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        tokens = self.data.train
+        starts = np.random.default_rng([self.seed, 0, step]).integers(0, tokens.size - self.T, size=batch_size)
+        windows = np.stack([tokens[s:s + self.T + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
+        return Batch(torch.from_numpy(windows[:, :-1]), torch.from_numpy(windows[:, 1:]))
+
+    def eval_starts(self) -> np.ndarray:
+        n = (self.data.val.size - 1) // self.T  # non-overlapping windows that have a next token
+        if self.lm.eval_windows and self.lm.eval_windows < n:
+            return np.linspace(0, n - 1, self.lm.eval_windows).round().astype(np.int64) * self.T
+        return np.arange(n, dtype=np.int64) * self.T
+
+    @torch.no_grad()
+    def evaluate(self, model, device, batch_size: int = 64, autocast=None) -> dict:
+        val, starts = self.data.val, self.eval_starts()
+        was_training = model.training
+        model.eval()
+        loss_by_pos = torch.zeros(self.T, dtype=torch.float64)
+        for i in range(0, len(starts), batch_size):
+            windows = np.stack([val[s:s + self.T + 1] for s in starts[i:i + batch_size]]).astype(np.int64)
+            w = torch.from_numpy(windows).to(device)
+            with autocast() if autocast else contextlib.nullcontext():
+                logits = model(w[:, :-1]).logits  # (B, T, V)
+            nll = F.cross_entropy(logits.float().transpose(1, 2), w[:, 1:], reduction="none")  # (B, T)
+            loss_by_pos += nll.sum(0).double().cpu()
+        model.train(was_training)
+        loss_by_pos /= len(starts)
+        loss = float(loss_by_pos.mean())
+        tokens_per_char = self.data.val.size / self.data.val_chars
+        atomic_write_text(self.run_dir / LOSS_BY_POSITION_FILE,
+                          "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
+        return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2) * tokens_per_char,
+                "eval_tokens": len(starts) * self.T}
+
+    # ------------------------------------------------------------------ generation
+    def respond(self, model, prompt: str, max_new_tokens: int | None = None, stream=None, sliding: bool = False,
+                skip_unknown: bool = False, **sampling) -> str:  # sampling: temperature, top_k, top_p, generator
+        """The prompt followed by its continuation; `stream(text)` receives the prompt, then
+        decoded text as it is produced. max_new_tokens=None: as many as the learned table
+        leaves room for (200 for encodings without a table)."""
+        ids = self.tokenizer.encode(prompt, unknown="skip" if skip_unknown else "error")
+        if not ids:
+            raise DataError("the prompt is empty after tokenization; give at least one known character")
+        L = model.pos.max_len if isinstance(model.pos, LearnedPositionalEmbedding) else None
+        if max_new_tokens is None:
+            max_new_tokens = 200 if L is None else L - len(ids) + 1
+            if max_new_tokens <= 0:
+                raise PositionOutOfRange(f"the prompt has {len(ids)} tokens; the learned table holds {L}. "
+                                         f"Shorten it or pass --sliding with --max-new-tokens")
+        prompt_text = self.tokenizer.decode(ids)
+        if stream is not None:
+            stream(prompt_text)
+        printer = _StreamDecoder(self.tokenizer, stream)
+        if L is None or len(ids) + max_new_tokens - 1 <= L:
+            out = model.generate([ids], max_new_tokens, on_token=lambda tok: printer.add(int(tok[0])), **sampling)[0]
+            return prompt_text + printer.finish(out)
+        if not sliding:
+            raise PositionOutOfRange(
+                f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens needs {len(ids) + max_new_tokens - 1} "
+                f"positions but the learned table has {L}; pass --sliding to keep only the last tokens as "
+                f"context, or ask for at most {max(0, L - len(ids) + 1)} new tokens")
+        # Sliding window: generate in chunks, each conditioned on the most recent tokens
+        # that leave room for the chunk inside the table (a longer prompt keeps its tail).
+        chunk = max(1, L // 2)
+        context, out = list(ids), []
+        while len(out) < max_new_tokens:
+            n = min(chunk, max_new_tokens - len(out))
+            window = context[-(L - n + 1):]
+            new = model.generate([window], n, on_token=lambda tok: printer.add(int(tok[0])), **sampling)[0]
+            out += new
+            context += new
+            if len(new) < n:  # stop token
+                break
+        return prompt_text + printer.finish(out)
+
+
+class _StreamDecoder:
+    """Turns a stream of token ids into text pieces; holds back an incomplete UTF-8 tail."""
+
+    def __init__(self, tokenizer, stream):
+        self.tokenizer, self.stream = tokenizer, stream
+        self.ids: list[int] = []
+        self.shown = 0
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        if self.stream is None:
+            return
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
+            return
+        self.stream(text[self.shown:])
+        self.shown = len(text)
+
+    def finish(self, out: list[int]) -> str:
+        text = self.tokenizer.decode(out)
+        if self.stream is not None and len(text) > self.shown:
+            self.stream(text[self.shown:])
+        return text

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from learnpos.analysis.position_stats import STATS_FILE, PositionStats
 from learnpos.config import Config, load_run_config
 from learnpos.errors import ConfigError, RunDirError, TrainingDiverged
 from learnpos.model import GPT
-from learnpos.analysis.position_stats import STATS_FILE, PositionStats
 from learnpos.optim import build_optimizer, lr_at
 from learnpos.positional import LearnedPositionalEmbedding
 from learnpos.runs import (

@@ -184,9 +184,10 @@ def test_lm_generation_length_handling(tiny_lm):
 def test_readme_lm_commands_short(tmp_path):
     """`learnpos train --preset shakespeare-char --data FILE` then `learnpos generate`, cut to 20 steps."""
     cli = [sys.executable, "-m", "learnpos.cli"]
-    r = subprocess.run([*cli, "train", "--preset", "shakespeare-char", "--data", str(SHARED / "tinyshakespeare/input.txt"),
-                        "--train.max_iters=20", "--train.eval_interval=20", "--train.warmup_iters=5",
-                        "--lm.eval_windows=50", "--train.out_dir=run", "--quiet", "--json"],
+    data = str(SHARED / "tinyshakespeare/input.txt")
+    r = subprocess.run([*cli, "train", "--preset", "shakespeare-char", "--data", data, "--train.max_iters=20",
+                        "--train.eval_interval=20", "--train.warmup_iters=5", "--lm.eval_windows=50",
+                        "--train.out_dir=run", "--quiet", "--json"],
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])

@@ -36,7 +36,7 @@ class CharTokenizer:
     def encode(self, text: str, unknown: str = "error") -> list[int]:
         ids = [self.index.get(c, -1) for c in text]
         if -1 in ids:
-            missing = sorted({c for c, i in zip(text, ids) if i < 0})
+            missing = sorted({c for c, i in zip(text, ids, strict=True) if i < 0})
             if unknown != "skip":
                 shown = ", ".join(repr(c) for c in missing[:10])
                 raise DataError(f"the text has {len(missing)} character(s) this model never saw ({shown}); "

@@ -160,6 +160,12 @@ def cmd_data(args, overrides) -> int:
     return 0
 
 
+def cmd_verify(args, overrides) -> int:
+    from learnpos.verify import main as verify_main
+
+    return verify_main((["--json"] if args.json else []) + ["--seed", str(args.seed)])
+
+
 def cmd_config(args, overrides) -> int:
     from learnpos.config import list_presets, load_config
 
@@ -228,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", help="base URL of a copy laid out as <mirror>/<name>/<file>")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("verify", help="check the NumPy reference backward and optimizers against autograd")
+    p.add_argument("--json", action="store_true", help="print {ok, checks: [...]} as the last line")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("config", help="print the resolved config of a preset plus overrides")
     p.add_argument("--preset", default="demo")

@@ -51,14 +51,15 @@ def position_ids_from_mask(attention_mask: Tensor, offset: Tensor | int = 0) -> 
     return ids.masked_fill(mask == 0, 0)
 
 
-def sinusoid_table(positions: Tensor, dim: int, scale: float = 1.0) -> Tensor:
+def sinusoid_table(positions: Tensor, dim: int, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> Tensor:
     """Vaswani et al. (2017) sinusoids: row p = [sin(p w_0), cos(p w_0), sin(p w_1), ...],
-    w_i = 10000^(-2i/dim), times `scale`. `positions` (...,) -> (..., dim), float32."""
+    w_i = 10000^(-2i/dim), times `scale`. `positions` (...,) -> (..., dim), computed in
+    float64 and returned as `dtype`."""
     freqs = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device)
                       * (-math.log(10000.0) / dim))
     angles = positions.to(torch.float64).unsqueeze(-1) * freqs  # (..., dim/2)
     table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # interleave sin, cos
-    return (table * scale).to(torch.float32)
+    return (table * scale).to(dtype)
 
 
 def sinusoid_scale(init_std: float) -> float:
@@ -200,12 +201,12 @@ class SinusoidalPositionalEncoding(PositionalEncoding):
     def __init__(self, n_embd: int, scale: float = 1.0):
         super().__init__()
         self.n_embd, self.scale = n_embd, scale
-        self.register_buffer("anchor", torch.empty(0), persistent=False)  # follows .to(device)
+        self.register_buffer("anchor", torch.empty(0), persistent=False)  # follows .to(device/dtype)
 
     def embed(self, position_ids: Tensor | None, offset: int, T: int) -> Tensor:
         if position_ids is None:
             position_ids = default_position_ids(T, offset, device=self.anchor.device)
-        return sinusoid_table(position_ids, self.n_embd, self.scale)  # (B|1, T, C)
+        return sinusoid_table(position_ids, self.n_embd, self.scale, self.anchor.dtype)  # (B|1, T, C), model dtype
 
 
 class RotaryPositionalEncoding(PositionalEncoding):

@@ -183,3 +183,46 @@ def test_weight_decay_on_p_moves_rows_that_get_no_gradient(tmp_path):
     train(load_config("demo", over), quiet=True)
     s = load_position_stats(tmp_path)
     assert (s["nonzero_steps"][33:] == 0).all() and (s["displacement"][33:] > 0).all()
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from learnpos.errors import TrainingDiverged
+    from learnpos.model import GPT
+
+    cfg = load_config("demo", {**FAST, "train.max_iters": "30", "train.out_dir": str(tmp_path)})
+    real_forward = GPT.forward
+
+    def poisoned(self, *args, **kwargs):  # from step 20 on the loss is NaN
+        out = real_forward(self, *args, **kwargs)
+        if self.training and poisoned.calls >= 20:
+            out = out._replace(loss=out.loss * float("nan"))
+        poisoned.calls += self.training
+        return out
+
+    poisoned.calls = 0
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 25"):
+        train(cfg, quiet=True)
+    state = torch.load(tmp_path / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 20  # the last good checkpoint is intact
+
+
+def test_bf16_autocast_tracks_float32_on_cpu(tmp_path):
+    over = {**FAST, "train.max_iters": "60", "train.eval_interval": "60"}
+    fp32 = train(load_config("demo", {**over, "train.dtype": "float32", "train.out_dir": str(tmp_path / "a")}),
+                 quiet=True)
+    bf16 = train(load_config("demo", {**over, "train.dtype": "bfloat16", "train.out_dir": str(tmp_path / "b")}),
+                 quiet=True)
+    assert fp32.metrics["loss"] < 2.75  # it is learning (chance: ln 16 = 2.77)
+    assert bf16.metrics["loss"] == pytest.approx(fp32.metrics["loss"], rel=0.01)
+    assert bf16.metrics["loss"] != fp32.metrics["loss"]  # autocast really ran in bf16
+    assert bf16.model.pos.weight.dtype == torch.float32  # master weights stay float32
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(tmp_path):
+    over = {**FAST, "train.max_iters": "10"}
+    eager = train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "e")}), quiet=True)
+    compiled = train(load_config("demo", {**over, "train.compile": "true", "train.out_dir": str(tmp_path / "c")}),
+                     quiet=True)
+    torch.testing.assert_close(compiled.model.pos.weight, eager.model.pos.weight, atol=1e-4, rtol=1e-3)

@@ -1,0 +1,239 @@
+"""The whole model in NumPy float64: `forward` composes the layers of `layers.py` in the
+order of `learnpos.model.GPT.forward`; `backward` is that forward read in reverse.
+
+    h = E[x] + P[pos]                          (token embedding + positional encoding)
+    n_layer x:  x = x + attn(ln1(x));  x = x + mlp(ln2(x))      mlp = proj(gelu(fc(.)))
+    logits = ln_f(x) @ W_head.T                (W_head = E when the head is tied)
+    loss = mean cross-entropy over targets != -100
+
+Parameters are a dict keyed by the PyTorch model's `state_dict()` names, in its layouts,
+as float64 arrays (`tok_emb.weight` (V, C), `pos.weight` (L, C), `blocks.0.attn.qkv.weight`
+(3C, C), ...). Gradients come back keyed like `model.named_parameters()`: a tied head
+has no `head.weight` entry, its gradient is part of `tok_emb.weight`'s.
+
+`cfg` is a `learnpos.config.ModelConfig`, read by attribute only (n_layer, n_head, n_embd,
+vocab_size, bias, tie_weights, causal, positional.kind/max_len/init_std). Positional
+kinds: learned, sinusoidal, none. Dropout is not modelled: the reference equals the model
+in `eval()` mode (or with dropout 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from learnpos.reference.layers import (
+    AttentionCache,
+    CrossEntropyCache,
+    EmbeddingCache,
+    GeluCache,
+    LayerNormCache,
+    LearnedPositionalCache,
+    LinearCache,
+    attention_allowed,
+    attention_backward,
+    attention_forward,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    default_position_ids,
+    embedding_backward,
+    embedding_forward,
+    gelu_backward,
+    gelu_forward,
+    layernorm_backward,
+    layernorm_forward,
+    learned_positional_backward,
+    learned_positional_forward,
+    linear_backward,
+    linear_forward,
+    residual_backward,
+    residual_forward,
+    sinusoid_scale,
+    sinusoid_table,
+)
+
+SUPPORTED_KINDS = ("learned", "sinusoidal", "none")
+
+
+def parameter_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """Every `state_dict` name the reference reads for `cfg`, with its shape, in the model's order.
+    A tied head still lists `head.weight` (the state_dict holds it under both names)."""
+    C, V, L = cfg.n_embd, cfg.vocab_size, cfg.positional.max_len
+    shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (V, C)}
+    if cfg.positional.kind == "learned":
+        shapes["pos.weight"] = (L, C)
+    layers = {"ln1.weight": (C,), "ln1.bias": (C,), "attn.qkv.weight": (3 * C, C), "attn.qkv.bias": (3 * C,),
+              "attn.proj.weight": (C, C), "attn.proj.bias": (C,), "ln2.weight": (C,), "ln2.bias": (C,),
+              "mlp.fc.weight": (4 * C, C), "mlp.fc.bias": (4 * C,), "mlp.proj.weight": (C, 4 * C),
+              "mlp.proj.bias": (C,)}
+    for i in range(cfg.n_layer):
+        for name, shape in layers.items():
+            if cfg.bias or not name.endswith(".bias"):
+                shapes[f"blocks.{i}.{name}"] = shape
+    shapes["ln_f.weight"] = (C,)
+    if cfg.bias:
+        shapes["ln_f.bias"] = (C,)
+    shapes["head.weight"] = (V, C)
+    return shapes
+
+
+def trainable_names(cfg) -> list[str]:
+    """The names `backward` returns gradients for (`named_parameters()` order: a tied head once)."""
+    return [n for n in parameter_shapes(cfg) if not (n == "head.weight" and cfg.tie_weights)]
+
+
+def check_params(params: dict[str, np.ndarray], cfg) -> None:
+    """Raise ValueError unless `params` holds every expected name with its expected shape
+    (and, for a tied head, a `head.weight` equal to `tok_emb.weight` if it is given)."""
+    expected = parameter_shapes(cfg)
+    optional = {"head.weight"} if cfg.tie_weights else set()
+    missing = [n for n in expected if n not in params and n not in optional]
+    unexpected = [n for n in params if n not in expected]
+    if missing or unexpected:
+        raise ValueError(f"parameters do not match the config: missing {missing}, unexpected {unexpected}")
+    for name, array in params.items():
+        if tuple(array.shape) != expected[name]:
+            raise ValueError(f"{name} has shape {tuple(array.shape)}, the config needs {expected[name]}")
+    if cfg.tie_weights and "head.weight" in params and not np.array_equal(params["head.weight"],
+                                                                          params["tok_emb.weight"]):
+        raise ValueError("tie_weights=True but head.weight differs from tok_emb.weight; share one array "
+                         "under both names (or leave head.weight out)")
+
+
+@dataclass
+class BlockCache:
+    ln1: LayerNormCache
+    attn: AttentionCache
+    ln2: LayerNormCache
+    fc: LinearCache  # mlp.fc
+    gelu: GeluCache
+    mlp_proj: LinearCache  # mlp.proj
+
+
+@dataclass
+class ModelCache:
+    tok_emb: EmbeddingCache
+    pos: LearnedPositionalCache | None  # None unless the table is learned
+    blocks: list[BlockCache]
+    ln_f: LayerNormCache
+    head: LinearCache
+    loss: CrossEntropyCache | None  # None when forward ran without targets
+    tied: bool  # the head is tok_emb.weight
+    names: list[str]  # the gradient names, in `named_parameters()` order
+
+
+def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray | None, cfg,
+            position_ids: np.ndarray | None = None, attention_mask: np.ndarray | None = None
+            ) -> tuple[float | None, np.ndarray, ModelCache]:
+    """idx (B, T) token ids -> (loss, logits (B, T, V), cache), as `GPT.forward` without a KV cache.
+
+    targets (B, T) or None (then loss is None; backprop from a `dlogits` of your choice).
+    position_ids (B, T) or (1, T); None = 0..T-1. attention_mask (B, T), 1 = token, 0 = pad.
+    """
+    kind = cfg.positional.kind
+    if kind not in SUPPORTED_KINDS:
+        raise NotImplementedError(
+            f"the NumPy reference covers positional kinds {', '.join(SUPPORTED_KINDS)}, not '{kind}' "
+            f"(rope and alibi act inside attention and have no reference backward yet)")
+    check_params(params, cfg)
+    idx = np.asarray(idx)
+    B, T = idx.shape
+    bias = (lambda name: params[name]) if cfg.bias else (lambda name: None)
+
+    x, tok_cache = embedding_forward(idx, params["tok_emb.weight"])  # (B, T, C)
+    pos_cache = None
+    if kind == "learned":
+        pe, pos_cache = learned_positional_forward(params["pos.weight"], position_ids, T)  # (B|1, T, C)
+        x = x + pe  # h = E[x] + P[pos]
+    elif kind == "sinusoidal":
+        ids = default_position_ids(T) if position_ids is None else np.asarray(position_ids)
+        x = x + sinusoid_table(ids, cfg.n_embd, sinusoid_scale(cfg.positional.init_std))  # fixed: no gradient
+    allowed = attention_allowed(T, cfg.causal, attention_mask)  # (B|1, 1, T, T) or None
+
+    blocks = []
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        a, ln1 = layernorm_forward(x, params[p + "ln1.weight"], bias(p + "ln1.bias"))
+        a, attn = attention_forward(a, params[p + "attn.qkv.weight"], bias(p + "attn.qkv.bias"),
+                                    params[p + "attn.proj.weight"], bias(p + "attn.proj.bias"),
+                                    cfg.n_head, allowed)
+        x, _ = residual_forward(x, a)
+        m, ln2 = layernorm_forward(x, params[p + "ln2.weight"], bias(p + "ln2.bias"))
+        m, fc = linear_forward(m, params[p + "mlp.fc.weight"], bias(p + "mlp.fc.bias"))  # (B, T, 4C)
+        m, gelu = gelu_forward(m)
+        m, mlp_proj = linear_forward(m, params[p + "mlp.proj.weight"], bias(p + "mlp.proj.bias"))  # (B, T, C)
+        x, _ = residual_forward(x, m)
+        blocks.append(BlockCache(ln1=ln1, attn=attn, ln2=ln2, fc=fc, gelu=gelu, mlp_proj=mlp_proj))
+
+    x, ln_f = layernorm_forward(x, params["ln_f.weight"], bias("ln_f.bias"))
+    head_weight = params["tok_emb.weight"] if cfg.tie_weights else params["head.weight"]
+    logits, head = linear_forward(x, head_weight, None)  # (B, T, V)
+
+    loss, loss_cache = None, None
+    if targets is not None:
+        loss, loss_cache = cross_entropy_forward(logits, np.asarray(targets))
+    cache = ModelCache(tok_emb=tok_cache, pos=pos_cache, blocks=blocks, ln_f=ln_f, head=head,
+                       loss=loss_cache, tied=cfg.tie_weights, names=trainable_names(cfg))
+    return loss, logits, cache
+
+
+def backward(cache: ModelCache, dlogits: np.ndarray | None = None, return_dh: bool = False
+             ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray]:
+    """Gradients of every trainable parameter, keyed like `model.named_parameters()`.
+
+    dlogits (B, T, V): the upstream gradient; None = that of the mean cross-entropy loss
+    (forward must then have had targets). With `return_dh`, returns (grads, dh) where
+    dh (B, T, C) is dL/dh at the embedding sum h = E[x] + P[pos].
+    """
+    if dlogits is None:
+        if cache.loss is None:
+            raise ValueError("forward ran without targets: pass dlogits")
+        dlogits = cross_entropy_backward(1.0, cache.loss)
+    grads: dict[str, np.ndarray] = {}
+
+    def put(name: str, grad: np.ndarray | None) -> None:  # biases are None when the model has none
+        if grad is not None:
+            grads[name] = grad
+
+    dx, d_head, _ = linear_backward(dlogits, cache.head)
+    dx, d_w, d_b = layernorm_backward(dx, cache.ln_f)
+    put("ln_f.weight", d_w)
+    put("ln_f.bias", d_b)
+
+    for i in reversed(range(len(cache.blocks))):
+        b, p = cache.blocks[i], f"blocks.{i}."
+        dx_skip, dm = residual_backward(dx, None)  # x = x + mlp(ln2(x))
+        dm, d_w, d_b = linear_backward(dm, b.mlp_proj)
+        put(p + "mlp.proj.weight", d_w)
+        put(p + "mlp.proj.bias", d_b)
+        dm = gelu_backward(dm, b.gelu)
+        dm, d_w, d_b = linear_backward(dm, b.fc)
+        put(p + "mlp.fc.weight", d_w)
+        put(p + "mlp.fc.bias", d_b)
+        dm, d_w, d_b = layernorm_backward(dm, b.ln2)
+        put(p + "ln2.weight", d_w)
+        put(p + "ln2.bias", d_b)
+        dx = dx_skip + dm  # x fed the skip and the MLP branch: the sum of both uses
+
+        dx_skip, da = residual_backward(dx, None)  # x = x + attn(ln1(x))
+        da, attn_grads = attention_backward(da, b.attn)
+        for name, grad in attn_grads.items():
+            put(p + "attn." + name, grad)
+        da, d_w, d_b = layernorm_backward(da, b.ln1)
+        put(p + "ln1.weight", d_w)
+        put(p + "ln1.bias", d_b)
+        dx = dx_skip + da  # the sum of both uses again
+
+    dh = dx  # (B, T, C): dL/dh, h = E[x] + P[pos]; dh/dE[x] and dh/dP[pos] are both the identity
+    if cache.pos is not None:
+        grads["pos.weight"] = learned_positional_backward(dh, cache.pos)  # the table gradient
+    d_tok = embedding_backward(dh, cache.tok_emb)
+    if cache.tied:
+        grads["tok_emb.weight"] = d_tok + d_head  # one tensor, two uses (lookup and head): the sum
+    else:
+        grads["tok_emb.weight"] = d_tok
+        grads["head.weight"] = d_head
+
+    grads = {name: grads[name] for name in cache.names}  # named_parameters() order
+    return (grads, dh) if return_dh else grads

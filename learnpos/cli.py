@@ -141,12 +141,13 @@ def cmd_generate(args, overrides) -> int:
     task = build_task(cfg, args.run)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     streaming = cfg.task == "lm" and not args.no_stream
+    temperature = args.temperature if args.temperature is not None else (0.8 if cfg.task == "lm" else 0.0)
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}", flush=True)
         text = task.respond(model, args.prompt, max_new_tokens=args.max_new_tokens,
                             stream=(lambda piece: print(piece, end="", flush=True)) if streaming else None,
-                            sliding=args.sliding, skip_unknown=args.skip_unknown, temperature=args.temperature,
+                            sliding=args.sliding, skip_unknown=args.skip_unknown, temperature=temperature,
                             top_k=args.top_k, top_p=args.top_p, generator=gen)
         print("" if streaming else text, flush=True)  # streaming already printed the text
     return 0
@@ -216,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="default: as many as the learned table has room for (200 without a table)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy; default 0.8 for language models, 0 for synthetic tasks")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)

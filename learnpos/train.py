@@ -147,15 +147,19 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
         step += 1
         bar.update(1)
 
-        if step % t.log_interval == 0 or step == end:
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"loss is {loss_value} at step {step}; lower train.lr (now {t.lr}) "
-                                       f"or enable train.grad_clip; the last checkpoint in {run_dir} is kept")
+        log_now = step % t.log_interval == 0 or step == end
+        eval_now = step % t.eval_interval == 0 or step == end
+        if not (log_now or eval_now):
+            continue
+        loss_value = loss.item()  # checked only here (a host sync): NaN is sticky, later losses stay NaN
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss is {loss_value} at step {step}; lower train.lr (now {t.lr}) "
+                                   f"or enable train.grad_clip; the last checkpoint in {run_dir} is kept")
+        if log_now:
             append_metrics(run_dir, {"step": step, "split": "train", "loss": loss_value, "lr": lr,
                                      "time_s": round(time.perf_counter() - t0, 3)})
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        if step % t.eval_interval == 0 or step == end:
+        if eval_now:
             metrics = task.evaluate(model, device, autocast=autocast)
             append_metrics(run_dir, {"step": step, "split": "val", **metrics})
             save_checkpoint(run_dir, model, optimizer, step)

@@ -25,11 +25,11 @@ STATS_FILE = "position_stats.safetensors"
 
 class PositionStats:
     def __init__(self, table: Tensor):
-        L = table.shape[0]
-        self.init = table.detach().float().cpu().clone()  # (L, C)
-        self.grad_norm_sum = torch.zeros(L, dtype=torch.float64)
-        self.grad_norm_max = torch.zeros(L, dtype=torch.float64)
-        self.nonzero_steps = torch.zeros(L, dtype=torch.int64)
+        L, dev = table.shape[0], table.device  # accumulate on the table's device: no sync per step
+        self.init = table.detach().float().clone()  # (L, C)
+        self.grad_norm_sum = torch.zeros(L, dtype=torch.float64, device=dev)
+        self.grad_norm_max = torch.zeros(L, dtype=torch.float64, device=dev)
+        self.nonzero_steps = torch.zeros(L, dtype=torch.int64, device=dev)
         self.steps = 0
 
     @torch.no_grad()
@@ -38,24 +38,24 @@ class PositionStats:
         self.steps += 1
         if grad is None:
             return
-        norms = grad.detach().float().norm(dim=1).double().cpu()  # (L,)
+        norms = grad.detach().float().norm(dim=1).double()  # (L,)
         self.grad_norm_sum += norms
         torch.maximum(self.grad_norm_max, norms, out=self.grad_norm_max)
         self.nonzero_steps += (norms > 0).long()
 
     def tensors(self, table: Tensor) -> dict[str, Tensor]:
-        displacement = (table.detach().float().cpu() - self.init).norm(dim=1)
+        displacement = (table.detach().float() - self.init).norm(dim=1)
         return {"init": self.init, "grad_norm_sum": self.grad_norm_sum, "grad_norm_max": self.grad_norm_max,
                 "nonzero_steps": self.nonzero_steps, "displacement": displacement,
                 "steps": torch.tensor([self.steps], dtype=torch.int64)}
 
     def save(self, run_dir: Path, table: Tensor) -> None:
-        tensors = {k: v.contiguous() for k, v in self.tensors(table).items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors(table).items()}
         atomic_write(Path(run_dir) / STATS_FILE, lambda tmp: save_file(tensors, tmp))
 
     @classmethod
     def load(cls, run_dir: Path, table: Tensor) -> PositionStats:
-        data = load_file(Path(run_dir) / STATS_FILE)
+        data = load_file(Path(run_dir) / STATS_FILE, device=str(table.device))
         stats = cls(data["init"])
         if data["init"].shape != table.shape:
             raise ValueError(f"position stats are for a {tuple(data['init'].shape)} table, not {tuple(table.shape)}")

@@ -29,7 +29,7 @@ class PositionalConfig:
     """How positions enter the model (see `learnpos.positional` for each kind)."""
 
     kind: str = "learned"  # learned | sinusoidal | rope | alibi | none
-    max_len: int = 64  # rows of the learned table; the longest sequence learned/sinusoidal accept
+    max_len: int = 64  # rows of the learned table (positions 0..max_len-1); other kinds have no limit
     init: str = "normal"  # learned only: normal | zeros | sinusoidal | randn
     init_std: float = 0.02  # std of the `normal` init (GPT-2 uses 0.02); also the RMS of sinusoids
     # Decoupled weight decay shrinks *every* row of the table each step, including rows

@@ -15,9 +15,10 @@ def param_groups(model: nn.Module, weight_decay: float, decay_positions: bool) -
 
     decay      matrices of Linear layers and the token embedding (weight decay applies)
     no_decay   biases and LayerNorm gains (1-D tensors: decaying them only hurts)
-    positions  the learned table P: decayed only if `decay_positions`. Decoupled decay
-               shrinks every row by lr*wd each step, including rows no sequence ever
-               reaches (they get zero gradient), so by default P is not decayed.
+    positions  the learned table P: decayed only if `decay_positions`. AdamW's decoupled
+               decay multiplies every row by (1 - lr*wd) each step, including rows no
+               sequence ever reaches (they get zero gradient), so by default P is not
+               decayed. (With SGD the same setting is coupled L2: wd*P is added to the gradient.)
     """
     decay, no_decay, positions = [], [], []
     for name, p in model.named_parameters():

@@ -38,8 +38,9 @@ def position_ids_from_mask(attention_mask: Tensor, offset: Tensor | int = 0) -> 
     """Position ids (B, T) for a padded batch, from its attention mask (1 = token, 0 = pad).
 
     Works for left and right padding alike: the first real token of each row gets
-    `offset`, the next `offset + 1`, and so on; pad slots get 0 (they are never attended
-    to, so any in-range value is fine, and 0 always is). `offset` may be a (B,) tensor,
+    `offset`, the next `offset + 1`, and so on; pad slots get 0 (with the mask passed to
+    the model no real token attends to them, so any in-range value is fine, and 0 always
+    is). Give pad slots target -100 as well, or they add loss. `offset` may be a (B,) tensor,
     e.g. the number of real tokens already in a KV cache for each row.
     """
     mask = attention_mask.to(torch.long)

@@ -94,7 +94,7 @@ class TrainConfig:
     log_interval: int = 50
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 (autocast); auto = bf16 on CUDA if supported
+    dtype: str = "auto"  # auto | float32 | bfloat16 (autocast); auto = bf16 on CUDA and AMX CPUs
     compile: bool = False  # torch.compile the model (worth it on CUDA)
     position_stats: bool = False  # record per-row gradient norms/counts/displacement of P
     out_dir: str = "runs/default"

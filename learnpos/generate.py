@@ -35,7 +35,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              stop_token: int | None = None, pad_id: int = 0, generator: torch.Generator | None = None,
@@ -72,26 +72,30 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     position_ids = position_ids_from_mask(mask) if padded else None
     next_pos = mask.sum(1, keepdim=True)  # (B, 1): each row's next position
 
+    # The cache holds prompt + generation; every decoding step then writes one slot per
+    # layer and the loop allocates nothing but the step's activations. No host sync per
+    # step unless a stop token is set (then `finished.all()` decides whether to go on).
     cache = model.new_cache(T + max_new_tokens)
     logits = model(idx, position_ids=position_ids, attention_mask=mask if padded else None,
-                   past_kv=cache).logits[:, -1]  # (B, V)
+                   past_kv=cache, last_only=True).logits[:, -1]  # (B, V)
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device) if stop_token is not None else None
     n = 0
     for step in range(max_new_tokens):
         tok = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        if stop_token is not None:
+        if finished is not None:
             tok = tok.masked_fill(finished, stop_token)
             finished |= tok == stop_token
         out[:, step] = tok
         n = step + 1
         if on_token is not None:
             on_token(tok)
-        if step == max_new_tokens - 1 or (stop_token is not None and bool(finished.all())):
+        if step == max_new_tokens - 1 or (finished is not None and bool(finished.all())):
             break
-        logits = model(tok.unsqueeze(1), position_ids=next_pos if padded else None,
-                       past_kv=cache).logits[:, -1]
-        next_pos = next_pos + 1
+        logits = model(out[:, step:step + 1], position_ids=next_pos if padded else None,
+                       past_kv=cache, last_only=True).logits[:, -1]
+        if padded:
+            next_pos += 1
     model.train(was_training)
 
     result = []

@@ -41,7 +41,8 @@ class KVCache:
     The model writes into it in place during `forward(..., past_kv=cache)` and then
     advances `length`; the default positions of new tokens continue from `length`.
     It also keeps, per cached slot, whether it is a real token (for left-padded batches)
-    and its position id (for ALiBi's distance bias).
+    and its position id (for ALiBi's distance bias). Every buffer is allocated once, so a
+    decoding step only writes its new slots and reads views of the first `length + T`.
     """
 
     def __init__(self, n_layer: int, capacity: int):
@@ -55,8 +56,6 @@ class KVCache:
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store this step's k, v (B, nh, T, hs); return all keys/values so far (B, nh, S, hs)."""
         B, nh, T, hs = k.shape
-        if self.length + T > self.capacity:
-            raise ValueError(f"KV cache full: {self.length} + {T} > capacity {self.capacity}")
         if self.k[layer] is None:
             self.k[layer] = k.new_empty(B, nh, self.capacity, hs)
             self.v[layer] = v.new_empty(B, nh, self.capacity, hs)
@@ -65,10 +64,13 @@ class KVCache:
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
-    def advance(self, key_mask: Tensor | None, positions: Tensor, B: int) -> None:
-        """Record the new tokens' mask and positions, then move `length` past them."""
-        T = positions.shape[-1]
+    def record(self, key_mask: Tensor | None, positions: Tensor) -> None:
+        """Before the layers run: store the T new tokens' mask (B, T) and positions (B, T) in
+        slots length..length+T-1, so `key_mask`/`positions` [:, :length + T] describe every key."""
+        B, T = positions.shape
         end = self.length + T
+        if end > self.capacity:
+            raise ValueError(f"KV cache full: {self.length} + {T} > capacity {self.capacity}")
         if self.positions is None:
             self.positions = torch.zeros(B, self.capacity, dtype=torch.long, device=positions.device)
         self.positions[:, self.length:end] = positions
@@ -76,7 +78,10 @@ class KVCache:
             self.key_mask = torch.ones(B, self.capacity, dtype=torch.bool, device=positions.device)
         if self.key_mask is not None:
             self.key_mask[:, self.length:end] = True if key_mask is None else key_mask.bool()
-        self.length = end
+
+    def advance(self, T: int) -> None:
+        """After the layers ran: the T new tokens are now part of the cache."""
+        self.length += T
 
 
 class ModelOutput(NamedTuple):
@@ -85,6 +90,20 @@ class ModelOutput(NamedTuple):
 
 
 # --------------------------------------------------------------------------- layers
+
+
+# PyTorch's CPU flash-attention backward in bf16 has a large fixed cost per (batch, head,
+# block). Measured on a 2-core Xeon with AMX (torch 2.13), fwd+bwd including the casts, fp32
+# is 2.4-4x faster than bf16 for S <= 128 keys, about even at 192 and slower from 256 on.
+_CPU_BF16_ATTN_FP32_MAX_KEYS = 128
+
+
+def _attention_in_fp32(q: Tensor, k: Tensor) -> bool:
+    """Whether to compute attention in fp32 although q, k, v are bf16: when training on CPU
+    under bf16 autocast with short keys (see above). fp32 is also the more accurate choice;
+    the output goes back to bf16 in the next Linear. Inference keeps bf16 (its forward is fast)."""
+    return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad
+            and k.shape[-2] <= _CPU_BF16_ATTN_FP32_MAX_KEYS)
 
 
 class SelfAttention(nn.Module):
@@ -108,8 +127,13 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if _attention_in_fp32(q, k):
+            with torch.autocast("cpu", enabled=False):  # autocast would cast fp32 inputs back to bf16
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                   is_causal=is_causal, dropout_p=dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -187,7 +211,8 @@ class GPT(nn.Module):
         return KVCache(len(self.blocks), capacity)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, position_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None, past_kv: KVCache | None = None) -> ModelOutput:
+                attention_mask: Tensor | None = None, past_kv: KVCache | None = None,
+                last_only: bool = False) -> ModelOutput:
         """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the loss.
 
         position_ids (B, T): explicit positions; default `offset + arange(T)` where offset
@@ -195,7 +220,11 @@ class GPT(nn.Module):
         attention_mask (B, T): 1 for real tokens, 0 for padding (keys that are padding are
             never attended to).
         past_kv: a `KVCache`, updated in place; the new tokens attend to everything in it.
+        last_only: return logits for the last position only, (B, 1, V) (generation; with a
+            large vocabulary the head over a whole prompt is the costliest part of prefill).
         """
+        if last_only and targets is not None:
+            raise ValueError("last_only=True gives logits for one position; it cannot compute a loss")
         B, T = idx.shape
         offset = past_kv.length if past_kv is not None else 0
         x = self.tok_emb(idx)  # (B, T, C)
@@ -205,16 +234,20 @@ class GPT(nn.Module):
         x = self.drop(x)
 
         positions = position_ids if position_ids is not None else default_position_ids(T, offset, idx.device)
+        if past_kv is not None:
+            past_kv.record(attention_mask, positions.expand(B, T))
         rope = self.pos.rotary(positions)
         mask, is_causal = self._attention_mask(positions, attention_mask, past_kv, T)
 
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, is_causal, past_kv, i)
-        x = self.ln_f(x)
-        logits = self.head(x)  # (B, T, V)
-
         if past_kv is not None:
-            past_kv.advance(attention_mask, positions.expand(B, T), B)
+            past_kv.advance(T)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C): the next-token logits are all that decoding needs
+        x = self.ln_f(x)
+        logits = self.head(x)  # (B, T, V), or (B, 1, V) with last_only
+
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
@@ -223,15 +256,17 @@ class GPT(nn.Module):
     def _attention_mask(self, positions: Tensor, attention_mask: Tensor | None,
                         cache: KVCache | None, T: int) -> tuple[Tensor | None, bool]:
         """What SDPA needs: (attn_mask, is_causal). attn_mask is bool (True = may attend) or
-        float (additive, for ALiBi), shaped (B|1, 1|nh, T, S). Common cases need no mask."""
+        float (additive, for ALiBi), shaped (B|1, 1|nh, T, S). Common cases need no mask.
+        With a cache, the new tokens are already recorded in it (`KVCache.record`)."""
         causal = self.config.causal
         offset = cache.length if cache is not None else 0
         S = offset + T
-        k_pos = positions
-        if offset > 0:  # keys = cached slots, then the new tokens
-            k_pos = torch.cat([cache.positions[:, :offset], positions.expand(cache.positions.shape[0], T)], 1)
+        k_pos = cache.positions[:, :S] if cache is not None else positions  # (B|1, S), a view
         bias = self.pos.attn_bias(positions, k_pos)  # (B|1, nh, T, S) or None
-        key_mask = self._key_mask(attention_mask, cache, T)  # (B, S) or None
+        if cache is not None:  # (B, S) or None: which keys are real tokens
+            key_mask = cache.key_mask[:, :S] if cache.key_mask is not None else None
+        else:
+            key_mask = attention_mask.bool() if attention_mask is not None else None
         if key_mask is None and bias is None:
             if not causal:
                 return None, False
@@ -251,21 +286,6 @@ class GPT(nn.Module):
         if bias is None:
             return allowed, False
         return bias.masked_fill(~allowed, float("-inf")), False
-
-    @staticmethod
-    def _key_mask(attention_mask: Tensor | None, cache: KVCache | None, T: int) -> Tensor | None:
-        """(B, S) bool: which keys are real tokens; None when nothing is padded."""
-        cached = cache.key_mask if cache is not None else None
-        if attention_mask is None and cached is None:
-            return None
-        offset = cache.length if cache is not None else 0
-        B = attention_mask.shape[0] if attention_mask is not None else cached.shape[0]
-        device = attention_mask.device if attention_mask is not None else cached.device
-        new = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
-        if offset == 0:
-            return new
-        old = cached[:, :offset] if cached is not None else torch.ones(B, offset, dtype=torch.bool, device=device)
-        return torch.cat([old, new], 1)
 
     # ------------------------------------------------------------ positional utilities
 

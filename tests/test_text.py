@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data_dir
 
 from learnpos.config import load_config
 from learnpos.data.fetch import CORPORA, fetch
@@ -19,7 +20,7 @@ from learnpos.data.text import load_corpus, read_text, tokenize_cached
 from learnpos.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from learnpos.errors import DataError, PositionOutOfRange
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = shared_data_dir()
 MIXED = "To be, or not to be: that is the question.\n学而时习之，不亦说乎？有朋自远方来。\nnaïve café — 🙂\n"
 
 

@@ -1,0 +1,16 @@
+"""Shared test settings."""
+
+import os
+from pathlib import Path
+
+
+def shared_data_dir() -> Path:
+    """The project's benchmark data (never copied into the repo): $LEARNPOS_SHARED_DATA, else
+    ../shared/data next to the checkout, else /work/shared/data. Tests that need it skip
+    when none exists."""
+    candidates = [os.environ.get("LEARNPOS_SHARED_DATA", ""),
+                  Path(__file__).resolve().parents[2] / "shared" / "data", "/work/shared/data"]
+    for c in candidates:
+        if c and Path(c, "MANIFEST.md").exists():
+            return Path(c)
+    return Path(candidates[1])

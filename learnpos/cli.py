@@ -73,7 +73,9 @@ def cmd_demo(args, overrides) -> int:
         print(f"held-out exact-match {m['exact_match']:.3f} on {s.n_eval} sequences "
               f"(token accuracy {m['token_accuracy']:.4f}) in {result.wall_s:.1f} s")
         print(f"run dir: {result.run_dir}  (config.json, model.safetensors, metrics.jsonl, pos_similarity.png)")
-        print(f"try: learnpos generate --run {result.run_dir} --prompt \"3 1 4 1 5 9 2 6\"")
+        digits = "31415926535897932384626433832795028841971693993751"  # any s.length symbols < n_symbols
+        prompt = " ".join(str(int(d) % s.n_symbols) for d in (digits * 4)[:s.length])
+        print(f"try: learnpos generate --run {result.run_dir} --prompt \"{prompt}\"")
     if args.json:
         _emit_json({"task": cfg.task, "exact_match": m["exact_match"], "wall_s": round(result.wall_s, 2),
                     "run_dir": str(result.run_dir)})

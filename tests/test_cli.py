@@ -28,6 +28,11 @@ def test_demo_as_in_the_readme(tmp_path):
     assert res["task"] == "reverse" and res["exact_match"] >= 0.99 and res["wall_s"] < 180
     run = tmp_path / res["run_dir"]
     assert (run / "pos_similarity.png").stat().st_size > 1000 and (run / "model.safetensors").exists()
+    hint = next(line for line in r.stdout.splitlines() if line.startswith("try: learnpos generate"))
+    prompt = hint.split('--prompt "')[1].rstrip('"')
+    assert len(prompt.split()) == 16  # the suggested prompt has the trained length
+    g = learnpos("generate", "--run", res["run_dir"], "--prompt", prompt, cwd=tmp_path)
+    assert g.returncode == 0 and g.stdout.split() == prompt.split()[::-1]  # the demo model reverses it
     again = learnpos("demo", "--json", "--quiet", "--train.max_iters=20", "--train.eval_interval=20",
                      "--train.warmup_iters=5", cwd=tmp_path)
     assert again.returncode == 0 and last_json(again.stdout)["run_dir"] == "runs/demo-2"  # never overwrites

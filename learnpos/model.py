@@ -250,7 +250,9 @@ class GPT(nn.Module):
 
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+            # at least float32 (bf16 logits under autocast), float64 stays float64 (the reference checks)
+            wide = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
+            loss = F.cross_entropy(wide, targets.flatten(), ignore_index=IGNORE_INDEX)
         return ModelOutput(logits, loss)
 
     def _attention_mask(self, positions: Tensor, attention_mask: Tensor | None,

@@ -162,3 +162,13 @@ def test_position_gradient_reaches_only_used_rows():
     model(idx, targets=idx).loss.backward()
     g = model.pos.weight.grad
     assert (g[:7].abs().sum(1) > 0).all() and (g[7:] == 0).all()
+
+
+def test_loss_keeps_float64_for_a_float64_model():
+    """The loss is computed in at least float32, never narrower than the logits (float64 checks need it)."""
+    model = make("learned").double()
+    idx = torch.randint(0, V, (2, 6))
+    out = model(idx, targets=idx)
+    assert out.loss.dtype == torch.float64
+    manual = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), idx.flatten())
+    assert abs(out.loss.item() - manual.item()) < 1e-14

@@ -230,8 +230,13 @@ def test_bf16_autocast_tracks_float32_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_torch_compile_matches_eager(tmp_path):
-    over = {**FAST, "train.max_iters": "10"}
+    """train.compile=true: the same losses as eager (float32; Adam amplifies rounding in
+    near-zero gradients, so weights are compared through the losses they produce)."""
+    over = {**FAST, "train.max_iters": "10", "train.dtype": "float32"}
     eager = train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "e")}), quiet=True)
     compiled = train(load_config("demo", {**over, "train.compile": "true", "train.out_dir": str(tmp_path / "c")}),
                      quiet=True)
-    torch.testing.assert_close(compiled.model.pos.weight, eager.model.pos.weight, atol=1e-4, rtol=1e-3)
+    losses = lambda run: [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert losses(compiled.run_dir) == pytest.approx(losses(eager.run_dir), rel=1e-4)
+    idx = torch.randint(0, 20, (4, 33))
+    torch.testing.assert_close(torch.compile(eager.model)(idx).logits, eager.model(idx).logits, atol=1e-5, rtol=1e-5)

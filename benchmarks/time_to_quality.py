@@ -14,6 +14,7 @@ rescaled to N: warmup capped at N, evaluation at the end) for a smoke test.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -54,26 +55,42 @@ def main() -> None:
                     help="override train.dtype (default: the preset's, i.e. learnpos's default)")
     ap.add_argument("--preset", default="shakespeare-char")
     ap.add_argument("--out-dir", default=None, help="run directory (default: a temporary one, deleted after)")
+    ap.add_argument("--seeds", default="", help="comma-separated train.seed values, one run each (default: the "
+                    "preset's); val_loss and wall_s are then means, per-seed values under by_seed")
     args = ap.parse_args()
 
     C.set_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        out_dir = args.out_dir or str(Path(tmp) / "run")
-        data = args.data if args.preset == "shakespeare-char" or args.data != str(DEFAULT_DATA) else None
-        try:
-            cfg = load_config(args.preset, build_overrides(args.preset, data, out_dir, args.iters, args.dtype))
-        except ConfigError as e:
-            raise SystemExit(f"time_to_quality: {e}") from None
-        print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; preset {args.preset}, "
-              f"{cfg.train.max_iters} iterations, train.dtype={cfg.train.dtype}, data {data}")
-        result = train(cfg, quiet=True)
-    val_loss = float(result.metrics["loss"])
+    seeds = [s for s in args.seeds.split(",") if s] or [None]
+    by_seed = {}
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            out_dir = args.out_dir if args.out_dir and len(seeds) == 1 else str(Path(tmp) / "run")
+            data = args.data if args.preset == "shakespeare-char" or args.data != str(DEFAULT_DATA) else None
+            over = build_overrides(args.preset, data, out_dir, args.iters, args.dtype)
+            if seed is not None:
+                over["train.seed"] = seed
+            try:
+                cfg = load_config(args.preset, over)
+            except ConfigError as e:
+                raise SystemExit(f"time_to_quality: {e}") from None
+            print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; preset {args.preset}, "
+                  f"{cfg.train.max_iters} iterations, train.dtype={cfg.train.dtype}, seed {cfg.train.seed}, "
+                  f"data {data}", flush=True)
+            result = train(cfg, quiet=True)
+        by_seed[cfg.train.seed] = {"val_loss": round(float(result.metrics["loss"]), 4),
+                                   "wall_s": round(result.wall_s, 1)}
+        print(f"  seed {cfg.train.seed}: val loss {by_seed[cfg.train.seed]['val_loss']:.4f} "
+              f"in {result.wall_s:.1f} s", flush=True)
+    val_loss = statistics.mean(r["val_loss"] for r in by_seed.values())
+    wall_s = statistics.mean(r["wall_s"] for r in by_seed.values())
     precision = C.default_cpu_precision() if cfg.train.dtype == "auto" else cfg.train.dtype  # what auto chose
-    out = {"val_loss": round(val_loss, 4), "wall_s": round(result.wall_s, 1), "iters": cfg.train.max_iters,
+    out = {"val_loss": round(val_loss, 4), "wall_s": round(wall_s, 1), "iters": cfg.train.max_iters,
            "reference_val_loss": REFERENCE_VAL_LOSS, "threads": torch.get_num_threads(),
-           "dtype": cfg.train.dtype, "precision": precision, "preset": args.preset}
-    print(f"time_to_quality {args.preset}: val loss {val_loss:.4f} (nanoGPT CPU reference {REFERENCE_VAL_LOSS}) "
-          f"after {cfg.train.max_iters} iterations in {result.wall_s:.1f} s ({precision}); {C.thread_note()}")
+           "dtype": cfg.train.dtype, "precision": precision, "preset": args.preset,
+           "by_seed": {str(k): v for k, v in by_seed.items()}}
+    what = "val loss" if len(by_seed) == 1 else f"mean val loss over {len(by_seed)} seeds"
+    print(f"time_to_quality {args.preset}: {what} {val_loss:.4f} (nanoGPT CPU reference {REFERENCE_VAL_LOSS}) "
+          f"after {cfg.train.max_iters} iterations in {wall_s:.1f} s per run ({precision}); {C.thread_note()}")
     C.emit(args.json, out)
 
 

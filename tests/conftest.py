@@ -3,6 +3,10 @@
 import os
 from pathlib import Path
 
+# Before any test module imports torch: OpenMP threads wait passively, so a busy second core
+# (CI, another process) does not make every step 25-50x slower. Subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def shared_data_dir() -> Path:
     """The project's benchmark data (never copied into the repo): $LEARNPOS_SHARED_DATA, else

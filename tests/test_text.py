@@ -197,3 +197,23 @@ def test_readme_lm_commands_short(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True)
     assert g.returncode == 0, g.stderr
     assert g.stdout.startswith("ROMEO:") and len(g.stdout.rstrip("\n")) == 64 + 1
+
+
+def test_bpe_lm_end_to_end(tmp_path):
+    """A BPE LM: bits per character uses the tokens-per-character ratio; any prompt encodes."""
+    from learnpos.runs import load_run
+    from learnpos.tasks import build_task
+    from learnpos.train import train
+
+    (tmp_path / "text.txt").write_text(MIXED * 300, encoding="utf-8")
+    cfg = load_config("shakespeare-bpe", {
+        "lm.data": str(tmp_path / "text.txt"), "train.out_dir": str(tmp_path / "run"), "train.max_iters": "5",
+        "train.eval_interval": "5", "train.warmup_iters": "2", "model.n_layer": "1", "lm.bpe_vocab_size": "300",
+        "lm.block_size": "16", "model.positional.max_len": "16"})
+    m = train(cfg, quiet=True).metrics
+    task = build_task(cfg, tmp_path / "run")
+    ratio = task.data.val.size / task.data.val_chars  # fewer tokens than characters
+    assert ratio < 1 and m["bits_per_char"] == pytest.approx(m["loss"] / np.log(2) * ratio)
+    model, _ = load_run(tmp_path / "run")
+    text = task.respond(model, "龘 unseen", max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+    assert text.startswith("龘 unseen")

@@ -26,7 +26,8 @@ MODEL_FILE, STATE_FILE, CONFIG_FILE, METRICS_FILE = (
     "model.safetensors", "trainer_state.pt", "config.json", "metrics.jsonl")
 
 
-def _tmp_path(path: Path) -> Path:
+def temp_path_beside(path: Path) -> Path:
+    """A new empty file next to `path` (same filesystem, so a rename over `path` is atomic)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(tmp)
@@ -36,7 +37,7 @@ def atomic_write(path: str | Path, write) -> None:
     """Call `write(tmp_path)`, then rename over `path`: readers see the old or the new file, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = temp_path_beside(path)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -49,6 +49,21 @@ def test_bpe_round_trip_including_chinese(tmp_path):
     assert again.encode(MIXED) == tok.encode(MIXED)
 
 
+def test_stream_decoder_never_emits_half_characters():
+    from learnpos.tasks.lm import _StreamDecoder
+
+    tok = BPETokenizer.train("abc " * 50, vocab_size=260)  # no merges for CJK: one token per UTF-8 byte
+    text = "学而时习之 🙂 ok"
+    ids = tok.encode(text)
+    assert len(ids) > len(text)  # characters really are split across tokens
+    pieces = []
+    decoder = _StreamDecoder(tok, pieces.append)
+    for i in ids:
+        decoder.add(i)
+    decoder.flush()
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
 def test_read_text_rejects_bad_input(tmp_path):
     (tmp_path / "empty.txt").write_text("  \n")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
@@ -215,5 +230,9 @@ def test_bpe_lm_end_to_end(tmp_path):
     ratio = task.data.val.size / task.data.val_chars  # fewer tokens than characters
     assert ratio < 1 and m["bits_per_char"] == pytest.approx(m["loss"] / np.log(2) * ratio)
     model, _ = load_run(tmp_path / "run")
-    text = task.respond(model, "龘 unseen", max_new_tokens=4, generator=torch.Generator().manual_seed(0))
-    assert text.startswith("龘 unseen")
+    pieces = []
+    text = task.respond(model, "龘 unseen", max_new_tokens=6, stream=pieces.append,
+                        generator=torch.Generator().manual_seed(0))
+    assert text.startswith("龘 unseen") and "".join(pieces) == text  # streamed pieces are the text
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert task.respond(model, "学", 12, generator=g()) == task.respond(model, "学", 12, stream=print, generator=g())

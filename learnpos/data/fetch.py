@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learnpos.errors import DataError
-from learnpos.runs import _tmp_path
+from learnpos.runs import temp_path_beside
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def fetch(name: str, cache_dir: str | Path | None = None, mirror: str | None = N
             log(f"{target}: present, sha256 ok")
             continue
         url = f"{mirror.rstrip('/')}/{name}/{remote.name}" if mirror else remote.url
-        tmp = _tmp_path(target)
+        tmp = temp_path_beside(target)
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
                 while block := response.read(1 << 20):

@@ -130,52 +130,53 @@ class LMTask(Task):
                 raise PositionOutOfRange(f"the prompt has {len(ids)} tokens; the learned table holds {L}. "
                                          f"Shorten it or pass --sliding with --max-new-tokens")
         prompt_text = self.tokenizer.decode(ids)
-        if stream is not None:
+        printer = on_token = None
+        if stream is not None:  # only then pay a host sync per token
             stream(prompt_text)
-        printer = _StreamDecoder(self.tokenizer, stream)
+            printer = _StreamDecoder(self.tokenizer, stream)
+            on_token = lambda tok: printer.add(int(tok[0]))  # noqa: E731
         if L is None or len(ids) + max_new_tokens - 1 <= L:
-            out = model.generate([ids], max_new_tokens, on_token=lambda tok: printer.add(int(tok[0])), **sampling)[0]
-            return prompt_text + printer.finish(out)
-        if not sliding:
+            out = model.generate([ids], max_new_tokens, on_token=on_token, **sampling)[0]
+        elif not sliding:
             raise PositionOutOfRange(
                 f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens needs {len(ids) + max_new_tokens - 1} "
                 f"positions but the learned table has {L}; pass --sliding to keep only the last tokens as "
                 f"context, or ask for at most {max(0, L - len(ids) + 1)} new tokens")
-        # Sliding window: generate in chunks, each conditioned on the most recent tokens
-        # that leave room for the chunk inside the table (a longer prompt keeps its tail).
-        chunk = max(1, L // 2)
-        context, out = list(ids), []
-        while len(out) < max_new_tokens:
-            n = min(chunk, max_new_tokens - len(out))
-            window = context[-(L - n + 1):]
-            new = model.generate([window], n, on_token=lambda tok: printer.add(int(tok[0])), **sampling)[0]
-            out += new
-            context += new
-            if len(new) < n:  # stop token
-                break
-        return prompt_text + printer.finish(out)
+        else:
+            # Sliding window: generate in chunks, each conditioned on the most recent tokens
+            # that leave room for the chunk inside the table (a longer prompt keeps its tail).
+            chunk = max(1, L // 2)
+            context, out = list(ids), []
+            while len(out) < max_new_tokens:
+                n = min(chunk, max_new_tokens - len(out))
+                window = context[-(L - n + 1):]
+                new = model.generate([window], n, on_token=on_token, **sampling)[0]
+                out += new
+                context += new
+                if len(new) < n:  # stop token
+                    break
+        if printer is not None:
+            printer.flush()
+        return prompt_text + self.tokenizer.decode(out)
 
 
 class _StreamDecoder:
-    """Turns a stream of token ids into text pieces; holds back an incomplete UTF-8 tail."""
+    """Streams decoded text. Pending ids are decoded together until they form whole
+    characters (a multi-byte character may span byte-level BPE tokens), then emitted and
+    dropped, so each token is decoded about once however long the generation."""
 
     def __init__(self, tokenizer, stream):
         self.tokenizer, self.stream = tokenizer, stream
-        self.ids: list[int] = []
-        self.shown = 0
+        self.pending: list[int] = []
 
     def add(self, token: int) -> None:
-        self.ids.append(token)
-        if self.stream is None:
-            return
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
-            return
-        self.stream(text[self.shown:])
-        self.shown = len(text)
+        self.pending.append(token)
+        piece = self.tokenizer.decode(self.pending)
+        if not piece.endswith("\ufffd"):  # else: wait for the rest of the character
+            self.stream(piece)
+            self.pending.clear()
 
-    def finish(self, out: list[int]) -> str:
-        text = self.tokenizer.decode(out)
-        if self.stream is not None and len(text) > self.shown:
-            self.stream(text[self.shown:])
-        return text
+    def flush(self) -> None:
+        if self.pending:
+            self.stream(self.tokenizer.decode(self.pending))
+            self.pending.clear()

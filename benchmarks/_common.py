@@ -52,16 +52,20 @@ def learnpos_gpt(spec: dict) -> GPT:
     return GPT(cfg)
 
 
-def hf_gpt2(spec: dict):
-    """HF `GPT2LMHeadModel` at the same config (SDPA attention, all dropouts 0, tied head)."""
+def hf_gpt2(spec: dict, activation: str = "gelu_new"):
+    """HF `GPT2LMHeadModel` at the same config (SDPA attention, all dropouts 0, tied head).
+
+    activation: GPT-2's tanh GELU as HF computes it: `gelu_new` (the GPT2Config default, eight
+    element-wise ops) or `gelu_pytorch_tanh` (the same function as one fused PyTorch kernel,
+    which is what learnpos calls)."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     cfg = GPT2Config(vocab_size=spec["vocab"], n_positions=spec["block"], n_embd=spec["n_embd"],
                      n_layer=spec["n_layer"], n_head=spec["n_head"], resid_pdrop=0.0, embd_pdrop=0.0,
-                     attn_pdrop=0.0, layer_norm_epsilon=1e-5, bos_token_id=None, eos_token_id=None,
-                     pad_token_id=0, attn_implementation="sdpa")
+                     attn_pdrop=0.0, layer_norm_epsilon=1e-5, activation_function=activation,
+                     bos_token_id=None, eos_token_id=None, pad_token_id=0, attn_implementation="sdpa")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = GPT2LMHeadModel(cfg)

@@ -2,12 +2,17 @@
 
     python benchmarks/train_throughput.py [--json] [--configs small,large] [--repeats 7]
         [--iters N] [--threads 0] [--precisions default,float32] [--compile]
+        [--hf-activation gelu_new|gelu_pytorch_tanh]
 
 Both models get the identical config (n_layer, n_head, n_embd, block = n_positions, vocab,
 every dropout 0, tied head, SDPA attention), the same weights, the same batch, the same loss
 (mean cross-entropy over every position, logits upcast to fp32) and the same training step:
 
     forward + loss -> backward -> clip_grad_norm_(1.0) -> AdamW step -> zero_grad(set_to_none)
+
+Activation: both compute GPT-2's tanh GELU. HF runs it as its GPT2Config default does
+(`gelu_new`, eight element-wise ops); `--hf-activation gelu_pytorch_tanh` gives HF the one
+fused PyTorch kernel learnpos uses, to see how much of the ratio that accounts for.
 
 AdamW: learnpos builds its optimizer with `learnpos.optim.build_optimizer` (what `train`
 does); HF gets the same groups (decay on matrices except the position table), lr, betas,
@@ -50,11 +55,11 @@ def hf_optimizer(hf, like: torch.optim.Optimizer) -> torch.optim.Optimizer:
                              foreach=like.defaults.get("foreach"))
 
 
-def make_steps(spec: dict, precision: str, compile_lp: bool, seed: int = 0):
+def make_steps(spec: dict, precision: str, compile_lp: bool, seed: int = 0, hf_activation: str = "gelu_new"):
     """Build both models (same weights) and return their one-step closures plus a state dict."""
     torch.manual_seed(seed)
     lp = C.learnpos_gpt(spec)
-    hf = C.hf_gpt2(spec)
+    hf = C.hf_gpt2(spec, hf_activation)
     C.copy_to_hf(lp, hf)
     diff = C.max_logit_diff(lp, hf, spec)
     if diff > 1e-4:
@@ -103,6 +108,8 @@ def main() -> None:
     ap.add_argument("--precisions", default="default,float32",
                     help="comma list of default|float32|bfloat16 (default = learnpos's CPU default)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the learnpos model (train.compile)")
+    ap.add_argument("--hf-activation", default="gelu_new", choices=["gelu_new", "gelu_pytorch_tanh"],
+                    help="how HF computes GPT-2's tanh GELU: its default (gelu_new) or one fused kernel")
     args = ap.parse_args()
 
     C.set_threads(args.threads)
@@ -114,13 +121,15 @@ def main() -> None:
           f"both sides run in each precision listed")
 
     result: dict = {"threads": torch.get_num_threads(), "default_precision": default, "compile": args.compile,
+                    "hf_activation": args.hf_activation,
                     "by_precision": {}}
     for precision in precisions:
         per: dict = {"ratio_vs_hf": {}, "ms_per_iter": {"learnpos": {}, "hf": {}},
                      "tokens_per_s": {"learnpos": {}, "hf": {}}}
         for name in args.configs.split(","):
             spec = C.CONFIGS[name]
-            lp_step, hf_step, last, lp_opt = make_steps(spec, precision, args.compile)
+            lp_step, hf_step, last, lp_opt = make_steps(spec, precision, args.compile,
+                                                        hf_activation=args.hf_activation)
             compile_s = None
             if args.compile:
                 t0 = time.perf_counter()

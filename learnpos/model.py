@@ -132,7 +132,7 @@ class _MatmulAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(hs) + mask) v as batched matmuls, backward by hand.
 
     Per block of queries (rows a..b-1) and the keys they may see (0..e-1):
-        s = scale q k^T + causal bias; p = softmax(s); y = p v.       saves q, k, v, every p
+        s = (scale q) k^T + causal bias; p = softmax(s); y = p v.     saves scale q, k, v, every p
     Backward, dy -> dq, dk, dv (the formulas of `learnpos.reference.layers.attention_backward`):
         dv += p^T dy; dp = dy v^T; ds = p * (dp - rowsum(dp * p)); dq = scale ds k; dk += scale ds^T q
     q, k, v are (B, nh, T|S, hs); mask is None, bool (True = may attend) or additive float,
@@ -145,11 +145,13 @@ class _MatmulAttention(torch.autograd.Function):
         B, nh, T, hs = q.shape
         S = k.shape[-2]
         scale = 1.0 / math.sqrt(hs)
-        q3, k3, v3 = (t.reshape(B * nh, -1, hs) for t in (q, k, v))  # (B nh, T|S, hs), contiguous
+        qs = torch.empty(B * nh, T, hs, dtype=q.dtype, device=q.device)
+        torch.mul(q, scale, out=qs.view(B, nh, T, hs))  # scale * q, contiguous: one pass over q
+        k3, v3 = (t.reshape(B * nh, S, hs) for t in (k, v))  # (B nh, S, hs), contiguous
         blocks = _blocks(T, S, is_causal)
         ys, ps = [], []
         for a, b, e in blocks:
-            s = torch.bmm(q3[:, a:b], k3[:, :e].transpose(1, 2)).mul_(scale)  # (B nh, b - a, e)
+            s = torch.bmm(qs[:, a:b], k3[:, :e].transpose(1, 2))  # (B nh, b - a, e)
             if is_causal:
                 s.add_(_causal_bias(b - a, e, s.dtype, s.device))
             if mask is not None:
@@ -161,25 +163,25 @@ class _MatmulAttention(torch.autograd.Function):
             p = torch.softmax(s, dim=-1)
             ys.append(torch.bmm(p, v3[:, :e]))
             ps.append(p)
-        ctx.save_for_backward(q3, k3, v3, *ps)
+        ctx.save_for_backward(qs, k3, v3, *ps)
         ctx.scale, ctx.blocks, ctx.q_shape, ctx.k_shape = scale, blocks, q.shape, k.shape
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
         return y.view(B, nh, T, hs)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        q3, k3, v3, *ps = ctx.saved_tensors
-        dy = dy.reshape(q3.shape).to(v3.dtype)
-        dq = torch.empty_like(q3)
+        qs, k3, v3, *ps = ctx.saved_tensors
+        dy = dy.reshape(qs.shape).to(v3.dtype)
+        dq = torch.empty_like(qs)
         dk = torch.zeros(k3.shape, dtype=torch.float32, device=k3.device)
         dv = torch.zeros(v3.shape, dtype=torch.float32, device=v3.device)
         for (a, b, e), p in zip(ctx.blocks, ps, strict=True):
             dy_blk = dy[:, a:b]
             dv[:, :e] += torch.bmm(p.transpose(1, 2), dy_blk)
             dp = torch.bmm(dy_blk, v3[:, :e].transpose(1, 2))
-            ds = torch._softmax_backward_data(dp, p, -1, p.dtype).mul_(ctx.scale)
-            dq[:, a:b] = torch.bmm(ds, k3[:, :e])
-            dk[:, :e] += torch.bmm(ds.transpose(1, 2), q3[:, a:b])
+            ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
+            dq[:, a:b] = torch.bmm(ds, k3[:, :e]).mul_(ctx.scale)
+            dk[:, :e] += torch.bmm(ds.transpose(1, 2), qs[:, a:b])  # qs carries the scale
         return (dq.view(ctx.q_shape), dk.to(k3.dtype).view(ctx.k_shape), dv.to(v3.dtype).view(ctx.k_shape),
                 None, None)
 

@@ -103,10 +103,12 @@ _CPU_BF16_MATMUL_ATTN_MAX_KEYS = 256
 _QUERY_BLOCK = 64  # rows per block; 64 measured best at T=256 (vs 1 block: -20%, 32 rows: slower)
 
 
-def _use_matmul_attention(q: Tensor, k: Tensor, dropout_p: float) -> bool:
-    """Train on CPU in bf16 with short keys and no dropout -> `_MatmulAttention`."""
-    return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
-            and q.requires_grad and dropout_p == 0.0 and k.shape[-2] <= _CPU_BF16_MATMUL_ATTN_MAX_KEYS)
+def _use_matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> bool:
+    """Backward-bound CPU bf16 attention (gradients wanted) with short keys, no dropout and a
+    constant mask -> `_MatmulAttention`; everything else -> SDPA."""
+    return (q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad
+            and dropout_p == 0.0 and k.shape[-2] <= _CPU_BF16_MATMUL_ATTN_MAX_KEYS
+            and (mask is None or not mask.requires_grad))
 
 
 _causal_biases: dict[tuple[int, int, torch.dtype, torch.device], Tensor] = {}
@@ -136,8 +138,11 @@ class _MatmulAttention(torch.autograd.Function):
     Backward, dy -> dq, dk, dv (the formulas of `learnpos.reference.layers.attention_backward`):
         dv += p^T dy; dp = dy v^T; ds = p * (dp - rowsum(dp * p)); dq = scale ds k; dk += scale ds^T q
     q, k, v are (B, nh, T|S, hs); mask is None, bool (True = may attend) or additive float,
-    broadcastable to (B, nh, T, S). The softmax reads bf16 and computes in fp32 internally,
-    the matmuls accumulate in fp32, and dk, dv are summed over blocks in fp32.
+    broadcastable to (B, nh, T, S). is_causal puts the T queries at the last T of the S key
+    slots (query t sees keys 0..S-T+t, as after a KV cache), unlike SDPA's top-left alignment
+    when T != S; the model passes is_causal only with T == S, where the two agree. The softmax
+    reads bf16 and computes in fp32 internally, the matmuls accumulate in fp32, and dk, dv are
+    summed over blocks in fp32.
     """
 
     @staticmethod
@@ -155,7 +160,8 @@ class _MatmulAttention(torch.autograd.Function):
             if is_causal:
                 s.add_(_causal_bias(b - a, e, s.dtype, s.device))
             if mask is not None:
-                s4, m = s.view(B, nh, b - a, e), mask[..., a:b, :e]
+                m = mask[..., :e] if mask.shape[-2] == 1 else mask[..., a:b, :e]  # (.., 1|b - a, e)
+                s4 = s.view(B, nh, b - a, e)
                 if m.dtype == torch.bool:
                     s4.masked_fill_(~m, float("-inf"))
                 else:
@@ -208,7 +214,7 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs)
         dropout_p = self.dropout if self.training else 0.0
-        if _use_matmul_attention(q, k, dropout_p):
+        if _use_matmul_attention(q, k, v, mask, dropout_p):
             y = _MatmulAttention.apply(q, k, v, mask, is_causal)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)

@@ -191,7 +191,8 @@ def _grads(fn, q, k, v, dy, dtype):
     return [y.double()] + [t.grad.double() for t in leaves]
 
 
-@pytest.mark.parametrize("case", ["causal-3-blocks", "causal-cache", "bool-mask", "additive-mask"])
+@pytest.mark.parametrize("case", ["causal-3-blocks", "causal-cache", "bool-mask", "additive-mask",
+                                  "causal-key-mask"])
 def test_matmul_attention_matches_float64_sdpa(case):
     """The hand-written bf16 attention (query blocks, fp32 dk/dv sums) against float64 SDPA:
     output and all three gradients within bf16 rounding (2^-8 relative) of the exact values."""
@@ -202,8 +203,8 @@ def test_matmul_attention_matches_float64_sdpa(case):
     T, S = (150, 150) if case != "causal-cache" else (70, 100)  # 150 = blocks of 64, 64, 22
     q, k, v, dy = _attention_case(B, nh, T, S, hs)
     mask, causal = None, case.startswith("causal")
-    if case == "bool-mask":  # right padding on the second row, as an encoder batch has
-        keep = torch.ones(B, S, dtype=torch.bool)
+    if case in ("bool-mask", "causal-key-mask"):  # right padding on the second row; (B, 1, 1, S)
+        keep = torch.ones(B, S, dtype=torch.bool)  # broadcasts over queries, also when sliced per block
         keep[1, 120:] = False
         mask = keep.view(B, 1, 1, S)
     elif case == "additive-mask":  # an ALiBi-like distance bias plus causality
@@ -212,11 +213,13 @@ def test_matmul_attention_matches_float64_sdpa(case):
         mask = (-slopes * dist.abs()).masked_fill(dist < 0, float("-inf"))
     if case == "causal-cache":  # T new queries after S - T cached keys: query t sees keys <= S - T + t
         sd_mask = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+    elif case == "causal-key-mask":
+        sd_mask = mask & torch.ones(T, S, dtype=torch.bool).tril()
     else:
         sd_mask = mask
     exact = _grads(lambda q, k, v: F.scaled_dot_product_attention(
         q, k, v, attn_mask=sd_mask.double() if sd_mask is not None and sd_mask.dtype != torch.bool else sd_mask,
-        is_causal=causal and case != "causal-cache"), q, k, v, dy, torch.float64)
+        is_causal=case == "causal-3-blocks"), q, k, v, dy, torch.float64)
     ours = _grads(lambda q, k, v: _MatmulAttention.apply(q, k, v, mask, causal), q, k, v, dy, torch.bfloat16)
     for name, e, o in zip(["y", "dq", "dk", "dv"], exact, ours, strict=True):
         rel = ((o - e).abs().max() / e.abs().max()).item()
@@ -243,10 +246,32 @@ def test_bf16_cpu_training_takes_the_matmul_attention_and_matches_fp32():
     finally:
         M._MatmulAttention.apply = original
     assert len(calls) == cfg.n_layer
-    g_bf16 = model.pos.weight.grad.clone()
+    g_bf16 = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     loss = model(idx, targets=idx).loss
     loss.backward()
     assert abs(loss_bf16.item() - loss.item()) < 1e-2 * loss.item()
-    rel = ((g_bf16 - model.pos.weight.grad).norm() / model.pos.weight.grad.norm()).item()
-    assert rel < 5e-2, rel
+    for name in ("pos.weight", "blocks.0.attn.qkv.weight", "blocks.1.attn.qkv.weight"):
+        exact = dict(model.named_parameters())[name].grad
+        rel = ((g_bf16[name] - exact).norm() / exact.norm()).item()
+        assert rel < 5e-2, (name, rel)
+
+
+def test_matmul_attention_only_where_it_was_measured_faster():
+    """CPU bf16 with gradients, <= 256 keys, no dropout, constant mask; SDPA everywhere else."""
+    from learnpos.model import _use_matmul_attention
+
+    def qkv(dtype=torch.bfloat16, S=64, grad=True):
+        q = torch.zeros(1, 2, 8, 4, dtype=dtype, requires_grad=grad)
+        k = torch.zeros(1, 2, S, 4, dtype=dtype)
+        return q, k, k.clone()
+
+    assert _use_matmul_attention(*qkv(), None, 0.0)
+    assert _use_matmul_attention(*qkv(S=256), None, 0.0)
+    assert not _use_matmul_attention(*qkv(S=257), None, 0.0)
+    assert not _use_matmul_attention(*qkv(dtype=torch.float32), None, 0.0)
+    assert not _use_matmul_attention(*qkv(grad=False), None, 0.0)
+    assert not _use_matmul_attention(*qkv(), None, 0.1)
+    assert not _use_matmul_attention(*qkv(), torch.zeros(8, 64, requires_grad=True), 0.0)
+    q, k, v = qkv()
+    assert not _use_matmul_attention(q, k.float(), v.float(), None, 0.0)  # fp32 cache under autocast

@@ -105,8 +105,10 @@ _QUERY_BLOCK = 64  # rows per block; 64 measured best at T=256 (vs 1 block: -20%
 
 def _use_matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> bool:
     """Backward-bound CPU bf16 attention (gradients wanted) with short keys, no dropout and a
-    constant mask -> `_MatmulAttention`; everything else -> SDPA."""
+    constant mask -> `_MatmulAttention`; everything else -> SDPA. Under torch.compile, SDPA
+    (the compiler brings its own kernels and does not trace this Function's in-place layout)."""
     return (q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad
+            and not torch.compiler.is_compiling()
             and dropout_p == 0.0 and k.shape[-2] <= _CPU_BF16_MATMUL_ATTN_MAX_KEYS
             and (mask is None or not mask.requires_grad))
 

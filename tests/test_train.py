@@ -228,16 +228,23 @@ def test_bf16_autocast_tracks_float32_on_cpu(tmp_path):
     assert bf16.model.pos.weight.dtype == torch.float32  # master weights stay float32
 
 
+def _eager_and_compiled(tmp_path, dtype: str):
+    """Ten demo steps eager and with train.compile=true; returns (eager run, loss lists)."""
+    over = {**FAST, "train.max_iters": "10", "train.dtype": dtype}
+    eager = train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "e")}), quiet=True)
+    compiled = train(load_config("demo", {**over, "train.compile": "true", "train.out_dir": str(tmp_path / "c")}),
+                     quiet=True)
+    losses = [[json.loads(x)["loss"] for x in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+              for run in (eager, compiled)]
+    return eager, losses
+
+
 @pytest.mark.slow
 def test_torch_compile_matches_eager(tmp_path):
     """train.compile=true: the same losses as eager (float32; Adam amplifies rounding in
     near-zero gradients, so weights are compared through the losses they produce)."""
-    over = {**FAST, "train.max_iters": "10", "train.dtype": "float32"}
-    eager = train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "e")}), quiet=True)
-    compiled = train(load_config("demo", {**over, "train.compile": "true", "train.out_dir": str(tmp_path / "c")}),
-                     quiet=True)
-    losses = lambda run: [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert losses(compiled.run_dir) == pytest.approx(losses(eager.run_dir), rel=1e-4)
+    eager, (eager_losses, compiled_losses) = _eager_and_compiled(tmp_path, "float32")
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     idx = torch.randint(0, 20, (4, 33))
     torch.testing.assert_close(torch.compile(eager.model)(idx).logits, eager.model(idx).logits, atol=1e-5, rtol=1e-5)
 
@@ -247,9 +254,5 @@ def test_torch_compile_trains_in_bf16_on_cpu(tmp_path):
     """train.compile=true with bf16 autocast (the CPU default on AMX machines): eager bf16 takes
     the hand-written matmul attention, the compiled model SDPA; both train to the same losses
     within bf16 accuracy."""
-    over = {**FAST, "train.max_iters": "10", "train.dtype": "bfloat16"}
-    eager = train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "e")}), quiet=True)
-    compiled = train(load_config("demo", {**over, "train.compile": "true", "train.out_dir": str(tmp_path / "c")}),
-                     quiet=True)
-    losses = lambda run: [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert losses(compiled.run_dir) == pytest.approx(losses(eager.run_dir), rel=2e-2)
+    _, (eager_losses, compiled_losses) = _eager_and_compiled(tmp_path, "bfloat16")
+    assert compiled_losses == pytest.approx(eager_losses, rel=2e-2)

@@ -133,6 +133,18 @@ def interleaved(contenders: dict[str, Callable[[], None]], repeats: int, iters: 
     return out
 
 
+def minor_faults_per_call(fn: Callable[[], None], calls: int = 2) -> int | None:
+    """Minor page faults per `fn()` call, over `calls` calls (None where getrusage is missing)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // calls
+
+
 def median_ratio(slow: list[float], fast: list[float]) -> float:
     """Median over repeats of slow/fast (each repeat's pair was timed back to back)."""
     return statistics.median(s / f for s, f in zip(slow, fast, strict=True))

@@ -19,6 +19,12 @@ does); HF gets the same groups (decay on matrices except the position table), lr
 weight decay and the same fused/foreach setting, so the optimizer costs the same on both
 sides and the ratio measures the models.
 
+Memory: each line also reports the minor page faults one step takes (first touches of memory
+the allocator had returned to the OS). With glibc's default malloc HF's step takes tens of
+thousands at the large config and learnpos's none; that is part of what the ratio measures.
+`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296`
+in the environment removes them for both sides, to compare without that effect.
+
 Precision: `default` is what learnpos trains in on this CPU by default (`train.dtype=auto`,
 read from `learnpos.train.autocast_for`); both sides then run in it. float32 is always
 reported too (`ratio_vs_hf_float32`), so a bf16-vs-bf16 ratio never hides behind a
@@ -141,15 +147,18 @@ def main() -> None:
             tokens = spec["batch"] * spec["block"]
             ratio = C.median_ratio(times["hf"], times["learnpos"])
             per["ratio_vs_hf"][name] = round(ratio, 3)
+            faults = {side: C.minor_faults_per_call(fn) for side, fn in (("learnpos", lp_step), ("hf", hf_step))}
             for side in ("learnpos", "hf"):
                 ms = statistics.median(times[side])
                 per["ms_per_iter"][side][name] = round(ms, 2)
                 per["tokens_per_s"][side][name] = round(tokens / ms * 1e3, 1)
+                per.setdefault("page_faults_per_iter", {}).setdefault(side, {})[name] = faults[side]
             print(f"train {name:5s} {precision:8s} learnpos {per['ms_per_iter']['learnpos'][name]:8.2f} ms/iter "
                   f"({per['tokens_per_s']['learnpos'][name]:8.0f} tok/s)  HF {per['ms_per_iter']['hf'][name]:8.2f} "
                   f"ms/iter  ratio {ratio:.3f}x  [{args.repeats}x{iters} steps; loss lp "
                   f"{last['learnpos'].item():.4f} hf {last['hf'].item():.4f}; AdamW fused="
-                  f"{lp_opt.defaults.get('fused')}" + (f"; compile {compile_s:.1f} s" if compile_s else "") + "]",
+                  f"{lp_opt.defaults.get('fused')}; page faults/iter lp {faults['learnpos']} hf {faults['hf']}"
+                  + (f"; compile {compile_s:.1f} s" if compile_s else "") + "]",
                   flush=True)
         per["min_ratio_vs_hf"] = min(per["ratio_vs_hf"].values())
         result["by_precision"][precision] = per

@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--json] [--configs small,large] [--repeats 7]
         [--iters N] [--threads 0] [--precisions default,float32] [--compile]
-        [--hf-activation gelu_new|gelu_pytorch_tanh]
+        [--hf-activation gelu_new|gelu_pytorch_tanh] [--profile]
 
 Both models get the identical config (n_layer, n_head, n_embd, block = n_positions, vocab,
 every dropout 0, tied head, SDPA attention), the same weights, the same batch, the same loss
@@ -104,6 +104,32 @@ def make_steps(spec: dict, precision: str, compile_lp: bool, seed: int = 0, hf_a
     return lp_step, hf_step, last, lp_opt
 
 
+OP_FAMILIES = {  # torch.profiler op name -> family, for --profile
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "gelu": ("aten::gelu", "aten::gelu_backward"),
+    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+                  "aten::_softmax", "aten::_softmax_backward_data"),
+    "layer_norm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+    "copy": ("aten::copy_",),
+}
+
+
+def step_profile(step, steps: int = 2) -> dict[str, float]:
+    """Share of self CPU time per op family over `steps` steps; the rest is `other` (for HF's
+    default activation, its eight GELU ops land there)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(self_us.values())
+    shares = {fam: sum(self_us.get(op, 0) for op in ops) / total for fam, ops in OP_FAMILIES.items()}
+    shares["other"] = 1.0 - sum(shares.values())
+    return {k: round(v, 3) for k, v in shares.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -114,6 +140,8 @@ def main() -> None:
     ap.add_argument("--precisions", default="default,float32",
                     help="comma list of default|float32|bfloat16 (default = learnpos's CPU default)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the learnpos model (train.compile)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, print where one step's CPU time goes (torch.profiler, by op family)")
     ap.add_argument("--hf-activation", default="gelu_new", choices=["gelu_new", "gelu_pytorch_tanh"],
                     help="how HF computes GPT-2's tanh GELU: its default (gelu_new) or one fused kernel")
     args = ap.parse_args()
@@ -160,6 +188,11 @@ def main() -> None:
                   f"{lp_opt.defaults.get('fused')}; page faults/iter lp {faults['learnpos']} hf {faults['hf']}"
                   + (f"; compile {compile_s:.1f} s" if compile_s else "") + "]",
                   flush=True)
+            if args.profile:
+                for side, fn in (("learnpos", lp_step), ("hf", hf_step)):
+                    shares = step_profile(fn)
+                    per.setdefault("profile_shares", {}).setdefault(side, {})[name] = shares
+                    print(f"  profile {side:8s} " + "  ".join(f"{k} {v:.0%}" for k, v in shares.items()), flush=True)
         per["min_ratio_vs_hf"] = min(per["ratio_vs_hf"].values())
         result["by_precision"][precision] = per
 

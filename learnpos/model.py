@@ -95,14 +95,14 @@ class ModelOutput(NamedTuple):
 # PyTorch's CPU flash-attention kernel is slow to train in bf16: its backward has a large
 # fixed cost per (batch, head, block). With short keys, plain attention (batched matmuls
 # around a softmax, which AMX/AVX-512 run well) with a hand-written backward is much faster,
-# and causal attention skips the key blocks no query in a block may see. Measured on a
-# 2-core Xeon with AMX (torch 2.13), one layer fwd+bwd in bf16, (B nh, T, hs) = (96, 256, 64):
-# about 30 ms vs 60 ms for SDPA; (48, 64, 32): 1.5 ms vs 8.6 ms. At 512 keys the two are even,
-# at 1024 this is twice as slow (and the saved probabilities grow with T * S).
+# and causal attention skips the key blocks no query in a block may see. benchmarks/attention.py
+# (one layer fwd+bwd in bf16, 6 heads of 64, 2-core Xeon with AMX, torch 2.13): 1.9x faster
+# than SDPA at 64 keys, 2.4x at 128, 1.4x at 256, 1.15x at 512, 0.7x at 1024. Used up to 256
+# keys, which also bounds the saved probabilities (B nh T S) that SDPA does not keep.
 _CPU_BF16_MATMUL_ATTN_MAX_KEYS = 256
-# Rows per query block. Attention alone at T=256: 64-row blocks ~20% faster than one block (32
-# rows slower); inside a whole training step the two measured even (slicing makes bmm copy its
-# operands, dk/dv are summed), and blocks save 37% fewer probabilities for the backward.
+# Rows per query block. At <= 256 keys 64-row blocks and one block measured even (slicing makes
+# bmm copy its operands and dk/dv are summed, which eats the skipped work); from 512 keys blocks
+# win. Blocks also keep 37.5% fewer probabilities at T = 256.
 _QUERY_BLOCK = 64
 
 

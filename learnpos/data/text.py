@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from learnpos.errors import DataError
-from learnpos.runs import atomic_write, atomic_write_text
+from learnpos.files import atomic_write, atomic_write_text
 
 
 def _files(path: Path) -> list[Path]:
@@ -77,15 +78,63 @@ def _dtype(vocab_size: int):
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    """Encode a long text; BPE in pieces of 1000 lines, encoded in parallel. BPE merges
-    never cross a pre-token (word) boundary, so this equals encoding the whole string
-    except where a run of blank lines spans a piece boundary."""
-    if getattr(tokenizer, "kind", "") != "bpe":
+# A safe cut (see `_encode`): just before an ASCII whitespace character (" \t\n\r", which
+# every regex engine counts as \s) whose predecessor no engine counts as whitespace: not
+# Python's str.isspace (a superset of Unicode White_Space: it adds U+001C..U+001F) and not
+# a character that was, or is in some engines, a space (U+180E, U+200B, U+2060, U+FEFF).
+# Python's re `\s` on str is exactly str.isspace.
+_CUT = re.compile(r"[^\s\u180e\u200b\u2060\ufeff](?=[ \t\n\r])")
+
+
+def _pieces(text: str, piece_chars: int) -> list[str]:
+    """`text` cut at the first safe cut at or after every `piece_chars` characters (pieces
+    join back to `text`; a stretch without a safe cut stays whole)."""
+    pieces, start = [], 0
+    while start < len(text):
+        m = _CUT.search(text, start + max(1, piece_chars) - 1)
+        if m is None:
+            break
+        pieces.append(text[start:m.end()])
+        start = m.end()
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
+def _encode(tokenizer, text: str, piece_chars: int = 1 << 14) -> list[int]:
+    r"""`tokenizer.encode(text)`, exactly; BPE in pieces of about `piece_chars` characters
+    encoded in parallel (`encode_batch`).
+
+    Why the pieces give the same tokens. Byte-level BPE merges never cross a pre-token, so
+    cutting at a position p gives the same tokens if p is a pre-token boundary of the whole
+    text and pre-tokenizing each side alone gives the same pre-tokens as in the whole text.
+    The GPT-2 pre-tokenizer splits with, leftmost alternative first,
+        's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+    and every character is matched by one alternative, so the matches tile the text. We cut
+    only where text[p-1] is non-whitespace and text[p] is whitespace (see `_CUT`: characters
+    on which every regex engine's \s agrees, so the Rust regex sees them the same way):
+    - Whitespace (\s) is consumed only by the two \s+ alternatives and by the optional
+      leading " " of a match. The \s+ alternatives cannot consume text[p-1]; the other
+      alternatives' bodies (letters, digits, [^\s...], the contraction letters) cannot
+      consume text[p]. So the match holding text[p-1] ends exactly at p: p is a boundary.
+    - Right side: a match depends only on the text from where it starts (the regex has no
+      lookbehind), so matching text[p:] alone is matching the whole text from p.
+    - Left side: text[:p] differs from the whole text only in what follows p (end of text
+      instead of a whitespace character). A match starting before p could only tell the
+      difference by trying to consume position p in a body that has already consumed
+      text[p-1], i.e. a non-whitespace body, which fails on whitespace and on the end of
+      text alike; the lookahead (?!\S) follows \s+ only, which cannot reach p from before
+      p. So the matches of text[:p] are those of the whole text before p.
+    The usual cut "after a newline before a non-space" is NOT safe: in "a \nb" and "a\r\nb"
+    the whole text gives " ", "\n" and "\r", "\n" but the left piece alone gives " \n" and
+    "\r\n" (\s+(?!\S) succeeds at the end of the text); nor is a cut before indentation:
+    "\n  b" gives "\n ", " b" but "\n" | " ", " b" when cut. The argument holds only for
+    that pre-tokenizer without a prefix space and with nothing that sees the whole text
+    (normalizer, post-processor, added tokens): `BPETokenizer.cuts_like_gpt2`; any other
+    set-up is encoded whole."""
+    if getattr(tokenizer, "kind", "") != "bpe" or not tokenizer.cuts_like_gpt2:
         return tokenizer.encode(text)
-    lines = text.splitlines(keepends=True)
-    pieces = ["".join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)]
-    return [t for ids in tokenizer.encode_batch(pieces) for t in ids]
+    return [t for ids in tokenizer.encode_batch(_pieces(text, piece_chars)) for t in ids]
 
 
 @dataclass

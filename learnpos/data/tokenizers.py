@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from learnpos.errors import DataError
-from learnpos.runs import atomic_write, atomic_write_text
+from learnpos.files import atomic_write, atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -45,6 +45,10 @@ class CharTokenizer:
         return ids
 
     def decode(self, ids: list[int]) -> str:
+        n = len(self.chars)
+        for i in ids:
+            if not 0 <= i < n:  # a negative id would silently index from the end
+                raise _id_error(i, n, "character tokenizer's", "symbols")
         return "".join(self.chars[i] for i in ids)
 
     def save(self, path: Path) -> None:
@@ -82,7 +86,24 @@ class BPETokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts)]
 
+    @property
+    def cuts_like_gpt2(self) -> bool:
+        """Whether a text may be encoded in pieces cut where `learnpos.data.text._encode`
+        proves the tokens unchanged: GPT-2 byte-level regex pre-tokenization without a
+        prefix space (as `train` sets up), and nothing that sees the text whole (no
+        normalizer, post-processor or added tokens)."""
+        from tokenizers import pre_tokenizers
+
+        pre = self.tok.pre_tokenizer
+        return (isinstance(pre, pre_tokenizers.ByteLevel) and getattr(pre, "use_regex", False)
+                and not pre.add_prefix_space and self.tok.normalizer is None and self.tok.post_processor is None
+                and not self.tok.get_added_tokens_decoder())
+
     def decode(self, ids: list[int]) -> str:
+        n = self.vocab_size
+        for i in ids:
+            if not 0 <= i < n:  # the library silently drops ids >= n (and overflows on negative ones)
+                raise _id_error(i, n, "BPE tokenizer's", "tokens")
         return self.tok.decode(ids)
 
     def save(self, path: Path) -> None:
@@ -90,6 +111,12 @@ class BPETokenizer:
 
 
 Tokenizer = CharTokenizer | BPETokenizer
+
+
+def _id_error(i: int, n: int, whose: str, units: str) -> DataError:
+    return DataError(f"token id {i} is outside this {whose} {n} {units}; the model's vocab_size is larger "
+                     f"than its tokenizer's — generate from a run whose model.vocab_size is 0 (taken from "
+                     f"the tokenizer)")
 
 
 def train_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:

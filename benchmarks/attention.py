@@ -1,4 +1,4 @@
-"""CPU bf16 training attention: learnpos's `_MatmulAttention` vs `F.scaled_dot_product_attention`.
+"""CPU bf16 training attention: `learnpos.attention.matmul_attention` vs `F.scaled_dot_product_attention`.
 
     python benchmarks/attention.py [--json] [--keys 64,128,256,512,1024] [--repeats 7] [--threads 0]
 
@@ -6,8 +6,8 @@ One layer's attention forward + backward in bf16 at (B, nh, T, hs) = (16, 6, T, 
 training config's heads; B shrinks above 256 keys to keep the work per call comparable), causal,
 inputs laid out as the model makes them (views of one fused qkv projection). Contenders alternate
 in one process; medians. `matmul-1block` is the same code with one query block, to show what the
-64-row causal blocks buy. This is the measurement behind `_CPU_BF16_MATMUL_ATTN_MAX_KEYS` in
-learnpos/model.py: the model uses the matmul path up to 256 keys and SDPA above.
+64-row causal blocks buy. This is the measurement behind `MAX_KEYS` in learnpos/attention.py:
+with `model.attention=auto` the model uses the matmul kernel up to 256 keys and SDPA above.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import _common as C
 import torch
 import torch.nn.functional as F
 
-import learnpos.model as M
+from learnpos import attention as A
 
 
 def contenders(B: int, nh: int, T: int, hs: int) -> dict:
@@ -39,16 +39,10 @@ def contenders(B: int, nh: int, T: int, hs: int) -> dict:
         return step
 
     def matmul(block):
-        def attend(q, k, v):
-            saved, M._QUERY_BLOCK = M._QUERY_BLOCK, block
-            try:
-                return M._MatmulAttention.apply(q, k, v, None, True)
-            finally:
-                M._QUERY_BLOCK = saved
-        return attend
+        return lambda q, k, v: A.matmul_attention(q, k, v, None, True, query_block=block)
 
     return {"sdpa": run(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
-            "matmul": run(matmul(M._QUERY_BLOCK)), "matmul-1block": run(matmul(1 << 30))}
+            "matmul": run(matmul(A.QUERY_BLOCK)), "matmul-1block": run(matmul(T))}
 
 
 def main() -> None:
@@ -67,7 +61,7 @@ def main() -> None:
         ms = {name: round(statistics.median(t), 2) for name, t in times.items()}
         speedup = round(C.median_ratio(times["sdpa"], times["matmul"]), 2)
         result["ms"][T], result["speedup_vs_sdpa"][T] = ms, speedup
-        used = "matmul" if T <= M._CPU_BF16_MATMUL_ATTN_MAX_KEYS else "sdpa"
+        used = "matmul" if T <= A.MAX_KEYS else "sdpa"
         print(f"attention T={T:5d} B={B:2d}: sdpa {ms['sdpa']:7.2f} ms  matmul {ms['matmul']:7.2f} ms  "
               f"matmul-1block {ms['matmul-1block']:7.2f} ms  sdpa/matmul {speedup:.2f}x  (model uses {used})",
               flush=True)

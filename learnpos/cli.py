@@ -41,9 +41,9 @@ def _parse_overrides(tokens: list[str]) -> dict[str, str]:
 
 
 def _free_dir(path: Path) -> Path:
-    """`path`, or `path-2`, `path-3`, ... if it already holds a model (never overwrite a run)."""
+    """`path`, or `path-2`, `path-3`, ... if it is not empty (never overwrite or mix runs)."""
     candidate, n = path, 1
-    while (candidate / "model.safetensors").exists():
+    while candidate.exists() and any(candidate.iterdir()):
         n += 1
         candidate = path.with_name(f"{path.name}-{n}")
     return candidate
@@ -72,7 +72,7 @@ def cmd_demo(args, overrides) -> int:
     if not args.quiet:
         print(f"held-out exact-match {m['exact_match']:.3f} on {s.n_eval} sequences "
               f"(token accuracy {m['token_accuracy']:.4f}) in {result.wall_s:.1f} s")
-        print(f"run dir: {result.run_dir}  (config.json, model.safetensors, metrics.jsonl, pos_similarity.png)")
+        print(f"run dir: {result.run_dir}  (config.json, checkpoints/, metrics.jsonl, pos_similarity.png)")
         digits = "31415926535897932384626433832795028841971693993751"  # any s.length symbols < n_symbols
         prompt = " ".join(str(int(d) % s.n_symbols) for d in (digits * 4)[:s.length])
         print(f"try: learnpos generate --run {result.run_dir} --prompt \"{prompt}\"")
@@ -112,16 +112,13 @@ def cmd_train(args, overrides) -> int:
 
 
 def cmd_eval(args, overrides) -> int:
-    from learnpos.runs import load_run
-    from learnpos.tasks import build_task
+    from learnpos.load import load_run
     from learnpos.train import autocast_for, resolve_device
 
     device = resolve_device(args.device)
-    model, cfg = load_run(args.run, device)
-    if args.length:
-        cfg.synthetic.eval_length = args.length
-    task = build_task(cfg)
-    metrics = task.evaluate(model, device, autocast=autocast_for(device, cfg.train.dtype))
+    model, cfg, task = load_run(args.run, device)
+    metrics = task.evaluate(model, device, autocast=autocast_for(device, cfg.train.dtype),
+                            length=args.length or None)
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
     if not args.json or args.verbose:
         for k, v in metrics.items():
@@ -134,13 +131,11 @@ def cmd_eval(args, overrides) -> int:
 def cmd_generate(args, overrides) -> int:
     import torch
 
-    from learnpos.runs import load_run
-    from learnpos.tasks import build_task
+    from learnpos.load import load_run
     from learnpos.train import resolve_device
 
     device = resolve_device(args.device)
-    model, cfg = load_run(args.run, device)
-    task = build_task(cfg, args.run)
+    model, cfg, task = load_run(args.run, device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     streaming = cfg.task == "lm" and not args.no_stream
     temperature = args.temperature if args.temperature is not None else (0.8 if cfg.task == "lm" else 0.0)
@@ -170,6 +165,7 @@ def cmd_verify(args, overrides) -> int:
 
 
 def cmd_config(args, overrides) -> int:
+    import learnpos.tasks  # noqa: F401  (registers the tasks' config sections)
     from learnpos.config import list_presets, load_config
 
     if args.list:

@@ -4,6 +4,16 @@ A `Config` is built from defaults, then a preset (a TOML file in `learnpos/confi
 any path), then `--section.key=value` overrides, and is finally validated. The resolved
 config is saved as `config.json` in every run directory and is all that is needed to
 rebuild the model and the task.
+
+    Config.task       the task's name
+    Config.model      ModelConfig (with .positional and .tables)
+    Config.train      TrainConfig
+    Config.<section>  the task's own section, e.g. `cfg.lm` or `cfg.synthetic`
+
+Bottom layer: this module imports no task, no model and no torch. A task declares its
+section (a dataclass) with `register_task(name, section, SectionClass, check)` when its
+module is imported (`import learnpos.tasks` registers the built-in ones), and from then on
+presets, overrides, validation and `config.json` work for it like for any other section.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import difflib
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +51,19 @@ class PositionalConfig:
 
 
 @dataclass
+class TableConfig:
+    """A named learned table added to the embedding sum next to the positions, e.g. turn or
+    speaker ids: h[b,t] = E[x[b,t]] + P[pos[b,t]] + sum over tables of T_name[ids[name][b,t]].
+    Its ids come with every batch (`Batch.extra_ids[name]`, (B, T) in 0..rows-1)."""
+
+    name: str = ""  # a Python identifier; the parameter is `tables.<name>.weight`
+    rows: int = 0  # ids 0..rows-1
+    init: str = "normal"  # normal | zeros | sinusoidal | randn (as model.positional.init)
+    init_std: float = 0.02
+    weight_decay: bool = False  # decoupled decay also shrinks rows no id reaches; off by default
+
+
+@dataclass
 class ModelConfig:
     vocab_size: int = 0  # 0 = take it from the task
     n_layer: int = 2
@@ -49,32 +73,12 @@ class ModelConfig:
     bias: bool = True  # biases in Linear and LayerNorm (GPT-2 has them)
     tie_weights: bool = True  # share the token embedding with the output head
     causal: bool = True  # false = bidirectional encoder (masked-token tasks, KG completion)
+    # auto: the CPU bf16 matmul kernel where it was measured faster (learnpos.attention), SDPA
+    # elsewhere; sdpa: always F.scaled_dot_product_attention; matmul: the matmul kernel
+    # wherever it applies (no dropout, not under torch.compile), any device and dtype.
+    attention: str = "auto"
     positional: PositionalConfig = field(default_factory=PositionalConfig)
-
-
-@dataclass
-class SyntheticConfig:
-    """Position-probing tasks generated from a seed (copy, reverse, index)."""
-
-    length: int = 16  # number of symbols per training sequence
-    eval_length: int = 0  # 0 = same as `length`; set larger for length generalisation
-    n_symbols: int = 16  # alphabet size
-    n_eval: int = 512  # held-out sequences
-    eval_seed: int = 1234  # held-out sequences come from their own seed
-
-
-@dataclass
-class LMConfig:
-    """Language modelling on any UTF-8 text (task = "lm")."""
-
-    data: str = ""  # a UTF-8 text file or folder (every file under it, sorted)
-    val_data: str = ""  # a separate validation file/folder; "" = the last val_fraction of data
-    val_fraction: float = 0.1
-    tokenizer: str = "char"  # char | bpe (byte-level BPE trained on the training text)
-    bpe_vocab_size: int = 4096
-    block_size: int = 64  # training sequence length; a learned table needs max_len >= this
-    eval_windows: int = 0  # val windows of block_size per evaluation, evenly spaced; 0 = all
-    cache_dir: str = ""  # token cache; "" = <parent of train.out_dir>/.cache/tokens
+    tables: list[TableConfig] = field(default_factory=list)  # extra learned tables, summed into h
 
 
 @dataclass
@@ -94,7 +98,9 @@ class TrainConfig:
     log_interval: int = 50
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 (autocast); auto = bf16 on CUDA and AMX CPUs
+    # auto | float32 | bfloat16 (autocast); auto = bf16 on CUDA and AMX CPUs. A run saves the
+    # precision `auto` chose, so a resumed run keeps it on any machine.
+    dtype: str = "auto"
     compile: bool = False  # torch.compile the model (worth it on CUDA)
     position_stats: bool = False  # record per-row gradient norms/counts/displacement of P
     out_dir: str = "runs/default"
@@ -105,14 +111,70 @@ class Config:
     task: str = "reverse"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    lm: LMConfig = field(default_factory=LMConfig)
+    sections: dict[str, Any] = field(default_factory=dict)  # the task's section(s), by name
+
+    def __post_init__(self):
+        spec = TASK_SPECS.get(self.task)
+        if spec is not None and spec.section and spec.section not in self.sections:
+            self.sections[spec.section] = spec.section_cls()
+
+    def __getattr__(self, name: str) -> Any:  # cfg.lm, cfg.synthetic, ...: the task's section
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"config has no section '{name}' (task '{self.__dict__.get('task')}' has "
+                             f"{', '.join(sections) or 'none'})")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {"task": self.task, "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+        out.update({name: dataclasses.asdict(section) for name, section in self.sections.items()})
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+# --------------------------------------------------------------------- task sections
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the config layer knows of a task: its name, its section and a check."""
+
+    name: str
+    section: str | None  # e.g. "lm"; None = the task has no settings of its own
+    section_cls: type | None
+    check: Callable[[Config], None] | None  # raises ConfigError for configs the task cannot run
+
+
+TASK_SPECS: dict[str, TaskSpec] = {}  # filled by `register_task` as task modules are imported
+
+
+def register_task(name: str, section: str | None = None, section_cls: type | None = None,
+                  check: Callable[[Config], None] | None = None) -> None:
+    """Declare a task and its config section. Several tasks may share one section (copy,
+    reverse and index share `synthetic`); a section name is bound to one dataclass."""
+    if section in ("task", "model", "train", "sections"):
+        raise ValueError(f"'{section}' is a built-in part of Config, not a task section name")
+    if section is not None:
+        for other in TASK_SPECS.values():
+            if other.section == section and other.section_cls is not section_cls:
+                raise ValueError(f"section '{section}' is already bound to {other.section_cls.__name__}")
+        if not dataclasses.is_dataclass(section_cls):
+            raise ValueError(f"the section of task '{name}' must be a dataclass, got {section_cls!r}")
+    TASK_SPECS[name] = TaskSpec(name, section, section_cls, check)
+
+
+def new_config(task: str) -> Config:
+    """Defaults for `task`: the model and train defaults plus the task's own section."""
+    if task not in TASK_SPECS:
+        known = ", ".join(TASK_SPECS) or "none registered: import learnpos.tasks (or your task's module) first"
+        raise ConfigError(f"task='{task}' is not one of: {known}")
+    return Config(task=task)
+
+
+def _owners(section: str) -> list[str]:
+    return [s.name for s in TASK_SPECS.values() if s.section == section]
 
 
 # ---------------------------------------------------------------------------- building
@@ -129,6 +191,23 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         return _coerce(value, args[0], key)
+    if typing.get_origin(typ) is list:
+        (item,) = typing.get_args(typ)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{key} must be a JSON list, e.g. --{key}='[{{\"name\": \"turn\", "
+                                  f"\"rows\": 16}}]', got {value!r}") from None
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table of {', '.join(_field_types(typ))}, got {value!r}")
+        obj = typ()
+        _apply_dict(obj, value, key + ".")
+        return obj
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -155,7 +234,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     elif typ is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")
+    raise ConfigError(f"{key} must be {getattr(typ, '__name__', typ)}, got {value!r}")
 
 
 def _unknown_key(key: str, known: list[str]) -> ConfigError:
@@ -179,23 +258,77 @@ def _apply_dict(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, name, _coerce(value, hints[name], key))
 
 
+def _section_of(cfg: Config, name: str, skip_other_tasks: bool = False) -> Any:
+    """The object behind a top-level name of `cfg` ("model", "train" or the task's section);
+    None when the name is another task's section and `skip_other_tasks`."""
+    if name in ("model", "train"):
+        return getattr(cfg, name)
+    if name in cfg.sections:
+        return cfg.sections[name]
+    owners = _owners(name)
+    if owners:
+        if skip_other_tasks:
+            return None
+        raise ConfigError(f"{name}.* are settings of task {' / '.join(owners)}, but this config's task is "
+                          f"'{cfg.task}'; set --task={owners[0]} or drop the {name}.* settings")
+    raise _unknown_key(name, ["task", "model", "train", *cfg.sections])
+
+
+def _apply_config_dict(cfg: Config, data: dict[str, Any], skip_other_tasks: bool = False) -> None:
+    for name, value in data.items():
+        if name == "task":
+            if value != cfg.task:
+                raise ConfigError(f"task='{value}' conflicts with the config's task '{cfg.task}'")
+            continue
+        section = _section_of(cfg, name, skip_other_tasks)
+        if section is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} is a section; set its fields as {name}.<field>=value")
+        _apply_dict(section, value, name + ".")
+
+
 def set_override(cfg: Config, key: str, value: str) -> None:
-    """Set one dotted key from a command-line string, with type checks."""
-    obj: Any = cfg
+    """Set one dotted key from a command-line string, with type checks.
+    `model.tables.<name>.<field>` reaches the extra table called <name>."""
+    if key == "task":
+        if value != cfg.task:
+            raise ConfigError(f"--task={value}: the task is chosen when the config is built "
+                              f"(load_config(..., {{'task': ...}})), not changed afterwards")
+        return
     parts = key.split(".")
-    for i, part in enumerate(parts):
+    obj: Any = _section_of(cfg, parts[0])
+    if len(parts) == 1:
+        raise ConfigError(f"{key} is a section; set one of its fields, e.g. --{key}.<field>=value")
+    i = 1
+    while i < len(parts):
+        part, path = parts[i], ".".join(parts[: i + 1])
         hints = _field_types(type(obj))
-        path = ".".join(parts[: i + 1])
         if part not in hints:
             raise _unknown_key(path, list(hints))
-        if i == len(parts) - 1:
-            if dataclasses.is_dataclass(getattr(obj, part)):
+        current = getattr(obj, part)
+        last = i == len(parts) - 1
+        if last:
+            if dataclasses.is_dataclass(current):
                 raise ConfigError(f"{path} is a section; set one of its fields, e.g. {path}.<field>=value")
             setattr(obj, part, _coerce(value, hints[part], path))
-        else:
-            obj = getattr(obj, part)
-            if not dataclasses.is_dataclass(obj):
-                raise ConfigError(f"{path} is a value, not a section; use --{path}=value")
+            return
+        if isinstance(current, list):  # a list of named entries: the next part is a name
+            names = [getattr(e, "name", None) for e in current]
+            name = parts[i + 1]
+            if name not in names:
+                raise ConfigError(f"{path} has no entry named '{name}' (has: {', '.join(map(str, names)) or 'none'}); "
+                                  f"add one with --{path}='[{{\"name\": \"{name}\", \"rows\": N}}]' "
+                                  f"or in the preset")
+            obj = current[names.index(name)]
+            i += 2
+            if i >= len(parts):
+                raise ConfigError(f"{path}.{name} is an entry; set one of its fields, e.g. {path}.{name}.rows=8")
+            continue
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"{path} is a value, not a section; use --{path}=value")
+        obj = current
+        i += 1
 
 
 def preset_path(name: str) -> Path:
@@ -213,32 +346,61 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
-def from_dict(data: dict[str, Any]) -> Config:
-    cfg = Config()
-    _apply_dict(cfg, data)
+def read_preset(name: str) -> dict[str, Any]:
+    path = preset_path(name)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def from_dict(data: dict[str, Any], skip_other_tasks: bool = False) -> Config:
+    """A Config from `to_dict()` output. skip_other_tasks: ignore sections of other
+    registered tasks (run directories written before sections belonged to their task held
+    every section)."""
+    cfg = new_config(data.get("task", Config.task))
+    _apply_config_dict(cfg, data, skip_other_tasks)
     return cfg
 
 
 def load_config(preset: str | None = None, overrides: dict[str, str] | None = None) -> Config:
-    """Defaults <- preset file <- overrides, then `validate`."""
-    cfg = Config()
-    if preset is not None:
-        path = preset_path(preset)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from None
-        _apply_dict(cfg, data)
-    for key, value in (overrides or {}).items():
+    """Defaults <- preset file <- overrides, then `validate`. An override `task` picks the
+    task (and its section) before anything else is applied; a preset's section of another
+    task is then ignored (e.g. `--task=copy` on the reverse demo preset)."""
+    data = read_preset(preset) if preset is not None else {}
+    overrides = dict(overrides or {})
+    task = overrides.pop("task", None)
+    cfg = new_config(task or data.get("task", Config.task))
+    _apply_config_dict(cfg, {k: v for k, v in data.items() if k != "task"}, skip_other_tasks=task is not None)
+    for key, value in overrides.items():
         set_override(cfg, key, value)
     validate(cfg)
     return cfg
 
 
 def load_run_config(path: str | Path) -> Config:
-    cfg = from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable config ({e}); is it a learnpos run directory?") from None
+    cfg = from_dict(data, skip_other_tasks=True)
     validate(cfg)
     return cfg
+
+
+def config_diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between `a` and `b`, except under `ignore` prefixes."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict):
+            out = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: d}
+
+    fa, fb = flat(a.to_dict()), flat(b.to_dict())
+    keys = sorted(set(fa) | set(fb))
+    return [k for k in keys if fa.get(k) != fb.get(k) and not any(k == p or k.startswith(p + ".") for p in ignore)]
 
 
 # -------------------------------------------------------------------------- validation
@@ -254,19 +416,18 @@ def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Reject impossible configurations with a message that says how to fix them."""
-    m, p, t, s = cfg.model, cfg.model.positional, cfg.train, cfg.synthetic
-    from learnpos.tasks import TASKS  # the task registry; tasks import nothing from here
-
-    _choice(cfg.task, tuple(TASKS), "task")
+    m, p, t = cfg.model, cfg.model.positional, cfg.train
+    if cfg.task not in TASK_SPECS:
+        new_config(cfg.task)  # raises the error naming the known tasks
     _choice(p.kind, POSITIONAL_KINDS, "model.positional.kind")
     _choice(p.init, LEARNED_INITS, "model.positional.init")
+    _choice(m.attention, ("auto", "sdpa", "matmul"), "model.attention")
     _choice(t.optimizer, ("adamw", "sgd"), "train.optimizer")
     _choice(t.dtype, ("auto", "float32", "bfloat16"), "train.dtype")
     for key, value in [("model.n_layer", m.n_layer), ("model.n_head", m.n_head), ("model.n_embd", m.n_embd),
                        ("model.positional.max_len", p.max_len), ("train.batch_size", t.batch_size),
                        ("train.max_iters", t.max_iters), ("train.eval_interval", t.eval_interval),
-                       ("train.log_interval", t.log_interval), ("synthetic.length", s.length),
-                       ("synthetic.n_symbols", s.n_symbols), ("synthetic.n_eval", s.n_eval)]:
+                       ("train.log_interval", t.log_interval)]:
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     if m.vocab_size < 0:
@@ -278,13 +439,15 @@ def validate(cfg: Config) -> None:
     head_dim = m.n_embd // m.n_head
     if p.kind == "rope" and head_dim % 2 != 0:
         raise ConfigError(f"rope needs an even head size, got n_embd/n_head={head_dim}")
-    if p.kind in ("sinusoidal",) or (p.kind == "learned" and p.init == "sinusoidal"):
-        if m.n_embd % 2 != 0:
-            raise ConfigError(f"sinusoidal positions need an even model.n_embd, got {m.n_embd}")
+    sinusoid_inits = [p.kind == "sinusoidal" or (p.kind == "learned" and p.init == "sinusoidal")]
+    sinusoid_inits += [tb.init == "sinusoidal" for tb in m.tables]
+    if any(sinusoid_inits) and m.n_embd % 2 != 0:
+        raise ConfigError(f"sinusoidal positions need an even model.n_embd, got {m.n_embd}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
     if p.init_std <= 0:
         raise ConfigError(f"model.positional.init_std must be positive, got {p.init_std}")
+    _validate_tables(m.tables)
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0, got lr={t.lr}, min_lr={t.min_lr}")
     if t.warmup_iters < 0 or t.warmup_iters > t.max_iters:
@@ -296,6 +459,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.beta1/beta2 must be in [0, 1), got {t.beta1}, {t.beta2}")
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         raise ConfigError(f"train.device='{t.device}' is not one of: auto, cpu, cuda, cuda:N")
-    if s.eval_length < 0:
-        raise ConfigError(f"synthetic.eval_length must be >= 0 (0 = same as length), got {s.eval_length}")
-    TASKS[cfg.task].check_config(cfg)
+    check = TASK_SPECS[cfg.task].check
+    if check is not None:
+        check(cfg)
+
+
+def _validate_tables(tables: list[TableConfig]) -> None:
+    seen = set()
+    for i, tb in enumerate(tables):
+        key = f"model.tables[{tb.name or i}]"
+        if not tb.name.isidentifier():
+            raise ConfigError(f"{key}.name must be a Python identifier (it names the parameter "
+                              f"tables.<name>.weight), got {tb.name!r}")
+        if tb.name in seen:
+            raise ConfigError(f"model.tables has two tables named '{tb.name}'; names must be unique")
+        seen.add(tb.name)
+        if tb.rows <= 0:
+            raise ConfigError(f"{key}.rows must be positive (ids 0..rows-1), got {tb.rows}")
+        _choice(tb.init, LEARNED_INITS, f"{key}.init")
+        if tb.init_std <= 0:
+            raise ConfigError(f"{key}.init_std must be positive, got {tb.init_std}")

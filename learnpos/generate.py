@@ -3,21 +3,33 @@
 A batch is left-padded so every row's last prompt token sits in the same column; each
 row's positions start at 0 at its first real token (`position_ids_from_mask`) and pad
 slots are masked out of attention, so every row yields what its prompt yields alone.
+
+A model with named tables (`model.tables`, e.g. turn and speaker ids) takes the prompt's
+ids per table (`extra_ids`) and continues them for the new tokens (`next_extra_ids`).
+Every id is range-checked once, before any work: the decoding loop does no host sync
+unless a stop token or a callback asks for one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from learnpos.positional import LearnedPositionalEmbedding, position_ids_from_mask
+from learnpos.positional import position_ids_from_mask
+
+NextIds = int | Sequence[int] | Callable[[int, Tensor], Tensor]
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """logits (B, V) -> token ids (B,). temperature 0 means greedy (argmax)."""
+    """logits (B, V) -> token ids (B,). temperature 0 means greedy (argmax).
+
+    top_k keeps the k largest logits. top_p (nucleus sampling, Holtzman et al. 2020) keeps the
+    smallest set of most likely tokens whose probability *reaches* top_p (sum >= top_p), the
+    convention of HF transformers: a token is dropped when the tokens ranked above it already
+    hold top_p of the mass. The most likely token is always kept."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -28,7 +40,8 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         # drop a token when the tokens ranked above it already hold top_p of the mass
-        drop = probs.cumsum(-1) - probs > top_p
+        drop = probs.cumsum(-1) - probs >= top_p
+        drop[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
@@ -39,12 +52,21 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
 def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              stop_token: int | None = None, pad_id: int = 0, generator: torch.Generator | None = None,
-             on_token: Callable[[Tensor], None] | None = None) -> list[list[int]]:
+             on_token: Callable[[Tensor], None] | None = None,
+             extra_ids: Mapping[str, Sequence[Sequence[int]] | Tensor] | None = None,
+             next_extra_ids: Mapping[str, NextIds] | None = None) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; returns only the new tokens.
 
     A row stops after it emits `stop_token` (the stop token is not returned). `on_token`
     is called with each step's (B,) tokens, for streaming. Raises `PositionOutOfRange`
     up front if a learned table cannot hold prompt + generation.
+
+    extra_ids: for a model with named tables, table name -> one id per prompt token (a list
+        per row, like `prompts`). next_extra_ids: table name -> the ids of the new tokens:
+        an int (every row), a sequence of B ints (one per row), or a callback
+        `f(step, tokens) -> (B,) ids` given the new tokens so far (B, step) (its ids are
+        checked every step, one host sync). A table without an entry continues each row's
+        last prompt id (e.g. the reply's turn and speaker).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -56,8 +78,8 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     B, T = len(rows), max(len(r) for r in rows)
     if max_new_tokens == 0:
         return [[] for _ in rows]
-    if isinstance(model.pos, LearnedPositionalEmbedding):  # fail before doing any work
-        model.pos.check(None, 0, T + max_new_tokens - 1)
+    model.check_length(T + max_new_tokens - 1)  # fail before doing any work
+    prompt_extra, next_extra = _extra_ids(model, rows, T, extra_ids, next_extra_ids, pad_id)
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -76,8 +98,11 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     # layer and the loop allocates nothing but the step's activations. No host sync per
     # step unless a stop token is set (then `finished.all()` decides whether to go on).
     cache = model.new_cache(T + max_new_tokens)
+    prompt_extra = {k: v.to(device) for k, v in prompt_extra.items()}
+    next_extra = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in next_extra.items()}
     logits = model(idx, position_ids=position_ids, attention_mask=mask if padded else None,
-                   past_kv=cache, last_only=True).logits[:, -1]  # (B, V)
+                   past_kv=cache, last_only=True, extra_ids=prompt_extra or None,
+                   check_ids=False).logits[:, -1]  # (B, V); every id was checked above
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device) if stop_token is not None else None
     n = 0
@@ -92,8 +117,17 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
             on_token(tok)
         if step == max_new_tokens - 1 or (finished is not None and bool(finished.all())):
             break
+        step_extra = {}
+        for name, nxt in next_extra.items():
+            if callable(nxt):
+                ids = torch.as_tensor(nxt(step + 1, out[:, :step + 1]), device=device).view(B, 1)
+                model.tables[name].check(ids, 0, 1)  # user ids: checked (a host sync) before the lookup
+            else:
+                ids = nxt  # (B, 1), checked up front
+            step_extra[name] = ids
         logits = model(out[:, step:step + 1], position_ids=next_pos if padded else None,
-                       past_kv=cache, last_only=True).logits[:, -1]
+                       past_kv=cache, last_only=True, extra_ids=step_extra or None,
+                       check_ids=False).logits[:, -1]
         if padded:
             next_pos += 1
     model.train(was_training)
@@ -104,3 +138,42 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
             row = row[: row.index(stop_token)]
         result.append(row)
     return result
+
+
+def _extra_ids(model, rows: list[list[int]], T: int, extra_ids, next_extra_ids, pad_id: int):
+    """Left-padded (B, T) prompt ids and the new tokens' ids per named table, range-checked.
+    Pad slots get id 0 (masked out of attention, like their positions)."""
+    names = list(model.tables.keys()) if hasattr(model, "tables") else []
+    extra_ids, next_extra_ids = dict(extra_ids or {}), dict(next_extra_ids or {})
+    for given in (extra_ids, next_extra_ids):
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ValueError(f"the model has no table {', '.join(map(repr, unknown))} "
+                             f"(its tables: {', '.join(names) or 'none'})")
+    missing = [n for n in names if n not in extra_ids]
+    if missing:
+        raise ValueError(f"the model has tables {', '.join(missing)}: pass extra_ids={{name: ids per prompt "
+                         f"token}} for each")
+    B = len(rows)
+    prompt, nxt = {}, {}
+    for name in names:
+        given = extra_ids[name]
+        if isinstance(given, Tensor):
+            given = given.tolist()
+        if len(given) != B or any(len(g) != len(r) for g, r in zip(given, rows, strict=True)):
+            raise ValueError(f"extra_ids['{name}'] must hold one id per prompt token, row by row")
+        ids = torch.zeros(B, T, dtype=torch.long)
+        for b, g in enumerate(given):
+            ids[b, T - len(g):] = torch.tensor(g, dtype=torch.long)
+        model.tables[name].check(ids, 0, T)
+        prompt[name] = ids
+        rule = next_extra_ids.get(name, [g[-1] for g in given])  # default: each row's last prompt id
+        if callable(rule):
+            nxt[name] = rule
+            continue
+        const = torch.tensor([rule] * B if isinstance(rule, int) else list(rule), dtype=torch.long).view(-1, 1)
+        if const.shape[0] != B:
+            raise ValueError(f"next_extra_ids['{name}'] must be an int, {B} ints (one per row) or a callback")
+        model.tables[name].check(const, 0, 1)
+        nxt[name] = const
+    return prompt, nxt

@@ -1,17 +1,25 @@
 """THE model: a GPT-style Transformer, read top to bottom.
 
-    token embedding + positional encoding -> n_layer x [pre-LN attention, pre-LN MLP]
-    -> final LayerNorm -> linear head (optionally tied to the token embedding)
+    token embedding + positional encoding + named tables -> n_layer x [pre-LN attention,
+    pre-LN MLP] -> final LayerNorm -> linear head (optionally tied to the token embedding)
+
+The embedding sum h = E[x] + P[pos] + sum over `model.tables` of T_name[ids_name] is formed
+in one place, `GPT.embed`. A task that scores something else than the vocabulary (entities,
+a subset of tokens) asks for the hidden states (`return_hidden=True`) and applies its own
+head, which the model carries as `heads[name]` so it is trained and saved with it; the
+model itself has no task branches.
 
 `causal=True` is a decoder-only language model; `causal=False` is a bidirectional encoder
 (same weights and names, no causal mask) for masked-token tasks such as KG completion.
+Attention is `F.scaled_dot_product_attention` unless `model.attention` picks the CPU bf16
+matmul kernel of learnpos/attention.py.
 
 Shapes (see learnpos/positional.py): B batch, T new tokens, S keys (cache + new),
 C n_embd, nh heads, hs head size, V vocab. Parameter names (the `state_dict` keys) are
 the contract with the NumPy reference and the checkpoint files:
-    tok_emb.weight, pos.weight (learned only), blocks.{i}.ln1.{weight,bias},
+    tok_emb.weight, pos.weight (learned only), tables.{name}.weight, blocks.{i}.ln1.{weight,bias},
     blocks.{i}.attn.qkv.{weight,bias}, blocks.{i}.attn.proj.{weight,bias},
-    blocks.{i}.ln2.*, blocks.{i}.mlp.fc.*, blocks.{i}.mlp.proj.*, ln_f.*, head.weight
+    blocks.{i}.ln2.*, blocks.{i}.mlp.fc.*, blocks.{i}.mlp.proj.*, ln_f.*, head.weight, heads.{name}.*
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from learnpos.attention import attend
 from learnpos.config import ModelConfig
 from learnpos.positional import (
     LearnedPositionalEmbedding,
@@ -85,120 +94,25 @@ class KVCache:
 
 
 class ModelOutput(NamedTuple):
-    logits: Tensor  # (B, T, V)
+    logits: Tensor | None  # (B, T, V); None with return_hidden
     loss: Tensor | None  # mean cross-entropy over targets != IGNORE_INDEX
+    hidden: Tensor | None = None  # (B, T, C) after ln_f, with return_hidden
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T), skipping IGNORE_INDEX;
+    computed in the wider of float32 and the logits' dtype (bf16 logits under autocast are
+    widened, float64 stays float64 for the reference checks)."""
+    wide = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(wide, targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 # --------------------------------------------------------------------------- layers
 
 
-# PyTorch's CPU flash-attention kernel is slow to train in bf16: its backward has a large
-# fixed cost per (batch, head, block). With short keys, plain attention (batched matmuls
-# around a softmax, which AMX/AVX-512 run well) with a hand-written backward is much faster,
-# and causal attention skips the key blocks no query in a block may see. benchmarks/attention.py
-# (one layer fwd+bwd in bf16, 6 heads of 64, 2-core Xeon with AMX, torch 2.13): 1.9x faster
-# than SDPA at 64 keys, 2.4x at 128, 1.4x at 256, 1.15x at 512, 0.7x at 1024. Used up to 256
-# keys, which also bounds the saved probabilities (B nh T S) that SDPA does not keep.
-_CPU_BF16_MATMUL_ATTN_MAX_KEYS = 256
-# Rows per query block. At <= 256 keys 64-row blocks and one block measured even (slicing makes
-# bmm copy its operands and dk/dv are summed, which eats the skipped work); from 512 keys blocks
-# win. Blocks also keep 37.5% fewer probabilities at T = 256.
-_QUERY_BLOCK = 64
-
-
-def _use_matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> bool:
-    """Backward-bound CPU bf16 attention (gradients wanted) with short keys, no dropout and a
-    constant mask -> `_MatmulAttention`; everything else -> SDPA. Under torch.compile, SDPA
-    (the compiler brings its own kernels and does not trace this Function's in-place layout)."""
-    return (q.dtype == k.dtype == v.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad
-            and not torch.compiler.is_compiling()
-            and dropout_p == 0.0 and k.shape[-2] <= _CPU_BF16_MATMUL_ATTN_MAX_KEYS
-            and (mask is None or not mask.requires_grad))
-
-
-_causal_biases: dict[tuple[int, int, torch.dtype, torch.device], Tensor] = {}
-
-
-def _causal_bias(T: int, S: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(T, S) additive mask: -inf where query t (at slot S - T + t) must not see key s > S - T + t."""
-    key = (T, S, dtype, device)
-    if key not in _causal_biases:
-        _causal_biases[key] = torch.full((T, S), float("-inf"), dtype=dtype, device=device).triu(S - T + 1)
-    return _causal_biases[key]
-
-
-def _blocks(T: int, S: int, is_causal: bool) -> list[tuple[int, int, int]]:
-    """(first query, end query, end key) per block: with a causal mask the queries a..b-1 see
-    keys 0..b-1 + (S - T) only; without one, a single block sees every key."""
-    if not is_causal:
-        return [(0, T, S)]
-    return [(a, min(a + _QUERY_BLOCK, T), min(a + _QUERY_BLOCK, T) + S - T) for a in range(0, T, _QUERY_BLOCK)]
-
-
-class _MatmulAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(hs) + mask) v as batched matmuls, backward by hand.
-
-    Per block of queries (rows a..b-1) and the keys they may see (0..e-1):
-        s = (scale q) k^T + causal bias; p = softmax(s); y = p v.     saves scale q, k, v, every p
-    Backward, dy -> dq, dk, dv (the formulas of `learnpos.reference.layers.attention_backward`):
-        dv += p^T dy; dp = dy v^T; ds = p * (dp - rowsum(dp * p)); dq = scale ds k; dk += scale ds^T q
-    q, k, v are (B, nh, T|S, hs); mask is None, bool (True = may attend) or additive float,
-    broadcastable to (B, nh, T, S). is_causal puts the T queries at the last T of the S key
-    slots (query t sees keys 0..S-T+t, as after a KV cache), unlike SDPA's top-left alignment
-    when T != S; the model passes is_causal only with T == S, where the two agree. The softmax
-    reads bf16 and computes in fp32 internally, the matmuls accumulate in fp32, and dk, dv are
-    summed over blocks in fp32.
-    """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
-        B, nh, T, hs = q.shape
-        S = k.shape[-2]
-        scale = 1.0 / math.sqrt(hs)
-        qs = torch.empty(B * nh, T, hs, dtype=q.dtype, device=q.device)
-        torch.mul(q, scale, out=qs.view(B, nh, T, hs))  # scale * q, contiguous: one pass over q
-        k3, v3 = (t.reshape(B * nh, S, hs) for t in (k, v))  # (B nh, S, hs), contiguous
-        blocks = _blocks(T, S, is_causal)
-        ys, ps = [], []
-        for a, b, e in blocks:
-            s = torch.bmm(qs[:, a:b], k3[:, :e].transpose(1, 2))  # (B nh, b - a, e)
-            if is_causal:
-                s.add_(_causal_bias(b - a, e, s.dtype, s.device))
-            if mask is not None:
-                m = mask[..., :e] if mask.shape[-2] == 1 else mask[..., a:b, :e]  # (.., 1|b - a, e)
-                s4 = s.view(B, nh, b - a, e)
-                if m.dtype == torch.bool:
-                    s4.masked_fill_(~m, float("-inf"))
-                else:
-                    s4.add_(m)
-            p = torch.softmax(s, dim=-1)
-            ys.append(torch.bmm(p, v3[:, :e]))
-            ps.append(p)
-        ctx.save_for_backward(qs, k3, v3, *ps)
-        ctx.scale, ctx.blocks, ctx.q_shape, ctx.k_shape = scale, blocks, q.shape, k.shape
-        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
-        return y.view(B, nh, T, hs)
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        qs, k3, v3, *ps = ctx.saved_tensors
-        dy = dy.reshape(qs.shape).to(v3.dtype)
-        dq = torch.empty_like(qs)
-        dk = torch.zeros(k3.shape, dtype=torch.float32, device=k3.device)
-        dv = torch.zeros(v3.shape, dtype=torch.float32, device=v3.device)
-        for (a, b, e), p in zip(ctx.blocks, ps, strict=True):
-            dy_blk = dy[:, a:b]
-            dv[:, :e] += torch.bmm(p.transpose(1, 2), dy_blk)
-            dp = torch.bmm(dy_blk, v3[:, :e].transpose(1, 2))
-            ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
-            dq[:, a:b] = torch.bmm(ds, k3[:, :e]).mul_(ctx.scale)
-            dk[:, :e] += torch.bmm(ds.transpose(1, 2), qs[:, a:b])  # qs carries the scale
-        return (dq.view(ctx.q_shape), dk.to(k3.dtype).view(ctx.k_shape), dv.to(v3.dtype).view(ctx.k_shape),
-                None, None)
-
-
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with fused qkv, `F.scaled_dot_product_attention`, KV cache."""
+    """Multi-head self-attention with fused qkv and a KV cache. The attention itself is
+    `learnpos.attention.attend`: SDPA, or a matmul kernel where `model.attention` says so."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -206,6 +120,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
+        self.attention = cfg.attention  # auto | sdpa | matmul
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
                 is_causal: bool, cache: KVCache | None, layer: int) -> Tensor:
@@ -219,10 +134,7 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs)
         dropout_p = self.dropout if self.training else 0.0
-        if _use_matmul_attention(q, k, v, mask, dropout_p):
-            y = _MatmulAttention.apply(q, k, v, mask, is_causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+        y = attend(q, k, v, mask, is_causal, dropout_p, self.attention)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -257,27 +169,31 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, heads: dict[str, nn.Module] | None = None):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set (the task provides it)")
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos = build_positional(cfg.positional, cfg.n_embd, cfg.n_head)
+        self.tables = nn.ModuleDict({  # named learned tables (turns, speakers, ...) summed into h
+            t.name: LearnedPositionalEmbedding(t.rows, cfg.n_embd, t.init, t.init_std, name=t.name,
+                                               weight_decay=t.weight_decay) for t in cfg.tables})
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.tok_emb.weight
+        self.heads = nn.ModuleDict(heads or {})  # a task's own output modules (see module docstring)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
-            if name.endswith("proj.weight"):
+            if name.startswith("blocks.") and name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        # The positional table is not touched here: it has its own configured init.
+        # The learned tables are not touched here: each has its own configured init.
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
@@ -285,10 +201,17 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self, include_positions: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
-        if not include_positions and isinstance(self.pos, LearnedPositionalEmbedding):
-            n -= self.pos.weight.numel()
+    def learned_tables(self) -> dict[str, LearnedPositionalEmbedding]:
+        """Every learned table by name: `pos` (the position table, if learned), then `model.tables`."""
+        out = {"pos": self.pos} if isinstance(self.pos, LearnedPositionalEmbedding) else {}
+        out.update(self.tables.items())
+        return out
+
+    def num_params(self, include_tables: bool = True) -> int:
+        """Parameters (tied weights once); include_tables=False leaves out every learned table."""
+        n = sum(p.numel() for p in self.parameters())
+        if not include_tables:
+            n -= sum(t.weight.numel() for t in self.learned_tables().values())
         return n
 
     @property
@@ -296,12 +219,36 @@ class GPT(nn.Module):
         """The longest sequence the positional encoding accepts (None = unbounded)."""
         return self.pos.max_len
 
+    def check_length(self, n: int) -> None:
+        """Raise `PositionOutOfRange` unless positions 0..n-1 fit the position table."""
+        if isinstance(self.pos, LearnedPositionalEmbedding):
+            self.pos.check(None, 0, n)
+
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(len(self.blocks), capacity)
 
+    def embed(self, idx: Tensor, position_ids: Tensor | None, offset: int,
+              extra_ids: dict[str, Tensor] | None, check_ids: bool = True) -> Tensor:
+        """h = E[x] + P[pos] + sum over named tables T_name[ids_name], (B, T, C): the one place
+        where the sum is formed. Every table range-checks its ids first (unless check_ids is
+        False: the caller checked them, as `generate` does once for the whole generation)."""
+        T = idx.shape[1]
+        x = self.tok_emb(idx)  # (B, T, C)
+        pe = self.pos.embed(position_ids, offset, T, check=check_ids)  # (B|1, T, C) or None
+        if pe is not None:
+            x = x + pe
+        extra_ids = extra_ids or {}
+        if set(extra_ids) != set(self.tables.keys()):
+            raise ValueError(f"extra_ids must hold (B, T) ids for every table of the model "
+                             f"({', '.join(self.tables.keys()) or 'none'}); got {', '.join(extra_ids) or 'none'}")
+        for name, table in self.tables.items():
+            x = x + table.embed(extra_ids[name], 0, T, check=check_ids)  # (B, T, C)
+        return x
+
     def forward(self, idx: Tensor, targets: Tensor | None = None, position_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, past_kv: KVCache | None = None,
-                last_only: bool = False) -> ModelOutput:
+                last_only: bool = False, extra_ids: dict[str, Tensor] | None = None,
+                check_ids: bool = True, return_hidden: bool = False) -> ModelOutput:
         """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the loss.
 
         position_ids (B, T): explicit positions; default `offset + arange(T)` where offset
@@ -311,16 +258,16 @@ class GPT(nn.Module):
         past_kv: a `KVCache`, updated in place; the new tokens attend to everything in it.
         last_only: return logits for the last position only, (B, 1, V) (generation; with a
             large vocabulary the head over a whole prompt is the costliest part of prefill).
+        extra_ids: table name -> (B, T) ids, one entry per table of `model.tables`.
+        check_ids: range-check position and table ids (two host syncs per tensor of ids).
+        return_hidden: skip the vocabulary head and return `hidden` (B, T, C) after ln_f, for
+            a task's own head; logits and loss are then None.
         """
         if last_only and targets is not None:
             raise ValueError("last_only=True gives logits for one position; it cannot compute a loss")
         B, T = idx.shape
         offset = past_kv.length if past_kv is not None else 0
-        x = self.tok_emb(idx)  # (B, T, C)
-        pe = self.pos.embed(position_ids, offset, T)  # (B|1, T, C) or None
-        if pe is not None:
-            x = x + pe
-        x = self.drop(x)
+        x = self.drop(self.embed(idx, position_ids, offset, extra_ids, check_ids))
 
         positions = position_ids if position_ids is not None else default_position_ids(T, offset, idx.device)
         if past_kv is not None:
@@ -335,13 +282,10 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:]  # (B, 1, C): the next-token logits are all that decoding needs
         x = self.ln_f(x)
+        if return_hidden:
+            return ModelOutput(None, None, x)
         logits = self.head(x)  # (B, T, V), or (B, 1, V) with last_only
-
-        loss = None
-        if targets is not None:
-            # at least float32 (bf16 logits under autocast), float64 stays float64 (the reference checks)
-            wide = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
-            loss = F.cross_entropy(wide, targets.flatten(), ignore_index=IGNORE_INDEX)
+        loss = cross_entropy(logits, targets) if targets is not None else None
         return ModelOutput(logits, loss)
 
     def _attention_mask(self, positions: Tensor, attention_mask: Tensor | None,

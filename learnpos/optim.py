@@ -1,4 +1,4 @@
-"""Parameter groups (with an explicit policy for the position table) and the LR schedule."""
+"""Parameter groups (with an explicit decay policy per learned table) and the LR schedule."""
 
 from __future__ import annotations
 
@@ -10,46 +10,43 @@ import torch.nn as nn
 from learnpos.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_positions: bool) -> list[dict]:
-    """Three groups, named so the policy is visible in checkpoints and logs:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Groups named so the policy is visible in checkpoints and logs:
 
-    decay      matrices of Linear layers and the token embedding (weight decay applies)
-    no_decay   biases and LayerNorm gains (1-D tensors: decaying them only hurts)
-    positions  the learned table P: decayed only if `decay_positions`. AdamW's decoupled
-               decay multiplies every row by (1 - lr*wd) each step, including rows no
-               sequence ever reaches (they get zero gradient), so by default P is not
-               decayed. (With SGD the same setting is coupled L2: wd*P is added to the gradient.)
+    decay        matrices of Linear layers and the token embedding (weight decay applies)
+    no_decay     biases and LayerNorm gains (1-D tensors: decaying them only hurts)
+    table <name> each learned table (`pos` for positions, then `model.tables`), decayed only
+                 if its own config entry says so (`model.positional.weight_decay`,
+                 `model.tables[i].weight_decay`). AdamW's decoupled decay multiplies every
+                 row by (1 - lr*wd) each step, including rows no sequence ever reaches
+                 (they get zero gradient), so by default no table is decayed. (With SGD the
+                 same setting is coupled L2: wd*W is added to the gradient.)
     """
-    decay, no_decay, positions = [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
+    tables = model.learned_tables() if hasattr(model, "learned_tables") else {}
+    table_params = {id(t.weight): name for name, t in tables.items()}
+    decay, no_decay = [], []
+    for p in model.parameters():  # each shared parameter once (a tied head is tok_emb.weight)
+        if not p.requires_grad or id(p) in table_params:
             continue
-        if name == "pos.weight":
-            positions.append(p)
-        elif p.dim() >= 2:
-            decay.append(p)
-        else:
-            no_decay.append(p)
+        (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [
         {"name": "decay", "params": decay, "weight_decay": weight_decay},
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
     ]
-    if positions:
-        groups.append({"name": "positions", "params": positions,
-                       "weight_decay": weight_decay if decay_positions else 0.0})
+    for name, table in tables.items():
+        groups.append({"name": f"table {name}", "params": [table.weight],
+                       "weight_decay": weight_decay if table.weight_decay else 0.0})
     return groups
 
 
-def build_optimizer(model: nn.Module, t: TrainConfig, decay_positions: bool,
-                    device_type: str = "cpu") -> torch.optim.Optimizer:
-    groups = param_groups(model, t.weight_decay, decay_positions)
+def build_optimizer(model: nn.Module, t: TrainConfig, device_type: str = "cpu") -> torch.optim.Optimizer:
+    groups = param_groups(model, t.weight_decay)
     if t.optimizer == "sgd":
         # Plain SGD with momentum 0 is exactly P <- P - lr * dL/dP (weight decay here is
         # coupled L2: g + wd * P, as torch.optim.SGD defines it).
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-    # The fused kernel exists on CPU and CUDA; on CPU it cuts clip + step from 36.7 to 13.2 ms
-    # at the large benchmark config, is deterministic (resume stays bit-exact) and matches
-    # the for-loop AdamW to the last bit in float64.
+    # The fused kernel exists on CPU and CUDA and is deterministic: resume stays bit-exact
+    # (tests/test_train.py); benchmarks/train_throughput.py measures the step with it.
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=device_type in ("cpu", "cuda"))
 
 

@@ -21,6 +21,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from learnpos.config import PositionalConfig
@@ -83,8 +84,9 @@ class PositionalEncoding(nn.Module):
 
     max_len: int | None = None  # positions >= max_len are rejected; None = unbounded
 
-    def embed(self, position_ids: Tensor | None, offset: int, T: int) -> Tensor | None:
-        """Vector added to each token embedding: (B or 1, T, C), or None."""
+    def embed(self, position_ids: Tensor | None, offset: int, T: int, check: bool = True) -> Tensor | None:
+        """Vector added to each token embedding: (B or 1, T, C), or None. `check`: range-check
+        the ids first (encodings with a limit)."""
         return None
 
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -105,12 +107,18 @@ class LearnedPositionalEmbedding(PositionalEncoding):
     Inits: `normal` (std 0.02, GPT-2), `zeros`, `sinusoidal` (start from the fixed
     sinusoid at the same scale as `normal`, then learn), `randn` (std 1: what many tutorials do; ~50x the token
     embedding scale, it drowns the token signal at the start of training).
+
+    The same class serves every named table of `model.tables` (turn, speaker, segment ids):
+    `name` says which table an error is about ("position" for the position table) and
+    `weight_decay` is the table's own decay policy, read by `learnpos.optim.param_groups`.
     """
 
-    def __init__(self, max_len: int, n_embd: int, init: str = "normal", init_std: float = 0.02):
+    def __init__(self, max_len: int, n_embd: int, init: str = "normal", init_std: float = 0.02,
+                 name: str = "position", weight_decay: bool = False):
         super().__init__()
         self.max_len = max_len
         self.init, self.init_std = init, init_std
+        self.name, self.weight_decay = name, weight_decay
         self.weight = nn.Parameter(torch.empty(max_len, n_embd))  # (L, C)
         self.reset_parameters()
 
@@ -138,8 +146,14 @@ class LearnedPositionalEmbedding(PositionalEncoding):
             if position_ids.numel() == 0:
                 return
             lo, hi = int(position_ids.min()), int(position_ids.max())
+        what = "position" if self.name == "position" else f"'{self.name}' table"
         if lo < 0:
-            raise PositionOutOfRange(f"position ids must be >= 0, got {lo}")
+            raise PositionOutOfRange(f"{what} ids must be >= 0, got {lo}")
+        if hi >= self.max_len and self.name != "position":
+            raise PositionOutOfRange(
+                f"{self.name} id {hi} is past the learned '{self.name}' table (rows={self.max_len}: ids "
+                f"0..{self.max_len - 1}). Give ids in 0..{self.max_len - 1} (e.g. cap or cut the {self.name} ids "
+                f"the data produces), or raise model.tables.{self.name}.rows and train again")
         if hi >= self.max_len:
             L = self.max_len
             raise PositionOutOfRange(
@@ -148,11 +162,15 @@ class LearnedPositionalEmbedding(PositionalEncoding):
                 f"with model.extend_positions(n, method='copy-last'|'interpolate'|'init') and fine-tune, "
                 f"or use a relative encoding (model.positional.kind=rope or alibi)")
 
-    def embed(self, position_ids: Tensor | None, offset: int, T: int) -> Tensor:
-        self.check(position_ids, offset, T)
+    def embed(self, position_ids: Tensor | None, offset: int, T: int, check: bool = True) -> Tensor:
+        if check:
+            self.check(position_ids, offset, T)
         if position_ids is None:
             return self.weight[offset:offset + T].unsqueeze(0)  # (1, T, C): a view, broadcast over B
-        return self.weight[position_ids]  # (B, T, C)
+        # F.embedding, not self.weight[ids]: on CPU the backward of advanced indexing adds rows
+        # from several threads in a varying order (runs differ in the last bits); embedding's
+        # backward is deterministic, so resumed runs stay bit-exact.
+        return F.embedding(position_ids, self.weight)  # (B, T, C)
 
     @torch.no_grad()
     def crop(self, n: int) -> None:
@@ -204,7 +222,7 @@ class SinusoidalPositionalEncoding(PositionalEncoding):
         self.n_embd, self.scale = n_embd, scale
         self.register_buffer("anchor", torch.empty(0), persistent=False)  # follows .to(device/dtype)
 
-    def embed(self, position_ids: Tensor | None, offset: int, T: int) -> Tensor:
+    def embed(self, position_ids: Tensor | None, offset: int, T: int, check: bool = True) -> Tensor:
         if position_ids is None:
             position_ids = default_position_ids(T, offset, device=self.anchor.device)
         return sinusoid_table(position_ids, self.n_embd, self.scale, self.anchor.dtype)  # (B|1, T, C), model dtype
@@ -263,7 +281,8 @@ class ALiBiPositionalEncoding(PositionalEncoding):
 def build_positional(cfg: PositionalConfig, n_embd: int, n_head: int) -> PositionalEncoding:
     """The registry: one `kind` string -> one encoding."""
     registry = {
-        "learned": lambda: LearnedPositionalEmbedding(cfg.max_len, n_embd, cfg.init, cfg.init_std),
+        "learned": lambda: LearnedPositionalEmbedding(cfg.max_len, n_embd, cfg.init, cfg.init_std,
+                                                      weight_decay=cfg.weight_decay),
         "sinusoidal": lambda: SinusoidalPositionalEncoding(n_embd, sinusoid_scale(cfg.init_std)),
         "rope": lambda: RotaryPositionalEncoding(n_embd // n_head, cfg.rope_base),
         "alibi": lambda: ALiBiPositionalEncoding(n_head),

@@ -1,118 +1,222 @@
-"""Run directories: atomic writes, checkpoints, loading a trained model back.
+"""Run directories: the config, checkpoints as one atomic unit, and the metrics log.
 
-    <run>/config.json        the resolved Config
-    <run>/model.safetensors  weights (tied head omitted), metadata {"step": ...}
-    <run>/trainer_state.pt   optimizer state, step, RNG states (loaded with weights_only=True)
-    <run>/metrics.jsonl      one JSON object per log/eval event
-    <run>/pos_similarity.png cosine similarity of the learned table's rows
+    <run>/config.json                       the resolved Config
+    <run>/metrics.jsonl                     one JSON object per log/eval event (append-only)
+    <run>/checkpoints/step-<N>/             one complete checkpoint:
+        model.safetensors                   weights (tied head omitted), metadata {"step": N}
+        trainer_state.pt                    optimizer state, step, RNG (loaded with weights_only=True)
+        position_stats.safetensors          per-row statistics of every learned table (if recorded)
+        manifest.json                       written last: the step and the sha256 of every file
+    plus what the task keeps (e.g. tokenizer.json) and plots.
+
+A checkpoint is written into a hidden temporary folder, every file fsynced, the manifest
+written last, and the folder renamed into place in one step, so at any instant each
+`step-<N>` folder is complete; the newest two are kept. Loading verifies the checksums and
+falls back to the previous checkpoint (with a warning) if the newest is damaged.
+This module knows files, not models: it imports neither the model nor any task.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from learnpos.config import Config, load_run_config
 from learnpos.errors import RunDirError
-from learnpos.model import GPT
+from learnpos.files import append_line, atomic_write_text, fsync_dir, fsync_file, sha256_file
 
-MODEL_FILE, STATE_FILE, CONFIG_FILE, METRICS_FILE = (
-    "model.safetensors", "trainer_state.pt", "config.json", "metrics.jsonl")
+log = logging.getLogger(__name__)
 
-
-def temp_path_beside(path: Path) -> Path:
-    """A new empty file next to `path` (same filesystem, so a rename over `path` is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR = "config.json", "metrics.jsonl", "checkpoints"
+MODEL_FILE, STATE_FILE, STATS_FILE, MANIFEST_FILE = (
+    "model.safetensors", "trainer_state.pt", "position_stats.safetensors", "manifest.json")
+KEEP_CHECKPOINTS = 2
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call `write(tmp_path)`, then rename over `path`: readers see the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+# ------------------------------------------------------------------------ checkpoints
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def model_tensors(model: GPT) -> dict[str, torch.Tensor]:
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """state_dict without the tied head (safetensors stores each tensor once)."""
     sd = model.state_dict()
-    if model.config.tie_weights:
+    if getattr(model.config, "tie_weights", False):
         sd.pop("head.weight", None)
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def save_checkpoint(run_dir: Path, model: GPT, optimizer: torch.optim.Optimizer | None, step: int) -> None:
-    meta = {"step": str(step)}
-    atomic_write(run_dir / MODEL_FILE, lambda tmp: save_file(model_tensors(model), tmp, metadata=meta))
-    if optimizer is not None:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+def _step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:08d}"
 
 
-def load_weights(model: GPT, run_dir: Path) -> int:
-    """Load model.safetensors into `model`; return the step it was saved at."""
-    path = run_dir / MODEL_FILE
+def _remove_dir(path: Path) -> None:
+    """Rename out of the way first (atomic), then delete: a kill mid-delete never leaves a
+    half-deleted folder under a checkpoint's name."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable[[Path], object]]) -> Path:
+    """Write one checkpoint: `writers[name](path)` writes file `name`. Returns its folder."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=root))
+    try:
+        files = {}
+        for name, write in writers.items():
+            write(tmp / name)
+            fsync_file(tmp / name)
+            files[name] = sha256_file(tmp / name)
+        (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1), encoding="utf-8")
+        fsync_file(tmp / MANIFEST_FILE)
+        fsync_dir(tmp)
+        final = _step_dir(run_dir, step)
+        if final.exists():  # the same step saved again (e.g. a resumed run's last step)
+            _remove_dir(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(root)
+    for old in checkpoint_dirs(run_dir)[:-KEEP_CHECKPOINTS]:
+        _remove_dir(old)
+    for stale in root.glob(".t*-step-*"):  # temp folders of killed writers, trash of killed deletes
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Every complete checkpoint folder, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def verify_checkpoint(folder: Path) -> dict[str, Any]:
+    """The manifest of `folder` after checking every file against its sha256."""
+    manifest_path = folder / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{manifest_path} is missing or unreadable ({e})") from None
+    for name, digest in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.exists():
+            raise RunDirError(f"{path} is missing (listed in {manifest_path})")
+        if sha256_file(path) != digest:
+            raise RunDirError(f"{path} is corrupted or truncated (its sha256 does not match {manifest_path})")
+    return manifest
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    return bool(checkpoint_dirs(run_dir))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The newest checkpoint whose files verify; an older one (with a warning) if the newest
+    is damaged. RunDirError when there is none."""
+    run_dir = Path(run_dir)
+    folders = checkpoint_dirs(run_dir)
+    if not folders:
+        raise RunDirError(f"{run_dir} has no checkpoint ({CHECKPOINTS_DIR}/step-*/); train it first, "
+                          f"or is it a learnpos run directory?")
+    errors = []
+    for folder in reversed(folders):
+        try:
+            verify_checkpoint(folder)
+        except RunDirError as e:
+            errors.append(str(e))
+            continue
+        if errors:
+            log.warning("%s; using the previous checkpoint %s", "; ".join(errors), folder.name)
+        return folder
+    raise RunDirError("no usable checkpoint: " + "; ".join(errors))
+
+
+def save_weights(path: Path, model: torch.nn.Module, step: int) -> None:
+    save_file(model_tensors(model), path, metadata={"step": str(step)})
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> int:
+    """Load `folder`/model.safetensors into `model`; return the step it was saved at."""
+    path = Path(folder) / MODEL_FILE
     if not path.exists():
-        raise RunDirError(f"{run_dir} has no {MODEL_FILE}; is it a learnpos run directory?")
+        raise RunDirError(f"{path} is missing")
     tensors = load_file(path, device=str(next(model.parameters()).device))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
-    allowed_missing = {"head.weight"} if model.config.tie_weights else set()
+    allowed_missing = {"head.weight"} if getattr(model.config, "tie_weights", False) else set()
     if set(missing) - allowed_missing or unexpected:
         raise RunDirError(f"{path} does not match its config: missing {missing}, unexpected {unexpected}")
-    from safetensors import safe_open
-
     with safe_open(path, framework="pt") as f:
         return int((f.metadata() or {}).get("step", 0))
 
 
-def load_trainer_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATE_FILE
+def save_trainer_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(state, path)
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / STATE_FILE
     if not path.exists():
         raise RunDirError(f"cannot resume: {path} is missing")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Config]:
-    """Rebuild the model of a finished (or checkpointed) run, in eval mode."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).exists():
-        raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with `learnpos train`")
-    cfg = load_run_config(run_dir / CONFIG_FILE)
-    model = GPT(cfg.model).to(device)
-    load_weights(model, run_dir)
-    model.eval()
-    return model, cfg
+# ----------------------------------------------------------------------------- config
+
+
+def write_config(run_dir: Path, text: str) -> None:
+    atomic_write_text(Path(run_dir) / CONFIG_FILE, text)
+
+
+# ---------------------------------------------------------------------------- metrics
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(Path(run_dir) / METRICS_FILE, json.dumps(record))
 
 
-def truncate_metrics(run_dir: Path, after_step: int) -> None:
-    """On resume, drop records written after the checkpoint we resume from."""
-    path = run_dir / METRICS_FILE
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Every record of metrics.jsonl. A cut-off last line (a kill mid-append) is dropped with
+    a warning; a damaged line anywhere else is a RunDirError naming the line."""
+    path = Path(run_dir) / METRICS_FILE
     if not path.exists():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= after_step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+        return []
+    raw = path.read_bytes().decode("utf-8", errors="replace")
+    lines = raw.split("\n")
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):  # no newline after it: the last append was cut off
+                log.warning("%s: dropped a cut-off last line (%d bytes)", path, len(line))
+                continue
+            raise RunDirError(f"{path} line {i} is not JSON; the metrics log is damaged") from None
+    return records
+
+
+def truncate_metrics(run_dir: Path, after_step: int) -> list[dict]:
+    """On resume: keep the records up to the checkpoint's step (and drop a cut-off last line);
+    rewrite the log atomically. Returns the kept records."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    keep = [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    return keep

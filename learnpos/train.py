@@ -12,22 +12,28 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from learnpos.analysis.position_stats import STATS_FILE, PositionStats
-from learnpos.config import Config, load_run_config
+from learnpos.analysis.position_stats import PositionStats
+from learnpos.config import Config, config_diff, load_run_config
 from learnpos.errors import ConfigError, RunDirError, TrainingDiverged
 from learnpos.hardware import cpu_has_amx_bf16
+from learnpos.load import build_model
 from learnpos.model import GPT
 from learnpos.optim import build_optimizer, lr_at
-from learnpos.positional import LearnedPositionalEmbedding
 from learnpos.runs import (
     CONFIG_FILE,
     MODEL_FILE,
+    STATE_FILE,
+    STATS_FILE,
     append_metrics,
-    atomic_write_text,
+    has_checkpoint,
+    latest_checkpoint,
     load_trainer_state,
     load_weights,
-    save_checkpoint,
+    save_trainer_state,
+    save_weights,
     truncate_metrics,
+    write_checkpoint,
+    write_config,
 )
 from learnpos.tasks import build_task
 
@@ -74,20 +80,25 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / CONFIG_FILE).exists():
             raise RunDirError(f"cannot resume: {run_dir} has no {CONFIG_FILE}")
-    elif (run_dir / MODEL_FILE).exists():
+    elif has_checkpoint(run_dir):
         raise RunDirError(f"{run_dir} already holds a trained model; pass --resume to continue it "
                           f"or choose another --train.out_dir")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        held = ", ".join(sorted(p.name for p in run_dir.iterdir())[:5])
+        raise RunDirError(f"{run_dir} is not empty ({held}) but holds no checkpoint: files of an interrupted "
+                          f"or another run. Remove it or choose another --train.out_dir (a fresh run never "
+                          f"mixes with old files), or --resume it if it is this run")
 
 
 def _write_config(cfg: Config, run_dir: Path, resume: bool) -> None:
     if resume:
         saved = load_run_config(run_dir / CONFIG_FILE)
-        if saved.model != cfg.model or saved.task != cfg.task or saved.synthetic != cfg.synthetic \
-                or saved.lm != cfg.lm:
-            raise RunDirError(f"cannot resume {run_dir}: its model/task config differs from this one "
+        changed = config_diff(saved, cfg, ignore=("train",))
+        if changed:
+            raise RunDirError(f"cannot resume {run_dir}: {', '.join(changed)} differ from its config.json "
                               f"(only train.* settings may change on resume)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
+    write_config(run_dir, cfg.to_json() + "\n")
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quiet: bool = False) -> TrainResult:
@@ -100,6 +111,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
     t = cfg.train
     t0 = time.perf_counter()
     device = resolve_device(t.device)
+    t.dtype = resolve_dtype(device, t.dtype)  # saved as chosen: a resumed run keeps its precision
     autocast = autocast_for(device, t.dtype)
     torch.manual_seed(t.seed)
 
@@ -113,28 +125,38 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
                           f"leave it 0 to take it from the task")
     _write_config(cfg, run_dir, resume)
 
-    model = GPT(cfg.model).to(device)
-    optimizer = build_optimizer(model, t, cfg.model.positional.weight_decay, device.type)
+    model = build_model(cfg, task).to(device)
+    optimizer = build_optimizer(model, t, device.type)
     step = 0
-    if resume:
-        state = load_trainer_state(run_dir)
-        weights_step = load_weights(model, run_dir)
+    folder = latest_checkpoint(run_dir) if resume and has_checkpoint(run_dir) else None
+    if folder is not None:
+        state = load_trainer_state(folder)
+        weights_step = load_weights(model, folder)
         if weights_step != state["step"]:
-            raise RunDirError(f"{run_dir}: weights are from step {weights_step} but optimizer state from "
-                              f"step {state['step']} (interrupted while saving?); cannot resume exactly")
+            raise RunDirError(f"{folder}: weights are from step {weights_step} but optimizer state from "
+                              f"step {state['step']}; cannot resume exactly")
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         step = state["step"]
-        truncate_metrics(run_dir, step)
+    if resume:
+        truncate_metrics(run_dir, step)  # also drops a line cut off by a kill mid-append
+    tables = {name: table.weight for name, table in model.learned_tables().items()}
     stats = None
-    if t.position_stats and isinstance(model.pos, LearnedPositionalEmbedding):
-        stats = (PositionStats.load(run_dir, model.pos.weight) if resume and (run_dir / STATS_FILE).exists()
-                 else PositionStats(model.pos.weight))
+    if t.position_stats and tables:
+        saved = folder / STATS_FILE if folder is not None else None
+        stats = PositionStats.load(saved, tables) if saved is not None and saved.exists() else PositionStats(tables)
     forward = torch.compile(model) if t.compile else model
-    log.info("model: %d parameters (%d without the position table); %s on %s",
-             model.num_params(), model.num_params(include_positions=False), resolve_dtype(device, t.dtype), device)
+    log.info("model: %d parameters (%d without learned tables); %s on %s",
+             model.num_params(), model.num_params(include_tables=False), t.dtype, device)
+
+    def checkpoint() -> None:
+        writers = {MODEL_FILE: lambda p: save_weights(p, model, step),
+                   STATE_FILE: lambda p: save_trainer_state(p, optimizer, step)}
+        if stats is not None:
+            writers[STATS_FILE] = stats.save
+        write_checkpoint(run_dir, step, writers)
 
     end = t.max_iters if stop_after is None else min(t.max_iters, step + stop_after)
     metrics: dict = {}
@@ -146,11 +168,10 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
             group["lr"] = lr
         batch = task.train_batch(step, t.batch_size).to(device)
         with autocast():
-            loss = forward(batch.idx, targets=batch.targets, position_ids=batch.position_ids,
-                           attention_mask=batch.attention_mask).loss
+            loss = task.loss(forward, batch)
         loss.backward()
         if stats is not None:
-            stats.update(model.pos.weight.grad)
+            stats.update()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
@@ -173,9 +194,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
         if eval_now:
             metrics = task.evaluate(model, device, autocast=autocast)
             append_metrics(run_dir, {"step": step, "split": "val", **metrics})
-            save_checkpoint(run_dir, model, optimizer, step)
-            if stats is not None:
-                stats.save(run_dir, model.pos.weight)
+            checkpoint()
             if not quiet:
                 bar.write(_summary(step, metrics))
     bar.close()

@@ -10,6 +10,8 @@ reports, per named tensor or per property, the largest absolute and relative err
     table identity <ids>       autograd dL/dP vs table_gradient(autograd dL/dh, ids)  (abs 1e-12),
                                rows no position uses exactly 0.0
     table reference <ids>      reference dL/dP vs autograd dL/dP                  (rel 1e-9)
+    tables <name>: identity    the same two checks for every named table of `model.tables`
+    tables <name>: reference   (turn and speaker ids next to the positions)
     sgd / adamw                hand-written optimizers vs torch.optim, the model's own
                                parameter groups; one SGD step equals P - lr*g exactly
     <kind>: no trainable table sinusoidal and none have no `pos.weight` to learn
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import learnpos.reference.model as ref_model
-from learnpos.config import ModelConfig, PositionalConfig
+from learnpos.config import ModelConfig, PositionalConfig, TableConfig
 from learnpos.model import GPT, IGNORE_INDEX
 from learnpos.optim import param_groups
 from learnpos.positional import position_ids_from_mask
@@ -110,6 +112,8 @@ class Case:
     bias: bool = True
     tie_weights: bool = True
     inputs: str = "arange"
+    tables: tuple[tuple, ...] = ()  # named extra tables: (name, rows) or (name, rows, weight_decay)
+    attention: str = "auto"  # model.attention (float64 -> SDPA under auto)
 
 
 GRAD_CASES = [
@@ -118,14 +122,20 @@ GRAD_CASES = [
     Case("sinusoidal", kind="sinusoidal", inputs="left-padded"),
     Case("none", kind="none"),
     Case("learned untied no-bias", bias=False, tie_weights=False, inputs="offset"),
+    Case("learned + 2 tables", tables=(("turn", 6), ("speaker", 3)), inputs="left-padded"),
+    Case("matmul attention", attention="matmul", inputs="left-padded"),
+    Case("matmul attention causal", attention="matmul"),
 ]
+TABLES_CASE = GRAD_CASES[5]  # the case whose named tables `named_table_checks` examines
 TABLE_RECIPES = ["arange", "offset", "left-padded", "repeated", "random ids per row"]
 
 
 def model_config(case: Case) -> ModelConfig:
     return ModelConfig(vocab_size=V, n_layer=N_LAYER, n_head=N_HEAD, n_embd=C, dropout=0.0, bias=case.bias,
-                       tie_weights=case.tie_weights, causal=case.causal,
-                       positional=PositionalConfig(kind=case.kind, max_len=L))
+                       tie_weights=case.tie_weights, causal=case.causal, attention=case.attention,
+                       positional=PositionalConfig(kind=case.kind, max_len=L),
+                       tables=[TableConfig(name=t[0], rows=t[1], weight_decay=bool(t[2:] and t[2]))
+                               for t in case.tables])
 
 
 def make_model(case: Case, seed: int) -> GPT:
@@ -155,6 +165,7 @@ class Inputs:
     targets: torch.Tensor  # (B, T), IGNORE_INDEX where there is no loss
     position_ids: torch.Tensor | None  # (B, T) or None = 0..T-1
     attention_mask: torch.Tensor | None  # (B, T) 1 = token, 0 = pad; or None
+    extra_ids: dict[str, torch.Tensor]  # table name -> (B, T) ids
 
     def ids(self) -> np.ndarray:
         """The position ids the model uses, (B|1, T)."""
@@ -164,8 +175,11 @@ class Inputs:
         n = lambda t: None if t is None else t.numpy()  # noqa: E731
         return n(self.idx), n(self.targets), n(self.position_ids), n(self.attention_mask)
 
+    def extra_numpy(self) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self.extra_ids.items()}
 
-def make_inputs(recipe: str, seed: int) -> Inputs:
+
+def make_inputs(recipe: str, seed: int, tables: tuple[tuple[str, int], ...] = ()) -> Inputs:
     """A (B, T) batch and its positions:
     arange              ids None (= 0..T-1, broadcast over the batch)
     offset              ids 5..5+T-1, as a KV cache of 5 tokens would give the new ones
@@ -173,7 +187,8 @@ def make_inputs(recipe: str, seed: int) -> Inputs:
     right-padded        rows with 0, 2 and 4 pads at the end, ids from the mask
     repeated            ids t // 2 + b: every id used twice in a row
     random ids per row  ids drawn with replacement from 0..L-1, different in each row
-    Targets are random, with one ignored target, and ignored at pads."""
+    Targets are random, with one ignored target, and ignored at pads. Each named table
+    (name, rows) gets ids drawn from 0..rows-2, so its last row is never used."""
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, V, (B, T), generator=gen)
     targets = torch.randint(0, V, (B, T), generator=gen)
@@ -196,7 +211,8 @@ def make_inputs(recipe: str, seed: int) -> Inputs:
         position_ids = torch.randint(0, L, (B, T), generator=gen)
     elif recipe != "arange":
         raise ValueError(f"unknown input recipe '{recipe}'")
-    return Inputs(idx, targets, position_ids, mask)
+    extra = {t[0]: torch.randint(0, t[1] - 1, (B, T), generator=gen) for t in tables}
+    return Inputs(idx, targets, position_ids, mask, extra)
 
 
 def reference_params(model: GPT) -> dict[str, np.ndarray]:
@@ -227,7 +243,8 @@ def loss_of(model: GPT, batch: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits) in float64. The loss is computed here rather than taken from
     `GPT.forward(targets=...)` because the model casts logits to float32 before its
     cross-entropy, which would cap the agreement at float32 precision."""
-    logits = model(batch.idx, position_ids=batch.position_ids, attention_mask=batch.attention_mask).logits
+    logits = model(batch.idx, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
+                   extra_ids=batch.extra_ids or None).logits
     loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
     return loss, logits
 
@@ -236,7 +253,8 @@ def autograd_side(model: GPT, batch: Inputs) -> Result:
     """Loss, logits, parameter gradients and dL/dh from PyTorch autograd.
 
     dL/dh is captured at the input of `model.drop`, which `GPT.forward` applies to
-    h = tok_emb(idx) + pos.embed(...) and nothing else (dropout is the identity in eval)."""
+    h = tok_emb(idx) + pos.embed(...) + the named tables and nothing else (dropout is the
+    identity in eval)."""
     captured: list[torch.Tensor] = []
 
     def keep_h(module, inputs):
@@ -259,7 +277,8 @@ def autograd_side(model: GPT, batch: Inputs) -> Result:
 def reference_side(model: GPT, batch: Inputs, params: dict[str, np.ndarray] | None = None) -> Result:
     params = reference_params(model) if params is None else params
     idx, targets, position_ids, mask = batch.numpy()
-    loss, logits, cache = ref_model.forward(params, idx, targets, model.config, position_ids, mask)
+    loss, logits, cache = ref_model.forward(params, idx, targets, model.config, position_ids, mask,
+                                            batch.extra_numpy())
     grads, dh = ref_model.backward(cache, return_dh=True)
     return Result(loss, logits, grads, dh)
 
@@ -269,7 +288,7 @@ def reference_side(model: GPT, batch: Inputs, params: dict[str, np.ndarray] | No
 
 def gradient_checks(case: Case, seed: int) -> list[Check]:
     """Loss, logits and every parameter gradient: reference vs autograd."""
-    model, batch = make_model(case, seed), make_inputs(case.inputs, seed + 2)
+    model, batch = make_model(case, seed), make_inputs(case.inputs, seed + 2, case.tables)
     auto, refr = autograd_side(model, batch), reference_side(model, batch)
     checks = []
     for what, a, b in (("loss", refr.loss, auto.loss), ("logits", refr.logits, auto.logits)):
@@ -298,14 +317,15 @@ def finite_difference_errors(case: Case, seed: int, entries: int = FD_ENTRIES) -
     differences (L(p + eps) - L(p - eps)) / 2 eps of the reference loss, on `entries`
     entries drawn per tensor (all entries of smaller tensors). rel uses the tensor's
     largest gradient entry as scale (see `rel_err`)."""
-    model, batch = make_model(case, seed), make_inputs(case.inputs, seed + 2)
+    model, batch = make_model(case, seed), make_inputs(case.inputs, seed + 2, case.tables)
     params = reference_params(model)
     idx, targets, position_ids, mask = batch.numpy()
+    extra = batch.extra_numpy()
 
     def loss() -> float:
-        return ref_model.forward(params, idx, targets, model.config, position_ids, mask)[0]
+        return ref_model.forward(params, idx, targets, model.config, position_ids, mask, extra)[0]
 
-    _, _, cache = ref_model.forward(params, idx, targets, model.config, position_ids, mask)
+    _, _, cache = ref_model.forward(params, idx, targets, model.config, position_ids, mask, extra)
     grads = ref_model.backward(cache)
     rng = np.random.default_rng(seed)
     errors = {}
@@ -360,6 +380,33 @@ def table_checks(recipe: str, seed: int) -> list[Check]:
     ]
 
 
+def named_table_checks(seed: int, case: Case = TABLES_CASE) -> list[Check]:
+    """Every named table obeys the same closed form as P, with its own ids:
+    dL/dT[k] = sum of dL/dh[b,t] over ids[b,t] = k; unused rows exactly 0.0."""
+    model, batch = make_model(case, seed), make_inputs(case.inputs, seed + 2, case.tables)
+    auto, refr = autograd_side(model, batch), reference_side(model, batch)
+    checks = []
+    for name, rows, *_ in case.tables:
+        key = f"tables.{name}.weight"
+        ids = batch.extra_ids[name].numpy()
+        unused = np.setdiff1d(np.arange(rows), ids)
+        closed_form = table_gradient(auto.dh, ids, rows)
+        dT, dT_ref = auto.grads[key], refr.grads[key]
+        zero = {who: not np.any(g[unused] != 0.0) for who, g in
+                (("autograd", dT), ("identity", closed_form), ("reference", dT_ref))}
+        abs_id, rel_ref = _abs_err(closed_form, dT), rel_err(dT_ref, dT)
+        checks += [
+            Check(f"tables {name}: identity", abs_id, rel_err(closed_form, dT), TABLE_ABS_TOL,
+                  abs_id <= TABLE_ABS_TOL and zero["autograd"] and zero["identity"] and len(unused) > 0,
+                  tol_on="abs", detail=f"{rows - len(unused)}/{rows} rows used; unused rows exactly 0.0: "
+                                       f"autograd {zero['autograd']}, identity {zero['identity']}"),
+            Check(f"tables {name}: reference", _abs_err(dT_ref, dT), rel_ref, GRAD_REL_TOL,
+                  rel_ref <= GRAD_REL_TOL and zero["reference"],
+                  detail=f"reference dL/dT vs autograd; unused rows exactly 0.0: {zero['reference']}"),
+        ]
+    return checks
+
+
 def no_table_check(kind: str, seed: int) -> Check:
     """Fixed and absent encodings have nothing to learn: no `pos.weight` anywhere."""
     case = Case(kind, kind=kind)
@@ -387,8 +434,8 @@ def sgd_checks(seed: int, lr: float = 0.1, weight_decay: float = 0.1) -> list[Ch
     params = reference_params(model)
     before = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
     auto, refr = autograd_side(model, batch), reference_side(model, batch, params)
-    torch.optim.SGD(param_groups(model, weight_decay, decay_positions=False), lr=lr).step()
-    policy = weight_decay_policy({n: params[n] for n in refr.grads}, weight_decay, decay_positions=False)
+    torch.optim.SGD(param_groups(model, weight_decay), lr=lr).step()
+    policy = weight_decay_policy({n: params[n] for n in refr.grads}, weight_decay, model.config)
     sgd_step(params, refr.grads, lr, weight_decay=policy)
     after = {n: p.detach().numpy() for n, p in model.named_parameters()}
 
@@ -436,15 +483,15 @@ def adamw_run(case: Case, seed: int, steps: int = 10, lr: float = 1e-2, betas=(0
     model = make_model(case, seed)
     params = reference_params(model)
     start = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
-    groups = param_groups(model, weight_decay, decay_positions=False)
+    groups = param_groups(model, weight_decay)
     torch_decay = {n: g["weight_decay"] for g in groups for n, p in model.named_parameters()
                    if any(p is q for q in g["params"])}
-    ref_decay = weight_decay_policy({n: params[n] for n in start}, weight_decay, decay_positions=False)
+    ref_decay = weight_decay_policy({n: params[n] for n in start}, weight_decay, model.config)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
     state: dict = {}
     losses_torch, losses_ref = [], []
     for step in range(steps):
-        batch = make_inputs("arange", seed + 100 + step)
+        batch = make_inputs("arange", seed + 100 + step, case.tables)
         refr = reference_side(model, batch, params)  # at the NumPy side's own parameters
         auto = autograd_side(model, batch)
         optimizer.step()
@@ -472,7 +519,9 @@ def adamw_checks(seed: int, steps: int = 10) -> list[Check]:
     AdamW, which divides by sqrt(v) + eps, turns noise n into steps of lr*n/(|n| + eps),
     ~1e-10: a property of AdamW on a dead parameter, not an error of either side.
     """
-    alone = adamw_run(Case("adamw"), seed, steps, reference_gradients=False)
+    # one decayed named table and one not: the policy comes from each table's own entry
+    alone = adamw_run(Case("adamw", tables=(("turn", 6, True), ("speaker", 3, False))), seed, steps,
+                      reference_gradients=False)
     e2e = adamw_run(Case("adamw no-bias", bias=False), seed, steps, reference_gradients=True)
     policy_err = max(abs(alone.ref_decay[n] - alone.torch_decay[n]) for n in alone.torch_decay)
     abs_loss = _abs_err(np.array(e2e.losses_ref), np.array(e2e.losses_torch))
@@ -481,8 +530,11 @@ def adamw_checks(seed: int, steps: int = 10) -> list[Check]:
                 for run in (alone, e2e) for run_final in (run.torch_final, run.ref_final))
     return [
         Check("adamw: decay policy = param_groups", policy_err, policy_err, EXACT,
-              policy_err == 0.0 and set(alone.ref_decay) == set(alone.torch_decay), tol_on="abs",
-              detail=f"pos.weight decay {alone.ref_decay['pos.weight']}"),
+              policy_err == 0.0 and set(alone.ref_decay) == set(alone.torch_decay)
+              and alone.torch_decay["tables.turn.weight"] > 0 and alone.torch_decay["tables.speaker.weight"] == 0,
+              tol_on="abs",
+              detail=f"decay of pos / turn / speaker tables: {alone.ref_decay['pos.weight']} / "
+                     f"{alone.ref_decay['tables.turn.weight']} / {alone.ref_decay['tables.speaker.weight']}"),
         _final_params_check(f"adamw: adamw_step, {steps} steps, same grads", alone,
                             "optimizer alone, all groups; rel to the distance travelled"),
         Check(f"adamw: {steps}-step loss trajectory", abs_loss,
@@ -505,6 +557,7 @@ def run_checks(seed: int = 0) -> list[Check]:
         groups.append((f"fd {case.name}", lambda case=case: [finite_difference_check(case, seed)]))
     for recipe in TABLE_RECIPES:
         groups.append((f"table {recipe}", lambda recipe=recipe: table_checks(recipe, seed)))
+    groups.append(("tables", lambda: named_table_checks(seed)))
     groups.append(("sgd", lambda: sgd_checks(seed)))
     groups.append(("adamw", lambda: adamw_checks(seed)))
     for kind in ("sinusoidal", "none"):

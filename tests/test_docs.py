@@ -429,7 +429,7 @@ PROJECT_SCRIPT = textwrap.dedent("""
     import learnpos.reference as ref
     from learnpos.reference.layers import sinusoid_scale, sinusoid_table
     import tomllib
-    from learnpos.config import TrainConfig, from_dict, preset_path, set_override
+    from learnpos.config import TrainConfig, _apply_dict, preset_path
 
     ex = json.loads(sys.argv[2])
     out = {}
@@ -465,11 +465,11 @@ PROJECT_SCRIPT = textwrap.dedent("""
     exec(compile(ast.Module([fn], type_ignores=[]), "optim.py", "exec",
                  flags=__future__.annotations.compiler_flag, dont_inherit=True), namespace)
     lr_at = namespace["lr_at"]
-    def shrink(overrides):  # load_config without validate(), which imports the torch-based tasks
-        cfg = from_dict(tomllib.loads(preset_path("demo").read_text(encoding="utf-8")))
-        for key, value in overrides.items():
-            set_override(cfg, key, value)
-        t = cfg.train
+    def shrink(overrides):  # the demo preset's train section (the tasks, which import torch, stay out)
+        t = TrainConfig()
+        _apply_dict(t, tomllib.loads(preset_path("demo").read_text(encoding="utf-8"))["train"], "train.")
+        assert all(k.startswith("train.") for k in overrides), overrides
+        _apply_dict(t, {k.split(".", 1)[1]: v for k, v in overrides.items()}, "train.")
         return math.prod(1 - lr_at(s, t) * t.weight_decay for s in range(t.max_iters))
     out["demo_decay"] = shrink({})
     out["stats_test_decay"] = shrink(json.loads(sys.argv[3]))

@@ -138,10 +138,10 @@ def test_loss_ignores_masked_targets():
 def test_weight_tying_and_param_counts():
     model = make("learned", max_len=32)
     assert model.head.weight is model.tok_emb.weight
-    assert model.num_params() - model.num_params(include_positions=False) == 32 * 32
+    assert model.num_params() - model.num_params(include_tables=False) == 32 * 32
     untied = make("learned", tie_weights=False)
     assert untied.num_params() == model.num_params() + V * 32
-    assert make("sinusoidal").num_params() == model.num_params(include_positions=False)
+    assert make("sinusoidal").num_params() == model.num_params(include_tables=False)
 
 
 def test_extend_positions_on_the_model_keeps_outputs_for_short_inputs():
@@ -172,106 +172,3 @@ def test_loss_keeps_float64_for_a_float64_model():
     assert out.loss.dtype == torch.float64
     manual = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), idx.flatten())
     assert abs(out.loss.item() - manual.item()) < 1e-14
-
-
-# ------------------------------------------------------- CPU bf16 training attention
-
-
-def _attention_case(B, nh, T, S, hs, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, nh, n, hs, generator=g) for n in (T, S, S))
-    dy = torch.randn(B, nh, T, hs, generator=g)
-    return q, k, v, dy
-
-
-def _grads(fn, q, k, v, dy, dtype):
-    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    y = fn(*leaves)
-    y.backward(dy.to(dtype))
-    return [y.double()] + [t.grad.double() for t in leaves]
-
-
-@pytest.mark.parametrize("case", ["causal-3-blocks", "causal-cache", "bool-mask", "additive-mask",
-                                  "causal-key-mask"])
-def test_matmul_attention_matches_float64_sdpa(case):
-    """The hand-written bf16 attention (query blocks, fp32 dk/dv sums) against float64 SDPA:
-    output and all three gradients within bf16 rounding (2^-8 relative) of the exact values."""
-    from learnpos.model import _MatmulAttention
-
-    F = torch.nn.functional
-    B, nh, hs = 2, 3, 16
-    T, S = (150, 150) if case != "causal-cache" else (70, 100)  # 150 = blocks of 64, 64, 22
-    q, k, v, dy = _attention_case(B, nh, T, S, hs)
-    mask, causal = None, case.startswith("causal")
-    if case in ("bool-mask", "causal-key-mask"):  # right padding on the second row; (B, 1, 1, S)
-        keep = torch.ones(B, S, dtype=torch.bool)  # broadcasts over queries, also when sliced per block
-        keep[1, 120:] = False
-        mask = keep.view(B, 1, 1, S)
-    elif case == "additive-mask":  # an ALiBi-like distance bias plus causality
-        dist = (torch.arange(T).view(T, 1) - torch.arange(S).view(1, S)).float()
-        slopes = torch.tensor([0.5, 0.25, 0.125]).view(1, nh, 1, 1)
-        mask = (-slopes * dist.abs()).masked_fill(dist < 0, float("-inf"))
-    if case == "causal-cache":  # T new queries after S - T cached keys: query t sees keys <= S - T + t
-        sd_mask = torch.ones(T, S, dtype=torch.bool).tril(S - T)
-    elif case == "causal-key-mask":
-        sd_mask = mask & torch.ones(T, S, dtype=torch.bool).tril()
-    else:
-        sd_mask = mask
-    exact = _grads(lambda q, k, v: F.scaled_dot_product_attention(
-        q, k, v, attn_mask=sd_mask.double() if sd_mask is not None and sd_mask.dtype != torch.bool else sd_mask,
-        is_causal=case == "causal-3-blocks"), q, k, v, dy, torch.float64)
-    ours = _grads(lambda q, k, v: _MatmulAttention.apply(q, k, v, mask, causal), q, k, v, dy, torch.bfloat16)
-    for name, e, o in zip(["y", "dq", "dk", "dv"], exact, ours, strict=True):
-        rel = ((o - e).abs().max() / e.abs().max()).item()
-        assert rel < 2e-2, f"{case}: {name} relative error {rel:.2e}"
-
-
-def test_bf16_cpu_training_takes_the_matmul_attention_and_matches_fp32():
-    """Under bf16 autocast on CPU a training forward uses `_MatmulAttention`; its loss and
-    gradients agree with the float32 SDPA model to bf16 accuracy."""
-    import learnpos.model as M
-
-    cfg = ModelConfig(vocab_size=40, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
-                      positional=PositionalConfig(kind="learned", max_len=130))
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    idx = torch.randint(0, 40, (3, 130))
-    calls = []
-    original = M._MatmulAttention.apply
-    M._MatmulAttention.apply = lambda *a: calls.append(1) or original(*a)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss_bf16 = model(idx, targets=idx).loss
-        loss_bf16.backward()
-    finally:
-        M._MatmulAttention.apply = original
-    assert len(calls) == cfg.n_layer
-    g_bf16 = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    loss = model(idx, targets=idx).loss
-    loss.backward()
-    assert abs(loss_bf16.item() - loss.item()) < 1e-2 * loss.item()
-    for name in ("pos.weight", "blocks.0.attn.qkv.weight", "blocks.1.attn.qkv.weight"):
-        exact = dict(model.named_parameters())[name].grad
-        rel = ((g_bf16[name] - exact).norm() / exact.norm()).item()
-        assert rel < 5e-2, (name, rel)
-
-
-def test_matmul_attention_only_where_it_was_measured_faster():
-    """CPU bf16 with gradients, <= 256 keys, no dropout, constant mask; SDPA everywhere else."""
-    from learnpos.model import _use_matmul_attention
-
-    def qkv(dtype=torch.bfloat16, S=64, grad=True):
-        q = torch.zeros(1, 2, 8, 4, dtype=dtype, requires_grad=grad)
-        k = torch.zeros(1, 2, S, 4, dtype=dtype)
-        return q, k, k.clone()
-
-    assert _use_matmul_attention(*qkv(), None, 0.0)
-    assert _use_matmul_attention(*qkv(S=256), None, 0.0)
-    assert not _use_matmul_attention(*qkv(S=257), None, 0.0)
-    assert not _use_matmul_attention(*qkv(dtype=torch.float32), None, 0.0)
-    assert not _use_matmul_attention(*qkv(grad=False), None, 0.0)
-    assert not _use_matmul_attention(*qkv(), None, 0.1)
-    assert not _use_matmul_attention(*qkv(), torch.zeros(8, 64, requires_grad=True), 0.0)
-    q, k, v = qkv()
-    assert not _use_matmul_attention(q, k.float(), v.float(), None, 0.0)  # fp32 cache under autocast

@@ -465,11 +465,13 @@ def test_adamw_ten_steps_with_the_models_parameter_groups_match_torch(end_to_end
 
 @pytest.mark.parametrize("decay_positions", [False, True])
 def test_weight_decay_policy_is_the_models_parameter_groups(decay_positions):
-    model = make_model(Case("groups"), seed=15)
-    groups = param_groups(model, 0.1, decay_positions)
+    model = make_model(Case("groups", tables=(("turn", 5, True), ("speaker", 3))), seed=15)
+    model.config.positional.weight_decay = model.pos.weight_decay = decay_positions
+    groups = param_groups(model, 0.1)
     torch_decay = {n: g["weight_decay"] for g in groups for n, p in model.named_parameters()
                    if any(p is q for q in g["params"])}
     params = reference_params(model)
-    policy = ref.weight_decay_policy({n: params[n] for n in ref.trainable_names(model.config)}, 0.1, decay_positions)
+    policy = ref.weight_decay_policy({n: params[n] for n in ref.trainable_names(model.config)}, 0.1, model.config)
     assert policy == torch_decay
     assert policy["pos.weight"] == (0.1 if decay_positions else 0.0)
+    assert policy["tables.turn.weight"] == 0.1 and policy["tables.speaker.weight"] == 0.0

@@ -178,11 +178,9 @@ def test_lm_run_directory_and_metrics(tiny_lm):
 
 
 def test_lm_generation_length_handling(tiny_lm):
-    from learnpos.runs import load_run
-    from learnpos.tasks import build_task
+    from learnpos.load import load_run
 
-    model, cfg = load_run(tiny_lm.run_dir)
-    task = build_task(cfg, tiny_lm.run_dir)
+    model, cfg, task = load_run(tiny_lm.run_dir)
     prompt = "学而"
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     text = task.respond(model, prompt, generator=g())  # default: fill the table
@@ -216,7 +214,7 @@ def test_readme_lm_commands_short(tmp_path):
 
 def test_bpe_lm_end_to_end(tmp_path):
     """A BPE LM: bits per character uses the tokens-per-character ratio; any prompt encodes."""
-    from learnpos.runs import load_run
+    from learnpos.load import load_run
     from learnpos.tasks import build_task
     from learnpos.train import train
 
@@ -229,7 +227,7 @@ def test_bpe_lm_end_to_end(tmp_path):
     task = build_task(cfg, tmp_path / "run")
     ratio = task.data.val.size / task.data.val_chars  # fewer tokens than characters
     assert ratio < 1 and m["bits_per_char"] == pytest.approx(m["loss"] / np.log(2) * ratio)
-    model, _ = load_run(tmp_path / "run")
+    model, _, _ = load_run(tmp_path / "run")
     pieces = []
     text = task.respond(model, "龘 unseen", max_new_tokens=6, stream=pieces.append,
                         generator=torch.Generator().manual_seed(0))

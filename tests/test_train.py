@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from learnpos.config import load_config
 from learnpos.errors import RunDirError
 from learnpos.optim import lr_at, param_groups
+from learnpos.runs import latest_checkpoint
 from learnpos.train import train
 
 FAST = {"train.eval_interval": "10", "train.log_interval": "5", "train.warmup_iters": "4"}
@@ -22,16 +23,23 @@ def test_lr_schedule_warms_up_then_decays_to_min():
     assert all(lr_at(s, t) >= lr_at(s + 1, t) for s in range(10, 110))
 
 
-def test_position_table_has_its_own_decay_group():
+def test_every_learned_table_has_its_own_decay_group():
+    """The policy of each table comes from its own config entry, not from its parameter name."""
     from learnpos.model import GPT
 
+    tables = '[{"name": "symbol_index", "rows": 17, "weight_decay": true}, {"name": "segment", "rows": 2}]'
     for decay in (False, True):
-        cfg = load_config("demo", {"model.positional.weight_decay": str(decay)})
+        cfg = load_config("demo", {"model.positional.weight_decay": str(decay), "model.tables": tables})
         cfg.model.vocab_size = 20
-        groups = {g["name"]: g for g in param_groups(GPT(cfg.model), 0.1, decay)}
-        assert len(groups["positions"]["params"]) == 1
-        assert groups["positions"]["weight_decay"] == (0.1 if decay else 0.0)
+        model = GPT(cfg.model)
+        groups = {g["name"]: g for g in param_groups(model, 0.1)}
+        assert groups["table pos"]["params"] == [model.pos.weight]
+        assert groups["table pos"]["weight_decay"] == (0.1 if decay else 0.0)
+        assert groups["table symbol_index"]["params"] == [model.tables.symbol_index.weight]
+        assert groups["table symbol_index"]["weight_decay"] == 0.1 and groups["table segment"]["weight_decay"] == 0.0
         assert groups["no_decay"]["weight_decay"] == 0.0
+        grouped = [p for g in groups.values() for p in g["params"]]
+        assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
 
 
 def test_resume_is_bit_exact(tmp_path):
@@ -46,7 +54,8 @@ def test_resume_is_bit_exact(tmp_path):
     b = load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")})
     assert train(b, resume=True, quiet=True).step == 30
     for name in ("model.safetensors", "position_stats.safetensors"):
-        wa, wb = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        wa = load_file(latest_checkpoint(tmp_path / "a") / name)
+        wb = load_file(latest_checkpoint(tmp_path / "b") / name)
         assert wa.keys() == wb.keys()
         for k in wa:
             assert torch.equal(wa[k], wb[k]), (name, k)
@@ -59,36 +68,61 @@ def test_resume_is_bit_exact(tmp_path):
     assert records(ma, "val") == [r for r in val_b if r["step"] != 15] and len(val_b) == 4
 
 
-def test_resume_can_fail_if_state_is_not_restored(tmp_path):
-    """Guard for the test above: resuming weights without optimizer state diverges."""
+def test_resume_can_fail_if_state_is_not_restored(tmp_path, monkeypatch):
+    """Guard for the test above: resuming the weights without the optimizer state diverges."""
     over = {**FAST, "train.max_iters": "30"}
     a = load_config("demo", {**over, "train.out_dir": str(tmp_path / "a")})
     train(a, quiet=True)
     b = load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")})
     train(b, quiet=True, stop_after=15)
-    (tmp_path / "b/trainer_state.pt").unlink()
-    with pytest.raises(RunDirError, match="trainer_state.pt is missing"):
-        train(b, resume=True, quiet=True)
+    monkeypatch.setattr(torch.optim.AdamW, "load_state_dict", lambda self, state: None)
+    train(b, resume=True, quiet=True)
+    wa = load_file(latest_checkpoint(tmp_path / "a") / "model.safetensors")
+    wb = load_file(latest_checkpoint(tmp_path / "b") / "model.safetensors")
+    assert not all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    """Checkpoints carry checksums: a truncated file is detected by name, the previous complete
+    checkpoint is used, and with none left the error names the file."""
+    over = {**FAST, "train.max_iters": "30", "train.out_dir": str(tmp_path / "b")}
+    b = load_config("demo", over)
+    train(b, quiet=True, stop_after=15)  # checkpoints at steps 10 and 15
+    newest, older = latest_checkpoint(tmp_path / "b"), tmp_path / "b/checkpoints/step-00000010"
+    assert newest.name == "step-00000015" and older.is_dir()
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    with caplog.at_level("WARNING"):
+        assert latest_checkpoint(tmp_path / "b") == older
+    assert "model.safetensors is corrupted or truncated" in caplog.text and "step-00000010" in caplog.text
+    assert train(load_config("demo", over), resume=True, quiet=True).step == 30  # resumed from step 10
+    for folder in (tmp_path / "b/checkpoints").iterdir():
+        (folder / "trainer_state.pt").write_bytes(b"garbage")
+    with pytest.raises(RunDirError, match="trainer_state.pt is corrupted or truncated"):
+        latest_checkpoint(tmp_path / "b")
 
 
 def test_existing_run_is_never_overwritten(tmp_path):
     cfg = load_config("demo", {**FAST, "train.max_iters": "5", "train.out_dir": str(tmp_path)})
     train(cfg, quiet=True)
-    before = (tmp_path / "model.safetensors").read_bytes()
+    before = (latest_checkpoint(tmp_path) / "model.safetensors").read_bytes()
     with pytest.raises(RunDirError, match="already holds"):
         train(cfg, quiet=True)
-    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert (latest_checkpoint(tmp_path) / "model.safetensors").read_bytes() == before
 
 
 def test_run_directory_contents(tmp_path):
     cfg = load_config("demo", {**FAST, "train.max_iters": "10", "train.out_dir": str(tmp_path)})
     train(cfg, quiet=True)
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"config.json", "model.safetensors", "trainer_state.pt", "metrics.jsonl", "pos_similarity.png"} <= names
+    assert {"config.json", "checkpoints", "metrics.jsonl", "pos_similarity.png"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000010"]  # at most 2 kept
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model"]["vocab_size"] == 20 and saved["model"]["positional"]["kind"] == "learned"
-    state = torch.load(tmp_path / "trainer_state.pt", weights_only=True)
+    folder = latest_checkpoint(tmp_path)
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "trainer_state.pt", "manifest.json"}
+    state = torch.load(folder / "trainer_state.pt", weights_only=True)
     assert state["step"] == 10
 
 
@@ -164,7 +198,7 @@ def test_position_stats_record_which_rows_learn(tmp_path):
 
     over = {**FAST, "train.max_iters": "20", "train.position_stats": "true", "train.out_dir": str(tmp_path)}
     result = train(load_config("demo", over), quiet=True)
-    s = load_position_stats(tmp_path)
+    s = load_position_stats(tmp_path)["pos"]
     used = 33  # reverse-16 inputs are 33 tokens: rows 0..32 get gradients, 33..39 never
     assert int(s["steps"][0]) == 20
     assert (s["nonzero_steps"][:used] == 20).all() and (s["nonzero_steps"][used:] == 0).all()
@@ -182,7 +216,7 @@ def test_weight_decay_on_p_moves_rows_that_get_no_gradient(tmp_path):
             "model.positional.weight_decay": "true"}
     cfg = load_config("demo", over)
     train(cfg, quiet=True)
-    s = load_position_stats(tmp_path)
+    s = load_position_stats(tmp_path)["pos"]
     assert (s["nonzero_steps"][33:] == 0).all()
     # AdamW moments of an unused row stay 0, so only the decay acts: P_n = P_0 * prod_t (1 - lr_t * wd)
     from learnpos.optim import lr_at
@@ -204,7 +238,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, mo
     def poisoned(self, *args, **kwargs):  # from step 20 on the loss is NaN
         out = real_forward(self, *args, **kwargs)
         if self.training and poisoned.calls >= 20:
-            out = out._replace(loss=out.loss * float("nan"))
+            out = out._replace(logits=out.logits * float("nan"))
         poisoned.calls += self.training
         return out
 
@@ -212,7 +246,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, mo
     monkeypatch.setattr(GPT, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match="loss is nan at step 25"):
         train(cfg, quiet=True)
-    state = torch.load(tmp_path / "trainer_state.pt", weights_only=True)
+    state = torch.load(latest_checkpoint(tmp_path) / "trainer_state.pt", weights_only=True)
     assert state["step"] == 20  # the last good checkpoint is intact
 
 

@@ -1,4 +1,4 @@
-"""Plots of what the positional encoding learned (matplotlib, written atomically)."""
+"""Plots of what the learned tables learned (matplotlib, written atomically)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from learnpos.positional import LearnedPositionalEmbedding
-from learnpos.runs import atomic_write
+from learnpos.files import atomic_write
 
 
 def cosine_similarity_matrix(table: Tensor) -> Tensor:
-    """(L, C) rows -> (L, L) cosine similarities between positions."""
+    """(L, C) rows -> (L, L) cosine similarities between rows."""
     rows = torch.nn.functional.normalize(table.detach().float().cpu(), dim=1)
     return rows @ rows.T
 
 
-def plot_position_similarity(table: Tensor, path: str | Path, title: str = "learned positions") -> Path:
+def plot_position_similarity(table: Tensor, path: str | Path, title: str = "learned positions",
+                             axis: str = "position") -> Path:
     """Heatmap of cosine similarity between every pair of table rows. A band along the
     diagonal means neighbouring positions learned similar vectors."""
     import matplotlib
@@ -28,9 +28,9 @@ def plot_position_similarity(table: Tensor, path: str | Path, title: str = "lear
     sim = cosine_similarity_matrix(table).numpy()
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
     im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1, origin="upper")
-    ax.set_xlabel("position j")
-    ax.set_ylabel("position i")
-    ax.set_title(f"{title}: cos(P[i], P[j])")
+    ax.set_xlabel(f"{axis} j")
+    ax.set_ylabel(f"{axis} i")
+    ax.set_title(f"{title}: cos(W[i], W[j])")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     path = Path(path)
@@ -40,7 +40,11 @@ def plot_position_similarity(table: Tensor, path: str | Path, title: str = "lear
 
 
 def save_position_plots(model, run_dir: Path) -> list[Path]:
-    """The plots a run directory gets at the end of training."""
-    if not isinstance(model.pos, LearnedPositionalEmbedding):
-        return []
-    return [plot_position_similarity(model.pos.weight, Path(run_dir) / "pos_similarity.png")]
+    """The plots a run directory gets at the end of training: `pos_similarity.png` for the
+    position table, `<name>_similarity.png` for every other learned table."""
+    paths = []
+    for name, table in model.learned_tables().items():
+        title = "learned positions" if name == "pos" else f"learned table '{name}'"
+        paths.append(plot_position_similarity(table.weight, Path(run_dir) / f"{name}_similarity.png", title,
+                                              "position" if name == "pos" else "id"))
+    return paths

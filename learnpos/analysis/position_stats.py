@@ -1,13 +1,14 @@
-"""Per-row training statistics of the learned position table.
+"""Per-row training statistics of every learned table (positions, turns, speakers, ...).
 
-For every row k of P, over the steps of a run:
-    grad_norm_sum[k]   sum over steps of ||dL/dP[k]||      (mean = sum / steps)
-    grad_norm_max[k]   largest ||dL/dP[k]|| seen
+For every row k of a table W, over the steps of a run:
+    grad_norm_sum[k]   sum over steps of ||dL/dW[k]||      (mean = sum / steps)
+    grad_norm_max[k]   largest ||dL/dW[k]|| seen
     nonzero_steps[k]   steps in which row k received a non-zero gradient
-    displacement[k]    ||P[k] - P_init[k]||: how far training moved the row
+    displacement[k]    ||W[k] - W_init[k]||: how far training moved the row
 Rows that no training sequence reaches keep nonzero_steps = 0; whether they still move
 (displacement > 0) shows the weight-decay policy at work. Saved as
-`position_stats.safetensors` in the run directory; resumed runs continue the counts.
+`position_stats.safetensors` in each checkpoint, keys `<table>.<statistic>` (the position
+table is `pos`); resumed runs continue the counts.
 """
 
 from __future__ import annotations
@@ -18,24 +19,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from learnpos.runs import atomic_write
+from learnpos.errors import RunDirError
+from learnpos.runs import STATS_FILE, latest_checkpoint
 
-STATS_FILE = "position_stats.safetensors"
+STATISTICS = ("init", "grad_norm_sum", "grad_norm_max", "nonzero_steps", "displacement")
 
 
-class PositionStats:
+class TableStats:
+    """The statistics of one table."""
+
     def __init__(self, table: Tensor):
         L, dev = table.shape[0], table.device  # accumulate on the table's device: no sync per step
         self.init = table.detach().float().clone()  # (L, C)
         self.grad_norm_sum = torch.zeros(L, dtype=torch.float64, device=dev)
         self.grad_norm_max = torch.zeros(L, dtype=torch.float64, device=dev)
         self.nonzero_steps = torch.zeros(L, dtype=torch.int64, device=dev)
-        self.steps = 0
 
     @torch.no_grad()
     def update(self, grad: Tensor | None) -> None:
-        """Record one step's gradient of the table (call after backward, before clipping)."""
-        self.steps += 1
         if grad is None:
             return
         norms = grad.detach().float().norm(dim=1).double()  # (L,)
@@ -46,26 +47,68 @@ class PositionStats:
     def tensors(self, table: Tensor) -> dict[str, Tensor]:
         displacement = (table.detach().float() - self.init).norm(dim=1)
         return {"init": self.init, "grad_norm_sum": self.grad_norm_sum, "grad_norm_max": self.grad_norm_max,
-                "nonzero_steps": self.nonzero_steps, "displacement": displacement,
-                "steps": torch.tensor([self.steps], dtype=torch.int64)}
+                "nonzero_steps": self.nonzero_steps, "displacement": displacement}
 
-    def save(self, run_dir: Path, table: Tensor) -> None:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors(table).items()}
-        atomic_write(Path(run_dir) / STATS_FILE, lambda tmp: save_file(tensors, tmp))
+
+class PositionStats:
+    """Statistics of every learned table of a model: `tables` maps a name to its weight."""
+
+    def __init__(self, tables: dict[str, Tensor]):
+        self.tables = dict(tables)
+        self.stats = {name: TableStats(w) for name, w in self.tables.items()}
+        self.steps = 0
+
+    def update(self) -> None:
+        """Record one step's gradients (call after backward, before clipping)."""
+        self.steps += 1
+        for name, stats in self.stats.items():
+            stats.update(self.tables[name].grad)
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {f"{name}.{k}": v for name, s in self.stats.items() for k, v in s.tensors(self.tables[name]).items()}
+        out["steps"] = torch.tensor([self.steps], dtype=torch.int64)
+        return out
+
+    def save(self, path: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}, path)
 
     @classmethod
-    def load(cls, run_dir: Path, table: Tensor) -> PositionStats:
-        data = load_file(Path(run_dir) / STATS_FILE, device=str(table.device))
-        stats = cls(data["init"])
-        if data["init"].shape != table.shape:
-            raise ValueError(f"position stats are for a {tuple(data['init'].shape)} table, not {tuple(table.shape)}")
-        stats.grad_norm_sum, stats.grad_norm_max = data["grad_norm_sum"], data["grad_norm_max"]
-        stats.nonzero_steps, stats.steps = data["nonzero_steps"], int(data["steps"][0])
+    def load(cls, path: Path, tables: dict[str, Tensor]) -> PositionStats:
+        stats = cls(tables)
+        dev = str(next(iter(tables.values())).device)
+        data = load_file(path, device=dev)
+        for name, w in tables.items():
+            if f"{name}.init" not in data:
+                raise RunDirError(f"{path} has no statistics for table '{name}'")
+            if data[f"{name}.init"].shape != w.shape:
+                raise RunDirError(f"{path}: statistics of '{name}' are for a {tuple(data[f'{name}.init'].shape)} "
+                                  f"table, not {tuple(w.shape)}")
+            s = stats.stats[name]
+            s.init = data[f"{name}.init"]
+            s.grad_norm_sum, s.grad_norm_max = data[f"{name}.grad_norm_sum"], data[f"{name}.grad_norm_max"]
+            s.nonzero_steps = data[f"{name}.nonzero_steps"]
+        stats.steps = int(data["steps"][0])
         return stats
 
 
-def load_position_stats(run_dir: str | Path) -> dict[str, Tensor]:
-    """The saved statistics of a run, with `grad_norm_mean` added."""
-    data = load_file(Path(run_dir) / STATS_FILE)
-    data["grad_norm_mean"] = data["grad_norm_sum"] / max(1, int(data["steps"][0]))
-    return data
+def load_position_stats(path: str | Path) -> dict[str, dict[str, Tensor]]:
+    """Saved statistics by table name (`pos` for positions), each with `grad_norm_mean` added.
+    `path` is a stats file, a checkpoint folder or a run directory (its latest checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path if (path / STATS_FILE).exists() else latest_checkpoint(path)
+        path = folder / STATS_FILE
+    if not path.exists():
+        raise RunDirError(f"{path} does not exist: train with --train.position_stats=true to record it")
+    data = load_file(path)
+    steps = int(data["steps"][0])
+    out: dict[str, dict[str, Tensor]] = {}
+    for key, value in data.items():
+        if key == "steps":
+            continue
+        name, stat = key.rsplit(".", 1)
+        out.setdefault(name, {})[stat] = value
+    for table in out.values():
+        table["grad_norm_mean"] = table["grad_norm_sum"] / max(1, steps)
+        table["steps"] = torch.tensor([steps])
+    return out

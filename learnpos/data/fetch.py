@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learnpos.errors import DataError
-from learnpos.runs import temp_path_beside
+from learnpos.files import temp_path_beside
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The whole model in NumPy float64: `forward` composes the layers of `layers.py` in the
 order of `learnpos.model.GPT.forward`; `backward` is that forward read in reverse.
 
-    h = E[x] + P[pos]                          (token embedding + positional encoding)
+    h = E[x] + P[pos] + sum_n T_n[ids_n]       (token embedding + positions + named tables)
     n_layer x:  x = x + attn(ln1(x));  x = x + mlp(ln2(x))      mlp = proj(gelu(fc(.)))
     logits = ln_f(x) @ W_head.T                (W_head = E when the head is tied)
     loss = mean cross-entropy over targets != -100
@@ -12,7 +12,9 @@ as float64 arrays (`tok_emb.weight` (V, C), `pos.weight` (L, C), `blocks.0.attn.
 has no `head.weight` entry, its gradient is part of `tok_emb.weight`'s.
 
 `cfg` is a `learnpos.config.ModelConfig`, read by attribute only (n_layer, n_head, n_embd,
-vocab_size, bias, tie_weights, causal, positional.kind/max_len/init_std). Positional
+vocab_size, bias, tie_weights, causal, positional.kind/max_len/init_std, tables[i].name/rows).
+Every named table `tables.<name>.weight` (rows, C) is a learned table like P, looked up by
+its own ids and differentiated by the same closed form (`table_gradient`). Positional
 kinds: learned, sinusoidal, none. Dropout is not modelled: the reference equals the model
 in `eval()` mode (or with dropout 0).
 """
@@ -63,6 +65,8 @@ def parameter_shapes(cfg) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (V, C)}
     if cfg.positional.kind == "learned":
         shapes["pos.weight"] = (L, C)
+    for table in getattr(cfg, "tables", []):
+        shapes[f"tables.{table.name}.weight"] = (table.rows, C)
     layers = {"ln1.weight": (C,), "ln1.bias": (C,), "attn.qkv.weight": (3 * C, C), "attn.qkv.bias": (3 * C,),
               "attn.proj.weight": (C, C), "attn.proj.bias": (C,), "ln2.weight": (C,), "ln2.bias": (C,),
               "mlp.fc.weight": (4 * C, C), "mlp.fc.bias": (4 * C,), "mlp.proj.weight": (C, 4 * C),
@@ -115,6 +119,7 @@ class BlockCache:
 class ModelCache:
     tok_emb: EmbeddingCache
     pos: LearnedPositionalCache | None  # None unless the table is learned
+    tables: dict[str, LearnedPositionalCache]  # the named tables, by name
     blocks: list[BlockCache]
     ln_f: LayerNormCache
     head: LinearCache
@@ -124,12 +129,13 @@ class ModelCache:
 
 
 def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray | None, cfg,
-            position_ids: np.ndarray | None = None, attention_mask: np.ndarray | None = None
-            ) -> tuple[float | None, np.ndarray, ModelCache]:
+            position_ids: np.ndarray | None = None, attention_mask: np.ndarray | None = None,
+            extra_ids: dict[str, np.ndarray] | None = None) -> tuple[float | None, np.ndarray, ModelCache]:
     """idx (B, T) token ids -> (loss, logits (B, T, V), cache), as `GPT.forward` without a KV cache.
 
     targets (B, T) or None (then loss is None; backprop from a `dlogits` of your choice).
     position_ids (B, T) or (1, T); None = 0..T-1. attention_mask (B, T), 1 = token, 0 = pad.
+    extra_ids: table name -> (B, T) ids, one entry per table of `cfg.tables`.
     """
     kind = cfg.positional.kind
     if kind not in SUPPORTED_KINDS:
@@ -149,6 +155,14 @@ def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray 
     elif kind == "sinusoidal":
         ids = default_position_ids(T) if position_ids is None else np.asarray(position_ids)
         x = x + sinusoid_table(ids, cfg.n_embd, sinusoid_scale(cfg.positional.init_std))  # fixed: no gradient
+    table_caches = {}
+    extra_ids = extra_ids or {}
+    names = [table.name for table in getattr(cfg, "tables", [])]
+    if set(extra_ids) != set(names):
+        raise ValueError(f"extra_ids must hold one (B, T) array per table {names}, got {sorted(extra_ids)}")
+    for name in names:  # each named table adds its rows exactly as P does: + T_name[ids]
+        te, table_caches[name] = learned_positional_forward(params[f"tables.{name}.weight"], extra_ids[name], T)
+        x = x + te
     allowed = attention_allowed(T, cfg.causal, attention_mask)  # (B|1, 1, T, T) or None
 
     blocks = []
@@ -173,7 +187,7 @@ def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray 
     loss, loss_cache = None, None
     if targets is not None:
         loss, loss_cache = cross_entropy_forward(logits, np.asarray(targets))
-    cache = ModelCache(tok_emb=tok_cache, pos=pos_cache, blocks=blocks, ln_f=ln_f, head=head,
+    cache = ModelCache(tok_emb=tok_cache, pos=pos_cache, tables=table_caches, blocks=blocks, ln_f=ln_f, head=head,
                        loss=loss_cache, tied=cfg.tie_weights, names=trainable_names(cfg))
     return loss, logits, cache
 
@@ -228,6 +242,8 @@ def backward(cache: ModelCache, dlogits: np.ndarray | None = None, return_dh: bo
     dh = dx  # (B, T, C): dL/dh, h = E[x] + P[pos]; dh/dE[x] and dh/dP[pos] are both the identity
     if cache.pos is not None:
         grads["pos.weight"] = learned_positional_backward(dh, cache.pos)  # the table gradient
+    for name, table_cache in cache.tables.items():  # the same closed form for every named table
+        grads[f"tables.{name}.weight"] = learned_positional_backward(dh, table_cache)
     d_tok = embedding_backward(dh, cache.tok_emb)
     if cache.tied:
         grads["tok_emb.weight"] = d_tok + d_head  # one tensor, two uses (lookup and head): the sum

@@ -18,16 +18,27 @@ import math
 import numpy as np
 
 
-def weight_decay_policy(names_to_arrays: dict[str, np.ndarray], weight_decay: float,
-                        decay_positions: bool = False) -> dict[str, float]:
-    """Per-parameter decay, the policy of `learnpos.optim.param_groups`:
-    the position table `pos.weight` gets `weight_decay` only if `decay_positions`
-    (decoupled decay shrinks every row, also rows no sequence reaches); other matrices
-    (2-D and up) get `weight_decay`; biases and LayerNorm gains (1-D) get none."""
+def table_decay(cfg) -> dict[str, bool]:
+    """Parameter name -> whether that learned table is decayed, from each table's own config
+    entry: `pos.weight` from `positional.weight_decay`, `tables.<name>.weight` from its entry."""
+    out = {}
+    if cfg.positional.kind == "learned":
+        out["pos.weight"] = cfg.positional.weight_decay
+    for table in getattr(cfg, "tables", []):
+        out[f"tables.{table.name}.weight"] = table.weight_decay
+    return out
+
+
+def weight_decay_policy(names_to_arrays: dict[str, np.ndarray], weight_decay: float, cfg) -> dict[str, float]:
+    """Per-parameter decay, the policy of `learnpos.optim.param_groups`: every learned table
+    gets `weight_decay` only if its config entry says so (decoupled decay shrinks every row,
+    also rows no sequence reaches; see `table_decay`); other matrices (2-D and up) get
+    `weight_decay`; biases and LayerNorm gains (1-D) get none."""
+    tables = table_decay(cfg)
     policy = {}
     for name, array in names_to_arrays.items():
-        if name == "pos.weight":
-            policy[name] = weight_decay if decay_positions else 0.0
+        if name in tables:
+            policy[name] = weight_decay if tables[name] else 0.0
         else:
             policy[name] = weight_decay if array.ndim >= 2 else 0.0
     return policy

@@ -1,23 +1,24 @@
-"""Tasks: each owns its data, batch building, loss mask and metrics.
+"""Tasks: each owns its data, batch building, loss (and head) and metrics.
 
-The trainer only sees `Batch`es (token ids, targets with IGNORE_INDEX where no loss is
-taken, optional position ids and attention mask) and calls `task.evaluate(model)`.
-Adding a task = a module with a `Task` subclass plus one line in `TASKS`.
+The trainer only sees `Batch`es and calls `task.loss(model, batch)` and
+`task.evaluate(model, ...)`. Adding a task = a module with a `Task` subclass decorated
+with `@register` (which also registers its config section), imported here or by the user
+before the config is built. Nothing else in learnpos changes.
 """
+
+from __future__ import annotations
 
 from pathlib import Path
 
-from learnpos.tasks.base import Batch, Task
-from learnpos.tasks.lm import LMTask
-from learnpos.tasks.synthetic import CopyTask, IndexTask, ReverseTask
-
-TASKS: dict[str, type[Task]] = {"copy": CopyTask, "reverse": ReverseTask, "index": IndexTask, "lm": LMTask}
+from learnpos.tasks import lm, synthetic  # noqa: F401  (the built-in tasks register on import)
+from learnpos.tasks.base import TASKS, Batch, Task, register
 
 
 def build_task(cfg, run_dir: str | Path | None = None) -> Task:
     """The task of `cfg`. `run_dir` (default: cfg.train.out_dir) is where a task keeps what
-    belongs to the run, e.g. the tokenizer of an LM."""
+    belongs to the run, e.g. the tokenizer of an LM; commands on an existing run pass the
+    run directory they were given."""
     return TASKS[cfg.task](cfg, run_dir)
 
 
-__all__ = ["Batch", "Task", "TASKS", "build_task"]
+__all__ = ["Batch", "Task", "TASKS", "register", "build_task"]

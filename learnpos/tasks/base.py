@@ -1,11 +1,21 @@
-"""What the trainer knows about a task: `Batch` and the `Task` interface."""
+"""What the trainer knows about a task: `Batch` and the `Task` interface.
+
+A task owns its data, its batches, its loss (and, where it needs one, an output head) and
+its metrics. The trainer calls only `train_batch`, `loss` and `evaluate`, so it never needs
+to know a task by name; the model has no task branches. The default loss is next-token
+cross-entropy over the model's vocabulary head, with `IGNORE_INDEX` targets skipped.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn as nn
 from torch import Tensor
+
+from learnpos.config import register_task
+from learnpos.model import cross_entropy
 
 
 @dataclass
@@ -14,30 +24,60 @@ class Batch:
     targets: Tensor  # (B, T) next-token / masked-token targets; IGNORE_INDEX = no loss
     position_ids: Tensor | None = None  # (B, T); None = 0..T-1
     attention_mask: Tensor | None = None  # (B, T); 1 = token, 0 = padding; None = no padding
+    extra_ids: dict[str, Tensor] = field(default_factory=dict)  # table name -> (B, T) ids (model.tables)
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return replace(self, idx=move(self.idx), targets=move(self.targets),
-                       position_ids=move(self.position_ids), attention_mask=move(self.attention_mask))
+                       position_ids=move(self.position_ids), attention_mask=move(self.attention_mask),
+                       extra_ids={k: move(v) for k, v in self.extra_ids.items()})
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments of `GPT.forward` for this batch (everything but targets)."""
+        return {"position_ids": self.position_ids, "attention_mask": self.attention_mask,
+                "extra_ids": self.extra_ids or None}
 
 
 class Task:
-    """Interface every task implements."""
+    """Interface every task implements. Register a new task with `learnpos.tasks.register`.
+
+    Class attributes:
+        name            the `task` string of the config
+        config_section  the name of the task's own config section (None = no settings),
+        config_class    and its dataclass; the section appears as `cfg.<config_section>`
+        causal          the model mode the task needs; None = either
+    """
 
     name: str = ""
+    config_section: str | None = None
+    config_class: type | None = None
     vocab_size: int
-    causal: bool | None = None  # the model mode the task needs; None = either
+    causal: bool | None = None
 
     @classmethod
     def check_config(cls, cfg) -> None:
         """Raise ConfigError for configs this task cannot run with."""
 
+    def heads(self, model_cfg) -> dict[str, nn.Module]:
+        """Output modules of the task's own (e.g. an entity scorer), attached to the model as
+        `model.heads[name]` so they are trained, checkpointed and loaded with it. Default: none
+        (the model's vocabulary head is used)."""
+        return {}
+
     def train_batch(self, step: int, batch_size: int) -> Batch:
         """The batch for optimizer step `step` (a pure function of seed and step, so resume is exact)."""
         raise NotImplementedError
 
-    def evaluate(self, model, device: torch.device, batch_size: int, autocast=None) -> dict:
-        """Held-out metrics, including `loss`."""
+    def loss(self, model, batch: Batch) -> Tensor:
+        """The training loss of `batch` (a scalar). `model` may be the compiled model.
+        Default: mean next-token cross-entropy over targets != IGNORE_INDEX."""
+        logits = model(batch.idx, **batch.model_inputs()).logits
+        return cross_entropy(logits, batch.targets)
+
+    def evaluate(self, model, device: torch.device, batch_size: int = 64, autocast=None,
+                 length: int | None = None) -> dict:
+        """Held-out metrics, including `loss`. `length`: evaluate on sequences of another
+        length where the task has that notion (raise ConfigError where it cannot)."""
         raise NotImplementedError
 
     def respond(self, model, prompt: str, max_new_tokens: int = 200, stream=None, **options) -> str:
@@ -45,3 +85,16 @@ class Task:
         they are produced. `options`: sampling (temperature, top_k, top_p, generator) and
         task-specific flags."""
         raise NotImplementedError
+
+
+TASKS: dict[str, type[Task]] = {}  # task name -> class, filled by `register`
+
+
+def register(task_cls: type[Task]) -> type[Task]:
+    """Make `task_cls` available as `task = <task_cls.name>` and declare its config section
+    (usable as a class decorator)."""
+    if not task_cls.name:
+        raise ValueError(f"{task_cls.__name__} has no `name`")
+    TASKS[task_cls.name] = task_cls
+    register_task(task_cls.name, task_cls.config_section, task_cls.config_class, task_cls.check_config)
+    return task_cls

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,30 @@ import torch.nn.functional as F
 from learnpos.data.text import TokenData, load_corpus, tokenize_cached
 from learnpos.data.tokenizers import TOKENIZER_FILE, load_tokenizer, train_tokenizer
 from learnpos.errors import ConfigError, DataError, PositionOutOfRange
-from learnpos.positional import LearnedPositionalEmbedding
-from learnpos.runs import atomic_write_text
-from learnpos.tasks.base import Batch, Task
+from learnpos.files import atomic_write_text
+from learnpos.tasks.base import Batch, Task, register
 
 LOSS_BY_POSITION_FILE = "loss_by_position.json"
 
 
+@dataclass
+class LMConfig:
+    """Language modelling on any UTF-8 text (task = "lm"): `cfg.lm`."""
+
+    data: str = ""  # a UTF-8 text file or folder (every file under it, sorted)
+    val_data: str = ""  # a separate validation file/folder; "" = the last val_fraction of data
+    val_fraction: float = 0.1
+    tokenizer: str = "char"  # char | bpe (byte-level BPE trained on the training text)
+    bpe_vocab_size: int = 4096
+    block_size: int = 64  # training sequence length; a learned table needs max_len >= this
+    eval_windows: int = 0  # val windows of block_size per evaluation, evenly spaced; 0 = all
+    cache_dir: str = ""  # token cache; "" = <parent of the run directory>/.cache/tokens
+
+
+@register
 class LMTask(Task):
     name = "lm"
+    config_section, config_class = "lm", LMConfig
     causal = True
 
     def __init__(self, cfg, run_dir: str | Path | None = None):
@@ -86,20 +102,31 @@ class LMTask(Task):
         windows = np.stack([tokens[s:s + self.T + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
         return Batch(torch.from_numpy(windows[:, :-1]), torch.from_numpy(windows[:, 1:]))
 
-    def eval_starts(self) -> np.ndarray:
-        n = (self.data.val.size - 1) // self.T  # non-overlapping windows that have a next token
+    def eval_starts(self, T: int | None = None) -> np.ndarray:
+        T = T or self.T
+        n = (self.data.val.size - 1) // T  # non-overlapping windows that have a next token
+        if n <= 0:
+            raise DataError(f"the validation split has {self.data.val.size} tokens: no window of {T} + 1 fits")
         if self.lm.eval_windows and self.lm.eval_windows < n:
-            return np.linspace(0, n - 1, self.lm.eval_windows).round().astype(np.int64) * self.T
-        return np.arange(n, dtype=np.int64) * self.T
+            return np.linspace(0, n - 1, self.lm.eval_windows).round().astype(np.int64) * T
+        return np.arange(n, dtype=np.int64) * T
 
     @torch.no_grad()
-    def evaluate(self, model, device, batch_size: int = 64, autocast=None) -> dict:
-        val, starts = self.data.val, self.eval_starts()
+    def evaluate(self, model, device, batch_size: int = 64, autocast=None, length: int | None = None) -> dict:
+        """Loss over windows of `length` tokens (default lm.block_size). Past a learned table
+        there is nothing to look up: `length` > max_len is a ConfigError naming the remedies."""
+        T = length or self.T
+        L = model.max_len
+        if L is not None and T > L:
+            raise ConfigError(f"--length {T} is past the learned position table ({L} rows, trained on "
+                              f"windows of {self.T}); evaluate at most {L}, or extend the table "
+                              f"(model.extend_positions) and fine-tune")
+        val, starts = self.data.val, self.eval_starts(T)
         was_training = model.training
         model.eval()
-        loss_by_pos = torch.zeros(self.T, dtype=torch.float64)
+        loss_by_pos = torch.zeros(T, dtype=torch.float64)
         for i in range(0, len(starts), batch_size):
-            windows = np.stack([val[s:s + self.T + 1] for s in starts[i:i + batch_size]]).astype(np.int64)
+            windows = np.stack([val[s:s + T + 1] for s in starts[i:i + batch_size]]).astype(np.int64)
             w = torch.from_numpy(windows).to(device)
             with autocast() if autocast else contextlib.nullcontext():
                 logits = model(w[:, :-1]).logits  # (B, T, V)
@@ -109,10 +136,10 @@ class LMTask(Task):
         loss_by_pos /= len(starts)
         loss = float(loss_by_pos.mean())
         tokens_per_char = self.data.val.size / self.data.val_chars
-        atomic_write_text(self.run_dir / LOSS_BY_POSITION_FILE,
-                          "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
+        name = LOSS_BY_POSITION_FILE if T == self.T else f"loss_by_position_{T}.json"
+        atomic_write_text(self.run_dir / name, "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
         return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2) * tokens_per_char,
-                "eval_tokens": len(starts) * self.T}
+                "eval_tokens": len(starts) * T}
 
     # ------------------------------------------------------------------ generation
     def respond(self, model, prompt: str, max_new_tokens: int | None = None, stream=None, sliding: bool = False,
@@ -123,25 +150,26 @@ class LMTask(Task):
         ids = self.tokenizer.encode(prompt, unknown="skip" if skip_unknown else "error")
         if not ids:
             raise DataError("the prompt is empty after tokenization; give at least one known character")
-        L = model.pos.max_len if isinstance(model.pos, LearnedPositionalEmbedding) else None
+        L = model.max_len
         if max_new_tokens is None:
             max_new_tokens = 200 if L is None else L - len(ids) + 1
             if max_new_tokens <= 0:
                 raise PositionOutOfRange(f"the prompt has {len(ids)} tokens; the learned table holds {L}. "
                                          f"Shorten it or pass --sliding with --max-new-tokens")
+        fits = L is None or len(ids) + max_new_tokens - 1 <= L
+        if not fits and not sliding:  # checked before anything is printed
+            raise PositionOutOfRange(
+                f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens needs {len(ids) + max_new_tokens - 1} "
+                f"positions but the learned table has {L}; pass --sliding to keep only the last tokens as "
+                f"context, or ask for at most {max(0, L - len(ids) + 1)} new tokens")
         prompt_text = self.tokenizer.decode(ids)
         printer = on_token = None
         if stream is not None:  # only then pay a host sync per token
             stream(prompt_text)
             printer = _StreamDecoder(self.tokenizer, stream)
             on_token = lambda tok: printer.add(int(tok[0]))  # noqa: E731
-        if L is None or len(ids) + max_new_tokens - 1 <= L:
+        if fits:
             out = model.generate([ids], max_new_tokens, on_token=on_token, **sampling)[0]
-        elif not sliding:
-            raise PositionOutOfRange(
-                f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens needs {len(ids) + max_new_tokens - 1} "
-                f"positions but the learned table has {L}; pass --sliding to keep only the last tokens as "
-                f"context, or ask for at most {max(0, L - len(ids) + 1)} new tokens")
         else:
             # Sliding window: generate in chunks, each conditioned on the most recent tokens
             # that leave room for the chunk inside the table (a longer prompt keeps its tail).

@@ -13,6 +13,12 @@ Metrics: `exact_match` (every answer token right; with teacher forcing this equa
 decoding being right), `token_accuracy`, and `per_position_accuracy` (by answer index for
 copy/reverse, by queried position for index).
 
+Named tables (`model.tables`) the probes can fill, for trying extra learned tables without
+a dialogue corpus: `segment` (0 for BOS and the input, 1 for what follows: the query or SEP
+and the answer; BERT-style type ids, 2 rows) and `symbol_index` (the index within that
+segment, restarting at 0 at the second segment: PLATO-style per-utterance positions,
+length + 1 rows).
+
 Why index draws *distinct* symbols: then every input holds the same set of symbols in
 some order, and an encoder without positions (permutation-equivariant) can do no better
 than guessing among the n symbols: chance is exactly 1/n.
@@ -21,16 +27,32 @@ than guessing among the n symbols: chance is exactly 1/n.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from learnpos.errors import ConfigError
-from learnpos.model import IGNORE_INDEX
-from learnpos.tasks.base import Batch, Task
+from learnpos.model import IGNORE_INDEX, cross_entropy
+from learnpos.tasks.base import Batch, Task, register
+
+
+@dataclass
+class SyntheticConfig:
+    """Position-probing tasks generated from a seed (copy, reverse, index): `cfg.synthetic`."""
+
+    length: int = 16  # number of symbols per training sequence
+    eval_length: int = 0  # 0 = same as `length`; set larger for length generalisation
+    n_symbols: int = 16  # alphabet size
+    n_eval: int = 512  # held-out sequences
+    eval_seed: int = 1234  # held-out sequences come from their own seed
+
+
+TABLE_IDS = ("segment", "symbol_index")  # the named tables these tasks can fill
 
 
 class SyntheticTask(Task):
+    config_section, config_class = "synthetic", SyntheticConfig
     causal: bool | None = True
 
     def __init__(self, cfg, run_dir=None):
@@ -43,8 +65,13 @@ class SyntheticTask(Task):
         self.Q0 = self.S + 4  # query token for position k is Q0 + k
         self.vocab_size = self.Q0 + self._n_query_tokens(s)
         self.causal_model = cfg.model.causal
+        self.tables = [t.name for t in cfg.model.tables]
 
     # -- subclasses define the sequence layout ----------------------------------------
+    @classmethod
+    def first_segment(cls, n: int, causal: bool = True) -> int:
+        """Tokens of the first segment (BOS and the n input symbols)."""
+        return n + 1
     @staticmethod
     def _n_query_tokens(s) -> int:
         return 0
@@ -62,41 +89,88 @@ class SyntheticTask(Task):
     @classmethod
     def check_config(cls, cfg) -> None:
         s, p = cfg.synthetic, cfg.model.positional
+        for key in ("length", "n_symbols", "n_eval"):
+            if getattr(s, key) <= 0:
+                raise ConfigError(f"synthetic.{key} must be positive, got {getattr(s, key)}")
+        if s.eval_length < 0:
+            raise ConfigError(f"synthetic.eval_length must be >= 0 (0 = same as length), got {s.eval_length}")
         if cls.causal is not None and cfg.model.causal != cls.causal:
             mode = "decoder (model.causal=true)" if cls.causal else "encoder (model.causal=false)"
             raise ConfigError(f"task '{cfg.task}' needs a {mode}")
         longest = cls.seq_len(max(s.length, s.eval_length), cfg.model.causal)
+        need = {"segment": 2, "symbol_index": cls.first_segment(max(s.length, s.eval_length), cfg.model.causal)}
+        for table in cfg.model.tables:
+            if table.name not in TABLE_IDS:
+                raise ConfigError(f"task '{cfg.task}' can fill the tables {', '.join(TABLE_IDS)}, not "
+                                  f"'{table.name}'; rename it or use a task that provides its ids")
+            if table.rows < need[table.name]:
+                raise ConfigError(f"model.tables.{table.name}.rows={table.rows} is too small for task "
+                                  f"'{cfg.task}': it needs {need[table.name]}")
         if p.kind == "learned" and longest > p.max_len:
             raise ConfigError(
                 f"model.positional.max_len={p.max_len} is shorter than the {longest}-token sequences of task "
                 f"'{cfg.task}' (synthetic.length={s.length}, eval_length={s.eval_length}); "
                 f"set --model.positional.max_len={longest} or shorten the task")
 
+    def table_ids(self, n: int, T: int) -> dict[str, torch.Tensor]:
+        """(1, T) ids of every configured table for sequences of n symbols (the same in every
+        row: they broadcast over the batch)."""
+        first = self.first_segment(n, self.causal_model)
+        ids = {"segment": [0] * first + [1] * (T - first),
+               "symbol_index": list(range(first)) + list(range(T - first))}
+        return {name: torch.tensor([ids[name]]) for name in self.tables}
+
+    def _batch(self, idx: np.ndarray, targets: np.ndarray, n: int) -> Batch:
+        B, T = idx.shape
+        extra = {k: v.expand(B, T) for k, v in self.table_ids(n, T).items()}
+        return Batch(torch.from_numpy(idx), torch.from_numpy(targets), extra_ids=extra)
+
     def train_batch(self, step: int, batch_size: int) -> Batch:
         rng = np.random.default_rng([self.seed, 0, step])
         idx, targets = self._make(rng, batch_size, self.n)
-        return Batch(torch.from_numpy(idx), torch.from_numpy(targets))
+        return self._batch(idx, targets, self.n)
 
     def eval_set(self, n: int | None = None) -> Batch:
-        rng = np.random.default_rng([self.eval_seed, 1, n or self.eval_n])
-        idx, targets = self._make(rng, self.n_eval, n or self.eval_n)
-        return Batch(torch.from_numpy(idx), torch.from_numpy(targets))
+        n = n or self.eval_n
+        rng = np.random.default_rng([self.eval_seed, 1, n])
+        idx, targets = self._make(rng, self.n_eval, n)
+        return self._batch(idx, targets, n)
+
+    def check_length(self, n: int, model=None) -> None:
+        """Raise ConfigError if this task cannot be evaluated on n symbols (`eval --length`)."""
+        if n <= 0:
+            raise ConfigError(f"the evaluation length must be positive, got {n}")
+        L = getattr(model, "max_len", None) if model is not None else None
+        if L is not None and self.seq_len(n, self.causal_model) > L:
+            raise ConfigError(
+                f"length {n} needs {self.seq_len(n, self.causal_model)} positions but the learned table has "
+                f"{L} (trained on length {self.n}); evaluate at most length "
+                f"{self._longest_for(L)}, or extend the table (model.extend_positions) and fine-tune")
+
+    def _longest_for(self, L: int) -> int:
+        n = 1
+        while self.seq_len(n + 1, self.causal_model) <= L:
+            n += 1
+        return n
 
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int = 256, autocast=None, length: int | None = None) -> dict:
+        if length is not None:
+            self.check_length(length, model)
         data = self.eval_set(length)
         was_training = model.training
         model.eval()
         loss_sum, exact, correct, count = 0.0, 0, 0, 0
         per_pos_right = per_pos_total = None
         for i in range(0, data.idx.shape[0], batch_size):
-            b = Batch(data.idx[i:i + batch_size], data.targets[i:i + batch_size]).to(device)
+            b = Batch(data.idx[i:i + batch_size], data.targets[i:i + batch_size],
+                      extra_ids={k: v[i:i + batch_size] for k, v in data.extra_ids.items()}).to(device)
             with autocast() if autocast else contextlib.nullcontext():
-                out = model(b.idx, targets=b.targets)
+                logits = model(b.idx, **b.model_inputs()).logits
             answer = b.targets != IGNORE_INDEX  # (B, T)
             n_answer = int(answer.sum())
-            loss_sum += float(out.loss) * n_answer
-            right = (out.logits.argmax(-1) == b.targets) & answer  # (B, T)
+            loss_sum += float(cross_entropy(logits, b.targets)) * n_answer
+            right = (logits.argmax(-1) == b.targets) & answer  # (B, T)
             exact += int((right.sum(1) == answer.sum(1)).sum())
             correct += int(right.sum())
             count += n_answer
@@ -123,13 +197,35 @@ class SyntheticTask(Task):
             raise ConfigError(f"prompt must be space-separated symbols 0..{self.S - 1}, got {text!r}")
         return xs
 
+    def check_prompt_length(self, xs: list[int]) -> None:
+        """A model trained on n symbols answers a prompt of another length wrongly without a
+        word; refuse such prompts instead (eval --length measures other lengths)."""
+        allowed = sorted({self.n, self.eval_n})
+        if len(xs) not in allowed:
+            lengths = " or ".join(map(str, allowed))
+            raise ConfigError(f"this {self.name} model was trained on {self.n} symbols; give {lengths} "
+                              f"space-separated symbols (got {len(xs)}); `learnpos eval --length N` "
+                              f"measures how it does at other lengths")
+
     def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:
         """The answer to "x1 x2 ... xn": always n tokens (max_new_tokens is ignored)."""
         xs = self.parse_symbols(prompt)
-        out = model.generate([[self.BOS, *xs, self.SEP]], len(xs), **_sampling(options))[0]
+        self.check_prompt_length(xs)
+        prompt_ids = [self.BOS, *xs, self.SEP]
+        out = model.generate([prompt_ids], len(xs), **self._table_options(len(xs), len(prompt_ids)),
+                             **_sampling(options))[0]
         return " ".join(str(t) if t < self.S else f"<{t}>" for t in out)
 
+    def _table_options(self, n: int, T: int) -> dict:
+        """Prompt ids of every table and how they continue: the answer stays in segment 1 and
+        its symbol index counts on from the prompt's last token."""
+        prompt = {k: v.tolist() for k, v in self.table_ids(n, T).items()}
+        last = prompt.get("symbol_index", [[0]])[0][-1]
+        nxt = {"segment": 1, "symbol_index": lambda step, tokens: torch.full((tokens.shape[0],), last + step)}
+        return {"extra_ids": prompt, "next_extra_ids": {k: nxt[k] for k in prompt}} if prompt else {}
 
+
+@register
 class CopyTask(SyntheticTask):
     name = "copy"
 
@@ -149,6 +245,7 @@ class CopyTask(SyntheticTask):
         return idx.astype(np.int64), targets.astype(np.int64)
 
 
+@register
 class ReverseTask(CopyTask):
     name = "reverse"
 
@@ -156,6 +253,7 @@ class ReverseTask(CopyTask):
         return x[:, ::-1]
 
 
+@register
 class IndexTask(SyntheticTask):
     """Return the symbol at a queried position. Decoder or encoder (model.causal=false)."""
 
@@ -171,6 +269,10 @@ class IndexTask(SyntheticTask):
         return n + 2 if causal else n + 1  # decoder: BOS x1..xn Q_k; encoder: x1..xn Q_k
 
     @classmethod
+    def first_segment(cls, n: int, causal: bool = True) -> int:
+        return n + 1 if causal else n
+
+    @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
         s = cfg.synthetic
@@ -178,6 +280,16 @@ class IndexTask(SyntheticTask):
             raise ConfigError(
                 f"task 'index' draws distinct symbols, so synthetic.n_symbols={s.n_symbols} must be >= "
                 f"the sequence length ({max(s.length, s.eval_length)})")
+
+    def check_length(self, n: int, model=None) -> None:
+        super().check_length(n, model)
+        trained = self.vocab_size - self.Q0  # query tokens Q_0..Q_{trained-1} exist in the vocabulary
+        if n > trained:
+            raise ConfigError(f"task 'index' has query tokens for positions 0..{trained - 1} only (trained with "
+                              f"synthetic.length={self.n}, eval_length={self.eval_n}); it cannot be evaluated "
+                              f"at length {n} > {trained}: train with --synthetic.eval_length={n} to make room")
+        if n > self.S:
+            raise ConfigError(f"task 'index' draws distinct symbols: length {n} > n_symbols={self.S}")
 
     def _make(self, rng, count, n):
         x = np.argsort(rng.random((count, self.S)), axis=1)[:, :n]  # n distinct symbols per row
@@ -206,15 +318,20 @@ class IndexTask(SyntheticTask):
     def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:
         body, _, query = prompt.partition("?")
         xs = self.parse_symbols(body)
+        self.check_prompt_length(xs)
         if not query.strip().isdigit() or not 0 <= int(query) < len(xs):
             raise ConfigError(f"index prompt is 'x1 x2 ... xn ?k' with 0 <= k < n, got {prompt!r}")
         q = self.Q0 + int(query)
         if self.causal_model:
-            out = model.generate([[self.BOS, *xs, q]], 1, **_sampling(options))[0]
+            prompt_ids = [self.BOS, *xs, q]
+            out = model.generate([prompt_ids], 1, **self._table_options(len(xs), len(prompt_ids)),
+                                 **_sampling(options))[0]
             return " ".join(map(str, out))
         with torch.no_grad():
-            idx = torch.tensor([[*xs, q]], device=next(model.parameters()).device)
-            return str(int(model(idx).logits[0, -1].argmax()))
+            device = next(model.parameters()).device
+            idx = torch.tensor([[*xs, q]], device=device)
+            extra = {k: v.to(device) for k, v in self.table_ids(len(xs), idx.shape[1]).items()}
+            return str(int(model(idx, extra_ids=extra or None).logits[0, -1].argmax()))
 
 
 def _sampling(options: dict) -> dict:

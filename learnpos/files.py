@@ -1,0 +1,86 @@
+"""Writing files so that a reader (or a resumed run) never sees half of one.
+
+Bottom layer: imports nothing of learnpos but `errors`, and neither torch nor NumPy.
+
+    atomic_write(path, write)    write to a temp file beside `path`, fsync, rename over it,
+                                 fsync the folder: after a crash `path` is the old file or the
+                                 new one, never a mixture
+    atomic_write_text            the same for a string
+    fsync_dir                    make a rename or a new entry in a folder durable
+    sha256_file                  a checksum, for manifests of checkpoint folders
+    append_line                  one line appended to a log in a single write
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def temp_path_beside(path: Path) -> Path:
+    """A new empty file next to `path` (same filesystem, so a rename over `path` is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (new names, renames) to disk. A no-op where folders cannot
+    be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp_path)`, fsync it, then rename over `path`: readers see the old or the
+    new file, never half of one, also after a power cut."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_beside(path)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append `line` + newline in one write call (a kill can cut at most this last line;
+    readers of append-only logs drop a cut-off last line, see `learnpos.runs.read_metrics`)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,180 @@
+"""Run directories: everything comes from the directory given, checkpoints are one atomic
+unit, a cut-off metrics line is repaired, stale files never mix with a new run, and the
+precision `auto` chose is kept."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from learnpos.config import load_config
+from learnpos.errors import RunDirError
+from learnpos.runs import checkpoint_dirs, latest_checkpoint, read_metrics
+from learnpos.train import train
+
+FAST = {"train.eval_interval": "10", "train.log_interval": "5", "train.warmup_iters": "4"}
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "learnpos.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def tiny_lm(tmp_path, name="run"):
+    text = "".join(f"line {i}: the quick brown fox {i % 7}\n" for i in range(400))
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    cfg = load_config("shakespeare-char", {
+        "lm.data": str(tmp_path / "text.txt"), "train.out_dir": str(tmp_path / name), "train.max_iters": "10",
+        "train.eval_interval": "10", "train.warmup_iters": "2", "model.n_layer": "1", "model.n_embd": "32",
+        "lm.block_size": "16", "model.positional.max_len": "16", "lm.eval_windows": "20"})
+    train(cfg, quiet=True)
+    return tmp_path / name
+
+
+def test_eval_of_a_moved_run_reads_and_writes_only_that_directory(tmp_path):
+    """The saved train.out_dir is where the run *was*: eval must use the directory it is given
+    (its tokenizer, and write loss_by_position.json there), even after the original is gone
+    or replaced by another run."""
+    run = tiny_lm(tmp_path)
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved.parent / "run")
+    shutil.rmtree(run)
+    (tmp_path / "other").mkdir()
+    run.mkdir()  # a different run now lives at the old place, with another tokenizer
+    (run / "tokenizer.json").write_text(json.dumps({"learnpos_tokenizer": "char", "chars": list("xyz")}))
+    (moved / "loss_by_position.json").unlink()
+    r = cli("eval", "--run", str(moved), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["loss"] > 0
+    assert (moved / "loss_by_position.json").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["tokenizer.json"]  # nothing written at the old place
+
+
+def test_a_checkpoint_is_one_atomic_unit(tmp_path, monkeypatch):
+    """A kill in the middle of writing a checkpoint (here: an exception after the weights were
+    written, before the optimizer state) leaves the previous checkpoint complete, and the run
+    resumes from it to the same result as an uninterrupted one."""
+    import learnpos.runs as runs
+
+    over = {**FAST, "train.max_iters": "20"}
+    full = train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "full")}), quiet=True)
+    cfg = load_config("demo", {**over, "train.out_dir": str(tmp_path / "cut")})
+    real = runs.save_trainer_state
+
+    def dies_at_step_20(path, optimizer, step):
+        if step == 20:
+            raise KeyboardInterrupt("killed while saving")
+        real(path, optimizer, step)
+
+    monkeypatch.setattr("learnpos.train.save_trainer_state", dies_at_step_20)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, quiet=True)
+    monkeypatch.undo()
+    assert [p.name for p in checkpoint_dirs(tmp_path / "cut")] == ["step-00000010"]
+    assert not [p for p in (tmp_path / "cut/checkpoints").iterdir() if p.name.startswith(".")]
+    assert latest_checkpoint(tmp_path / "cut").name == "step-00000010"
+    resumed = train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "cut")}), resume=True, quiet=True)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cut_off_metrics_line_is_repaired_on_resume(tmp_path, caplog):
+    over = {**FAST, "train.max_iters": "20", "train.out_dir": str(tmp_path)}
+    train(load_config("demo", over), quiet=True, stop_after=10)
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 15, "split": "tra')  # killed mid-append
+    with caplog.at_level("WARNING"):
+        assert train(load_config("demo", over), resume=True, quiet=True).step == 20
+    assert "cut-off last line" in caplog.text
+    records = read_metrics(tmp_path)  # every line parses
+    assert [r["step"] for r in records if r["split"] == "val"] == [10, 20]
+    damaged = tmp_path / "metrics.jsonl"
+    lines = damaged.read_text().splitlines()
+    damaged.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    with pytest.raises(RunDirError, match="metrics.jsonl line 2 is not JSON"):
+        read_metrics(tmp_path)
+
+
+def test_fresh_train_refuses_a_directory_with_stale_files(tmp_path):
+    stale = tmp_path / "run"
+    stale.mkdir()
+    (stale / "metrics.jsonl").write_text('{"step": 5, "split": "train", "loss": 9.0}\n')
+    (stale / "tokenizer.json").write_text("{}")
+    r = cli("train", "--preset", "demo", f"--train.out_dir={stale}", "--quiet", cwd=tmp_path)
+    assert r.returncode == 2 and "is not empty" in r.stderr and "Traceback" not in r.stderr
+    assert (stale / "metrics.jsonl").read_text().count("\n") == 1  # untouched
+    d = cli("demo", "--quiet", "--out", str(stale), "--json", "--train.max_iters=10", "--train.warmup_iters=2",
+            cwd=tmp_path)  # demo picks a fresh folder
+    assert d.returncode == 0, d.stderr
+    assert json.loads(d.stdout.strip().splitlines()[-1])["run_dir"] == str(tmp_path / "run-2")
+
+
+def test_auto_precision_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
+    from learnpos import train as train_module
+
+    over = {**FAST, "train.max_iters": "20", "train.out_dir": str(tmp_path), "train.dtype": "auto"}
+    monkeypatch.setattr(train_module, "cpu_has_amx_bf16", lambda: True)  # as on an AMX machine
+    train(load_config("demo", over), quiet=True, stop_after=10)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["dtype"] == "bfloat16"
+    monkeypatch.setattr(train_module, "cpu_has_amx_bf16", lambda: False)  # resumed on another machine
+    r = cli("train", "--resume", str(tmp_path), "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["dtype"] == "bfloat16"
+
+
+def test_resume_refuses_changes_outside_train(tmp_path):
+    over = {**FAST, "train.max_iters": "20", "train.out_dir": str(tmp_path)}
+    train(load_config("demo", over), quiet=True, stop_after=10)
+    r = cli("train", "--resume", str(tmp_path), "--synthetic.n_symbols=12", "--quiet", cwd=tmp_path)
+    assert r.returncode == 2 and "synthetic.n_symbols differ" in r.stderr, r.stderr
+    r = cli("train", "--resume", str(tmp_path), "--train.max_iters=30", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def runs_by_kind(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kinds")
+    out = {}
+    for task, kind in (("index", "learned"), ("copy", "sinusoidal"), ("copy", "learned")):
+        over = {**FAST, "train.max_iters": "10", "train.out_dir": str(root / f"{task}-{kind}"),
+                "model.positional.kind": kind, "synthetic.length": "8", "model.positional.max_len": "20"}
+        train(load_config("demo", {"task": task, **over}), quiet=True)
+        out[task, kind] = root / f"{task}-{kind}"
+    return out
+
+
+def test_eval_at_another_length(runs_by_kind, tmp_path):
+    r = cli("eval", "--run", str(runs_by_kind["index", "learned"]), "--length", "12", cwd=tmp_path)
+    assert r.returncode == 2 and "query tokens for positions 0..7" in r.stderr and "Traceback" not in r.stderr
+    r = cli("eval", "--run", str(runs_by_kind["index", "learned"]), "--length", "6", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # shorter works: its query tokens exist
+    r = cli("eval", "--run", str(runs_by_kind["copy", "sinusoidal"]), "--length", "32", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # no table limit: runs at 4x the training length
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0 <= m["token_accuracy"] <= 1
+    r = cli("eval", "--run", str(runs_by_kind["copy", "learned"]), "--length", "16", cwd=tmp_path)
+    assert r.returncode == 2 and "learned table has 20" in r.stderr and "at most length 9" in r.stderr
+
+
+def test_generate_checks_the_length_before_printing(tmp_path):
+    run = tiny_lm(tmp_path)
+    r = cli("generate", "--run", str(run), "--prompt", "line", "--max-new-tokens", "40", cwd=tmp_path)
+    assert r.returncode == 2 and "pass --sliding" in r.stderr
+    assert r.stdout == ""  # nothing printed before the error
+
+
+def test_generate_on_a_synthetic_run_refuses_another_length(runs_by_kind, tmp_path):
+    r = cli("generate", "--run", str(runs_by_kind["copy", "learned"]), "--prompt", "1 2 3", cwd=tmp_path)
+    assert r.returncode == 2 and "trained on 8 symbols" in r.stderr and r.stdout == ""
+
+
+def test_library_layer_modules_do_not_write_outside_the_run(tmp_path):
+    """A checkpoint write leaves nothing but checkpoint folders behind (temp folders are
+    renamed into place or removed)."""
+    train(load_config("demo", {**FAST, "train.max_iters": "30", "train.out_dir": str(tmp_path)}), quiet=True)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000020", "step-00000030"]

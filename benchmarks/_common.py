@@ -169,10 +169,32 @@ def autocast_ctx(precision: str) -> Callable:
     return contextlib.nullcontext
 
 
+def machine() -> dict:
+    """Where and on what a figure was measured: CPU, torch, threads, the learnpos commit."""
+    import datetime
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    from learnpos.hardware import cpu_has_amx_bf16
+
+    return {"cpu": cpu_info(), "amx_bf16": cpu_has_amx_bf16(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "learnpos")),
+            "date": datetime.date.today().isoformat()}
+
+
 def emit(as_json: bool, result: dict) -> None:
-    """The benchmark convention: with --json, one JSON object is the last line of stdout."""
+    """The benchmark convention: with --json, one JSON object is the last line of stdout; it
+    carries `machine` (see `machine()`), so every saved figure says where it was measured."""
     if as_json:
-        print(json.dumps(result), flush=True)
+        print(json.dumps({**result, "machine": machine()}), flush=True)
 
 
 def cpu_info() -> str:

@@ -81,7 +81,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = C.learnpos_gpt(spec).train()
-    opt = build_optimizer(model, TrainConfig(lr=1e-3, beta2=0.99, weight_decay=0.1), False, "cpu")
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, beta2=0.99, weight_decay=0.1), "cpu")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, spec["vocab"], (spec["batch"], spec["block"]), generator=g)
     y = torch.randint(0, spec["vocab"], (spec["batch"], spec["block"]), generator=g)

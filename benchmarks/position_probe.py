@@ -11,9 +11,10 @@ exact-match. Threads: OMP_WAIT_POLICY=PASSIVE (set by learnpos unless already se
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
+
+import _common as C
 
 from learnpos.config import load_config
 from learnpos.train import train
@@ -43,8 +44,7 @@ def main() -> None:
                 results[probe][kind] = m["exact_match"]
                 print(f"{probe:22s} {kind:11s} steps {cfg.train.max_iters:5d}  exact-match {m['exact_match']:.3f}"
                       f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
-    if args.json:
-        print(json.dumps({"exact_match": results}))
+    C.emit(args.json, {"steps": args.steps or "preset", "exact_match": results})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ time of each and their ratio (reference / torch). Threads: OMP_WAIT_POLICY=PASSI
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
+import _common
 import torch
 
 import learnpos.reference as ref
@@ -72,9 +72,8 @@ def main() -> None:
     print(f"reference (NumPy float64):  {reference_ms:8.3f} ms")
     print(f"PyTorch (float32, {torch.get_num_threads()} threads): {torch_ms:8.3f} ms")
     print(f"ratio reference / torch:    {ratio:8.2f}x")
-    if args.json:
-        print(json.dumps({"reference_ms": round(reference_ms, 4), "torch_ms": round(torch_ms, 4),
-                          "ratio": round(ratio, 3)}))
+    _common.emit(args.json, {"reference_ms": round(reference_ms, 4), "torch_ms": round(torch_ms, 4),
+                             "ratio": round(ratio, 3)})
 
 
 if __name__ == "__main__":

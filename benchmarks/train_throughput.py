@@ -73,7 +73,7 @@ def make_steps(spec: dict, precision: str, compile_lp: bool, seed: int = 0, hf_a
     lp.train()
     hf.train()
     t = TrainConfig(lr=LR, beta1=BETAS[0], beta2=BETAS[1], weight_decay=WEIGHT_DECAY, grad_clip=CLIP)
-    lp_opt = build_optimizer(lp, t, decay_positions=False, device_type="cpu")
+    lp_opt = build_optimizer(lp, t, device_type="cpu")
     hf_opt = hf_optimizer(hf, lp_opt)
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, spec["vocab"], (spec["batch"], spec["block"]), generator=g)

@@ -137,8 +137,8 @@ def cmd_generate(args, overrides) -> int:
     device = resolve_device(args.device)
     model, cfg, task = load_run(args.run, device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    streaming = cfg.task == "lm" and not args.no_stream
-    temperature = args.temperature if args.temperature is not None else (0.8 if cfg.task == "lm" else 0.0)
+    streaming = task.streams_text and not args.no_stream
+    temperature = args.temperature if args.temperature is not None else (0.8 if task.streams_text else 0.0)
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}", flush=True)

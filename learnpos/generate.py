@@ -79,7 +79,7 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     if max_new_tokens == 0:
         return [[] for _ in rows]
     model.check_length(T + max_new_tokens - 1)  # fail before doing any work
-    prompt_extra, next_extra = _extra_ids(model, rows, T, extra_ids, next_extra_ids, pad_id)
+    prompt_extra, next_extra = _extra_ids(model, rows, T, extra_ids, next_extra_ids)
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -140,7 +140,7 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     return result
 
 
-def _extra_ids(model, rows: list[list[int]], T: int, extra_ids, next_extra_ids, pad_id: int):
+def _extra_ids(model, rows: list[list[int]], T: int, extra_ids, next_extra_ids):
     """Left-padded (B, T) prompt ids and the new tokens' ids per named table, range-checked.
     Pad slots get id 0 (masked out of attention, like their positions)."""
     names = list(model.tables.keys()) if hasattr(model, "tables") else []

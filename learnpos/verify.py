@@ -4,7 +4,9 @@ Every check runs on small random float64 models (`learnpos.model.GPT(...).double
 vocab 30, C = 16, 2 heads, 2 layers, L = 16 table rows, inputs B = 3 by T = 8) and
 reports, per named tensor or per property, the largest absolute and relative error:
 
-    grad <case>: <tensor>      reference backward vs autograd, every parameter   (rel 1e-9)
+    grad <case>: <tensor>      reference backward vs autograd, every parameter   (rel 1e-9);
+                               the cases include a model with two named tables and models
+                               whose attention is the matmul kernel (model.attention=matmul)
     fd <case>                  reference backward vs central differences of the
                                reference forward, a sample of entries per tensor (rel 1e-6)
     table identity <ids>       autograd dL/dP vs table_gradient(autograd dL/dh, ids)  (abs 1e-12),

@@ -46,6 +46,8 @@ class Task:
         config_section  the name of the task's own config section (None = no settings),
         config_class    and its dataclass; the section appears as `cfg.<config_section>`
         causal          the model mode the task needs; None = either
+        streams_text    `learnpos generate` streams the answer and samples at temperature 0.8
+                        by default (else greedy, printed whole)
     """
 
     name: str = ""
@@ -53,6 +55,7 @@ class Task:
     config_class: type | None = None
     vocab_size: int
     causal: bool | None = None
+    streams_text: bool = False  # `respond` produces free text worth streaming (and sampling at T > 0)
 
     @classmethod
     def check_config(cls, cfg) -> None:

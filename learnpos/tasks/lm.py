@@ -45,6 +45,7 @@ class LMTask(Task):
     name = "lm"
     config_section, config_class = "lm", LMConfig
     causal = True
+    streams_text = True
 
     def __init__(self, cfg, run_dir: str | Path | None = None):
         self.lm, self.seed, self.T = cfg.lm, cfg.train.seed, cfg.lm.block_size

@@ -1,0 +1,189 @@
+"""Run the benchmarks and write docs/performance.md from their `--json` output.
+
+    python benchmarks/performance.py run [--only train_throughput,mfu] [--data PATH]
+    python benchmarks/performance.py render
+
+`run` executes each benchmark script with `--json` (one at a time: they time themselves),
+saves its last stdout line to `benchmarks/results/<name>.json` (with the `machine` block
+every benchmark adds: CPU, torch, threads, commit, date) and then renders. `render` writes
+docs/performance.md from whatever results are saved, one section per benchmark, each saying
+the machine and commit it ran on, and the README's tables between its `<!-- begin NAME -->`
+and `<!-- end NAME -->` markers. Figures from different runs are never mixed in one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOC = HERE.parent / "docs" / "performance.md"
+README = HERE.parent / "README.md"
+
+# name -> arguments (after --json); the order is the order of the document
+BENCHMARKS = {
+    "train_throughput": [],
+    "generate_throughput": [],
+    "time_to_quality": [],
+    "mfu": [],
+    "attention": ["--keys", "64,128,256,512"],
+    "position_probe": [],
+    "reference_speed": [],
+}
+
+
+def run(names: list[str], data: str | None) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    for name in names:
+        args = [sys.executable, str(HERE / f"{name}.py"), "--json", *BENCHMARKS[name]]
+        if name == "time_to_quality" and data:
+            args += ["--data", data]
+        print(f"# {' '.join(args[1:])}", flush=True)
+        out = subprocess.run(args, capture_output=True, text=True)
+        sys.stdout.write(out.stdout[-2000:])
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr[-3000:])
+            raise SystemExit(f"{name} failed with exit code {out.returncode}")
+        record = json.loads(out.stdout.strip().splitlines()[-1])
+        record["command"] = "python " + " ".join(str(Path(a).relative_to(HERE.parent)) if a.endswith(".py") else a
+                                                 for a in args[1:])
+        (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def _where(r: dict) -> str:
+    m = r["machine"]
+    amx = "with AMX-BF16" if m.get("amx_bf16") else "without AMX"
+    dirty = " + uncommitted changes" if m.get("dirty") else ""
+    return (f"`{r['command']}` on {m['cpu']} ({m['cores']} cores, {amx}), torch {m['torch']}, "
+            f"{m['threads']} threads, OMP_WAIT_POLICY={m['omp_wait_policy']}; commit `{m['commit']}`{dirty}, "
+            f"{m['date']}.")
+
+
+def _train_throughput(r: dict) -> list[str]:
+    lines = ["| config | precision | learnpos ms/iter | HF GPT2LMHeadModel ms/iter | ratio (HF / learnpos) |",
+             "|---|---|---|---|---|"]
+    for prec, p in r["by_precision"].items():
+        for cfg in p["ratio_vs_hf"]:
+            lines.append(f"| {cfg} | {prec} | {p['ms_per_iter']['learnpos'][cfg]} | {p['ms_per_iter']['hf'][cfg]} "
+                         f"| **{p['ratio_vs_hf'][cfg]:.2f}x** |")
+    return lines
+
+
+def _generate_throughput(r: dict) -> list[str]:
+    lines = ["| config | batch | learnpos tok/s | HF generate tok/s | ratio | same tokens |",
+             "|---|---|---|---|---|---|"]
+    for key, ours in r["tokens_per_s"]["learnpos"].items():
+        cfg, _, batch = key.partition("/b")
+        lines.append(f"| {cfg} | {batch} | {ours} | {r['tokens_per_s']['hf'][key]} | **{r['ratio_vs_hf'][key]:.2f}x** "
+                     f"| {r['tokens_match'][key]} |")
+    return lines
+
+
+def _time_to_quality(r: dict) -> list[str]:
+    return ["| preset | iterations | val loss | reference | wall time per run | precision |",
+            "|---|---|---|---|---|---|",
+            f"| {r.get('preset', 'shakespeare-char')} | {r['iters']} | **{r['val_loss']:.4f}** | nanoGPT's published "
+            f"{r['reference_val_loss']} | {r['wall_s']:.1f} s | {r['dtype']} |"]
+
+
+
+def _mfu(r: dict) -> list[str]:
+    return ["| config | precision | ms/step | achieved GFLOP/s | matmul peak GFLOP/s (same run) | MFU |",
+            "|---|---|---|---|---|---|",
+            f"| {r['config']} | {r['precision']} | {r['ms_per_iter']} | {r['achieved_flops'] / 1e9:.0f} "
+            f"| {r['peak_flops'] / 1e9:.0f} | **{100 * r['mfu']:.1f}%** |"]
+
+
+def _attention(r: dict) -> list[str]:
+    lines = ["| keys | SDPA ms | matmul kernel ms | speed-up |", "|---|---|---|---|"]
+    for keys, ms in r["ms"].items():
+        lines.append(f"| {keys} | {ms['sdpa']} | {ms['matmul']} | **{r['speedup_vs_sdpa'][keys]:.2f}x** |")
+    return lines
+
+
+def _position_probe(r: dict) -> list[str]:
+    kinds = list(next(iter(r["exact_match"].values())))
+    lines = ["| probe | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for probe, row in r["exact_match"].items():
+        lines.append(f"| {probe} | " + " | ".join(f"{row[k]:.3f}" for k in kinds) + " |")
+    return lines
+
+
+def _reference_speed(r: dict) -> list[str]:
+    return ["| NumPy float64 reference ms | PyTorch ms | ratio |", "|---|---|---|",
+            f"| {r['reference_ms']} | {r['torch_ms']} | {r['ratio']}x |"]
+
+
+SECTIONS = {
+    "train_throughput": ("Training throughput against HF transformers", _train_throughput,
+                         "One optimizer step (forward, backward, clip, AdamW) at the same config, weights and "
+                         "batch on both sides; contenders alternate in one process, medians."),
+    "generate_throughput": ("Generation against HF `generate`", _generate_throughput,
+                            "Greedy decoding with a KV cache, same weights and prompts, fp32; tokens/s over all rows."),
+    "time_to_quality": ("Time to quality: shakespeare-char", _time_to_quality,
+                        "The preset end to end (data, training, evaluations, checkpoints)."),
+    "mfu": ("Model FLOPs utilisation", _mfu, "6N + 12LCT FLOPs per token against a matmul peak measured in the "
+            "same run."),
+    "attention": ("The CPU bf16 attention kernel", _attention,
+                  "One layer's causal attention forward + backward in bf16: `learnpos.attention.matmul_attention` "
+                  "against SDPA. `model.attention=auto` uses the kernel up to 256 keys on CPU bf16 training."),
+    "position_probe": ("Positional encodings on the probes", _position_probe,
+                       "Held-out exact-match with one budget for every encoding (the `demo` and `index-encoder` "
+                       "presets)."),
+    "reference_speed": ("The NumPy reference", _reference_speed,
+                        "One forward + backward of the verify model: float64 NumPy against PyTorch."),
+}
+
+
+def render() -> str:
+    out = ["# Performance", "",
+           "Generated by `python benchmarks/performance.py render` from the `--json` output of the benchmark "
+           "scripts saved in `benchmarks/results/` (`python benchmarks/performance.py run` measures them again). "
+           "Each section names the command, machine and commit it ran on; compare figures only within one "
+           "section: these machines are noisy, and CPUs with and without AMX train in different precisions "
+           "(`train.dtype=auto`).", ""]
+    for name, (title, table, what) in SECTIONS.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text(encoding="utf-8"))
+        out += [f"## {title}", "", what, "", *table(r), "", _where(r), ""]
+    return "\n".join(out)
+
+
+def update_readme(text: str) -> str:
+    """The README with each `<!-- begin NAME ... -->` ... `<!-- end NAME -->` block refilled
+    with that benchmark's table and where it ran."""
+    def fill(m: re.Match) -> str:
+        name = m.group(2)
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            return m.group(0)
+        r = json.loads(path.read_text(encoding="utf-8"))
+        mach = r["machine"]
+        where = f"*{mach['cpu']}, {mach['threads']} threads, commit `{mach['commit']}`, {mach['date']}.*"
+        return m.group(1) + "\n".join(SECTIONS[name][1](r)) + "\n\n" + where + "\n" + m.group(3)
+
+    return re.sub(r"(<!-- begin (\w+)[^>]*-->\n).*?(<!-- end \2 -->)", fill, text, flags=re.S)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("action", choices=["run", "render"])
+    ap.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmark names")
+    ap.add_argument("--data", help="tinyshakespeare input.txt for time_to_quality")
+    args = ap.parse_args()
+    if args.action == "run":
+        run(args.only.split(","), args.data)
+    DOC.write_text(render(), encoding="utf-8")
+    README.write_text(update_readme(README.read_text(encoding="utf-8")), encoding="utf-8")
+    print(f"wrote {DOC} and the tables of {README}")
+
+
+if __name__ == "__main__":
+    main()

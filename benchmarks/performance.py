@@ -166,7 +166,8 @@ def update_readme(text: str) -> str:
             return m.group(0)
         r = json.loads(path.read_text(encoding="utf-8"))
         mach = r["machine"]
-        where = f"*{mach['cpu']}, {mach['threads']} threads, commit `{mach['commit']}`, {mach['date']}.*"
+        dirty = " + uncommitted changes" if mach.get("dirty") else ""
+        where = f"*{mach['cpu']}, {mach['threads']} threads, commit `{mach['commit']}`{dirty}, {mach['date']}.*"
         return m.group(1) + "\n".join(SECTIONS[name][1](r)) + "\n\n" + where + "\n" + m.group(3)
 
     return re.sub(r"(<!-- begin (\w+)[^>]*-->\n).*?(<!-- end \2 -->)", fill, text, flags=re.S)

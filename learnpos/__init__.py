@@ -33,5 +33,7 @@ def load_config(preset=None, overrides=None):
 
 def __getattr__(name):
     if name in _EXPORTS:
+        if _EXPORTS[name] == "learnpos.config":  # a Config needs the task sections registered
+            importlib.import_module("learnpos.tasks")
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'learnpos' has no attribute '{name}'")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -88,7 +89,7 @@ class TrainConfig:
     min_lr: float = 1e-4  # floor of the cosine decay
     warmup_iters: int = 100
     max_iters: int = 1000  # also the end of the cosine schedule
-    weight_decay: float = 0.1  # on matrices; see positional.weight_decay for the table
+    weight_decay: float = 0.1  # on matrices; each learned table has its own switch (positional/tables)
     beta1: float = 0.9
     beta2: float = 0.99
     momentum: float = 0.0  # sgd only
@@ -102,7 +103,7 @@ class TrainConfig:
     # precision `auto` chose, so a resumed run keeps it on any machine.
     dtype: str = "auto"
     compile: bool = False  # torch.compile the model (worth it on CUDA)
-    position_stats: bool = False  # record per-row gradient norms/counts/displacement of P
+    position_stats: bool = False  # record per-row gradient norms/counts/displacement of every learned table
     out_dir: str = "runs/default"
 
 
@@ -119,7 +120,12 @@ class Config:
             self.sections[spec.section] = spec.section_cls()
 
     def __getattr__(self, name: str) -> Any:  # cfg.lm, cfg.synthetic, ...: the task's section
-        sections = self.__dict__.get("sections", {})
+        sections = self.__dict__.get("sections")
+        if sections is None:
+            raise AttributeError(name)
+        spec = TASK_SPECS.get(self.__dict__.get("task"))
+        if name not in sections and spec is not None and spec.section == name:
+            sections[name] = spec.section_cls()  # a Config made before its task was registered
         if name in sections:
             return sections[name]
         raise AttributeError(f"config has no section '{name}' (task '{self.__dict__.get('task')}' has "
@@ -448,6 +454,7 @@ def validate(cfg: Config) -> None:
     if p.init_std <= 0:
         raise ConfigError(f"model.positional.init_std must be positive, got {p.init_std}")
     _validate_tables(m.tables)
+    _check_finite(cfg)
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0, got lr={t.lr}, min_lr={t.min_lr}")
     if t.warmup_iters < 0 or t.warmup_iters > t.max_iters:
@@ -464,6 +471,11 @@ def validate(cfg: Config) -> None:
         check(cfg)
 
 
+# Names a table cannot take: the position table's own, and attributes of the torch.nn.ModuleDict
+# that holds the tables (`type`, `keys`, `to`, `eval`, ...), which would shadow them.
+RESERVED_TABLE_NAMES = ("pos", "position")
+
+
 def _validate_tables(tables: list[TableConfig]) -> None:
     seen = set()
     for i, tb in enumerate(tables):
@@ -471,6 +483,10 @@ def _validate_tables(tables: list[TableConfig]) -> None:
         if not tb.name.isidentifier():
             raise ConfigError(f"{key}.name must be a Python identifier (it names the parameter "
                               f"tables.<name>.weight), got {tb.name!r}")
+        if tb.name in RESERVED_TABLE_NAMES or tb.name.startswith("_") or tb.name in _MODULE_ATTRIBUTES:
+            raise ConfigError(f"{key}.name '{tb.name}' is reserved (the position table is 'pos'; names like "
+                              f"'type', 'keys' or 'to' are methods of the module that holds the tables); "
+                              f"pick another name")
         if tb.name in seen:
             raise ConfigError(f"model.tables has two tables named '{tb.name}'; names must be unique")
         seen.add(tb.name)
@@ -479,3 +495,37 @@ def _validate_tables(tables: list[TableConfig]) -> None:
         _choice(tb.init, LEARNED_INITS, f"{key}.init")
         if tb.init_std <= 0:
             raise ConfigError(f"{key}.init_std must be positive, got {tb.init_std}")
+
+
+# Attribute names of torch.nn.ModuleDict, written out so this module needs no torch import
+# (tests/test_tables.py checks the list against torch's).
+_MODULE_ATTRIBUTES = frozenset((
+    "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "clear",
+    "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer",
+    "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "items", "keys", "load_state_dict",
+    "modules", "mtia", "named_buffers", "named_children", "named_modules", "named_parameters", "parameters",
+    "pop", "register_backward_hook", "register_buffer", "register_forward_hook", "register_forward_pre_hook",
+    "register_full_backward_hook", "register_full_backward_pre_hook", "register_load_state_dict_post_hook",
+    "register_load_state_dict_pre_hook", "register_module", "register_parameter",
+    "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_", "set_extra_state",
+    "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "update",
+    "values", "xpu", "zero_grad",
+))
+
+
+def _check_finite(obj: Any, prefix: str = "") -> None:
+    """No NaN or infinite float anywhere in the config (they pass every `<` check silently)."""
+    if isinstance(obj, Config):
+        for name, section in (("model", obj.model), ("train", obj.train), *obj.sections.items()):
+            _check_finite(section, name + ".")
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, list):
+            for item in value:
+                if dataclasses.is_dataclass(item):
+                    _check_finite(item, f"{prefix}{f.name}.{getattr(item, 'name', '')}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, got {value}")

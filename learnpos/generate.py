@@ -54,7 +54,7 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
              stop_token: int | None = None, pad_id: int = 0, generator: torch.Generator | None = None,
              on_token: Callable[[Tensor], None] | None = None,
              extra_ids: Mapping[str, Sequence[Sequence[int]] | Tensor] | None = None,
-             next_extra_ids: Mapping[str, NextIds] | None = None) -> list[list[int]]:
+             next_extra_ids: Mapping[str, NextIds] | None = None, vocab_limit: int | None = None) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; returns only the new tokens.
 
     A row stops after it emits `stop_token` (the stop token is not returned). `on_token`
@@ -65,8 +65,10 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
         per row, like `prompts`). next_extra_ids: table name -> the ids of the new tokens:
         an int (every row), a sequence of B ints (one per row), or a callback
         `f(step, tokens) -> (B,) ids` given the new tokens so far (B, step) (its ids are
-        checked every step, one host sync). A table without an entry continues each row's
-        last prompt id (e.g. the reply's turn and speaker).
+        range-checked every step: two host syncs). A table without an entry continues each
+        row's last prompt id (e.g. the reply's turn and speaker).
+    vocab_limit: sample only ids below it (a model whose vocab_size was padded beyond its
+        tokenizer's never emits an id the tokenizer cannot decode).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -84,53 +86,60 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    idx = torch.full((B, T), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, T, dtype=torch.long)
-    for b, r in enumerate(rows):
-        idx[b, T - len(r):] = torch.tensor(r)
-        mask[b, T - len(r):] = 1
-    idx, mask = idx.to(device), mask.to(device)
-    padded = bool((mask == 0).any())
-    position_ids = position_ids_from_mask(mask) if padded else None
-    next_pos = mask.sum(1, keepdim=True)  # (B, 1): each row's next position
+    try:
+        idx = torch.full((B, T), pad_id, dtype=torch.long)
+        mask = torch.zeros(B, T, dtype=torch.long)
+        for b, r in enumerate(rows):
+            idx[b, T - len(r):] = torch.tensor(r)
+            mask[b, T - len(r):] = 1
+        idx, mask = idx.to(device), mask.to(device)
+        padded = bool((mask == 0).any())
+        position_ids = position_ids_from_mask(mask) if padded else None
+        next_pos = mask.sum(1, keepdim=True)  # (B, 1): each row's next position
 
-    # The cache holds prompt + generation; every decoding step then writes one slot per
-    # layer and the loop allocates nothing but the step's activations. No host sync per
-    # step unless a stop token is set (then `finished.all()` decides whether to go on).
-    cache = model.new_cache(T + max_new_tokens)
-    prompt_extra = {k: v.to(device) for k, v in prompt_extra.items()}
-    next_extra = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in next_extra.items()}
-    logits = model(idx, position_ids=position_ids, attention_mask=mask if padded else None,
-                   past_kv=cache, last_only=True, extra_ids=prompt_extra or None,
-                   check_ids=False).logits[:, -1]  # (B, V); every id was checked above
-    out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device) if stop_token is not None else None
-    n = 0
-    for step in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        if finished is not None:
-            tok = tok.masked_fill(finished, stop_token)
-            finished |= tok == stop_token
-        out[:, step] = tok
-        n = step + 1
-        if on_token is not None:
-            on_token(tok)
-        if step == max_new_tokens - 1 or (finished is not None and bool(finished.all())):
-            break
-        step_extra = {}
-        for name, nxt in next_extra.items():
-            if callable(nxt):
-                ids = torch.as_tensor(nxt(step + 1, out[:, :step + 1]), device=device).view(B, 1)
-                model.tables[name].check(ids, 0, 1)  # user ids: checked (a host sync) before the lookup
-            else:
-                ids = nxt  # (B, 1), checked up front
-            step_extra[name] = ids
-        logits = model(out[:, step:step + 1], position_ids=next_pos if padded else None,
-                       past_kv=cache, last_only=True, extra_ids=step_extra or None,
-                       check_ids=False).logits[:, -1]
-        if padded:
-            next_pos += 1
-    model.train(was_training)
+        # The cache holds prompt + generation; every decoding step then writes one slot per
+        # layer and the loop allocates nothing but the step's activations. No host sync per
+        # step unless a stop token is set (then `finished.all()` decides whether to go on).
+        cache = model.new_cache(T + max_new_tokens)
+        prompt_extra = {k: v.to(device) for k, v in prompt_extra.items()}
+        next_extra = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in next_extra.items()}
+        logits = model(idx, position_ids=position_ids, attention_mask=mask if padded else None,
+                       past_kv=cache, last_only=True, extra_ids=prompt_extra or None,
+                       check_ids=False).logits[:, -1]  # (B, V); every id was checked above
+        out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device) if stop_token is not None else None
+        n = 0
+        for step in range(max_new_tokens):
+            if vocab_limit is not None:
+                logits = logits[:, :vocab_limit]
+            tok = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            if finished is not None:
+                tok = tok.masked_fill(finished, stop_token)
+                finished |= tok == stop_token
+            out[:, step] = tok
+            n = step + 1
+            if on_token is not None:
+                on_token(tok)
+            if step == max_new_tokens - 1 or (finished is not None and bool(finished.all())):
+                break
+            step_extra = {}
+            for name, nxt in next_extra.items():
+                if callable(nxt):
+                    ids = torch.as_tensor(nxt(step + 1, out[:, :step + 1]), device=device).reshape(-1, 1)
+                    if ids.shape[0] not in (1, B):
+                        raise ValueError(f"next_extra_ids['{name}'] returned {ids.shape[0]} ids for {B} rows")
+                    ids = ids.expand(B, 1)
+                    model.tables[name].check(ids, 0, 1)  # user ids: checked (a host sync) before the lookup
+                else:
+                    ids = nxt  # (B, 1), checked up front
+                step_extra[name] = ids
+            logits = model(out[:, step:step + 1], position_ids=next_pos if padded else None,
+                           past_kv=cache, last_only=True, extra_ids=step_extra or None,
+                           check_ids=False).logits[:, -1]
+            if padded:
+                next_pos += 1
+    finally:
+        model.train(was_training)
 
     result = []
     for row in out[:, :n].tolist():
@@ -171,7 +180,8 @@ def _extra_ids(model, rows: list[list[int]], T: int, extra_ids, next_extra_ids):
         if callable(rule):
             nxt[name] = rule
             continue
-        const = torch.tensor([rule] * B if isinstance(rule, int) else list(rule), dtype=torch.long).view(-1, 1)
+        const = torch.as_tensor(rule, dtype=torch.long).reshape(-1, 1)
+        const = const.expand(B, 1) if const.shape[0] == 1 else const
         if const.shape[0] != B:
             raise ValueError(f"next_extra_ids['{name}'] must be an int, {B} ints (one per row) or a callback")
         model.tables[name].check(const, 0, 1)

@@ -185,11 +185,13 @@ class GPT(nn.Module):
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.tok_emb.weight
-        self.heads = nn.ModuleDict(heads or {})  # a task's own output modules (see module docstring)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
-            if name.startswith("blocks.") and name.endswith("proj.weight"):
+            if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # A task's own output modules (see the module docstring), attached after the init
+        # above: they keep the init their task gave them.
+        self.heads = nn.ModuleDict(heads or {})
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -242,7 +244,13 @@ class GPT(nn.Module):
             raise ValueError(f"extra_ids must hold (B, T) ids for every table of the model "
                              f"({', '.join(self.tables.keys()) or 'none'}); got {', '.join(extra_ids) or 'none'}")
         for name, table in self.tables.items():
-            x = x + table.embed(extra_ids[name], 0, T, check=check_ids)  # (B, T, C)
+            ids = extra_ids[name]
+            if ids.dim() != 2 or ids.shape[1] != T or ids.shape[0] not in (1, idx.shape[0]):
+                raise ValueError(f"ids of table '{name}' have shape {tuple(ids.shape)}; they must be (B, T) = "
+                                 f"{tuple(idx.shape)} like the tokens (or (1, T) for every row)")
+            if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+                raise ValueError(f"ids of table '{name}' must be integers, got {ids.dtype}")
+            x = x + table.embed(ids, 0, T, check=check_ids)  # (B|1, T, C)
         return x
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, position_ids: Tensor | None = None,

@@ -70,6 +70,7 @@ def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=root))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run's other files
     try:
         files = {}
         for name, write in writers.items():
@@ -80,13 +81,17 @@ def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable
         fsync_file(tmp / MANIFEST_FILE)
         fsync_dir(tmp)
         final = _step_dir(run_dir, step)
-        if final.exists():  # the same step saved again (e.g. a resumed run's last step)
-            _remove_dir(final)
+        trash = None
+        if final.exists():  # the same step saved again: move the old one aside first, delete it after
+            trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
+            os.replace(final, trash)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(root)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
     for old in checkpoint_dirs(run_dir)[:-KEEP_CHECKPOINTS]:
         _remove_dir(old)
     for stale in root.glob(".t*-step-*"):  # temp folders of killed writers, trash of killed deletes
@@ -99,7 +104,8 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    folders = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name[5:]))
 
 
 def verify_checkpoint(folder: Path) -> dict[str, Any]:
@@ -202,12 +208,15 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines):  # no newline after it: the last append was cut off
                 log.warning("%s: dropped a cut-off last line (%d bytes)", path, len(line))
                 continue
             raise RunDirError(f"{path} line {i} is not JSON; the metrics log is damaged") from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path} line {i} is not a JSON object; the metrics log is damaged")
+        records.append(record)
     return records
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from learnpos.runs import (
     latest_checkpoint,
     load_trainer_state,
     load_weights,
+    read_metrics,
     save_trainer_state,
     save_weights,
     truncate_metrics,
@@ -97,8 +99,48 @@ def _write_config(cfg: Config, run_dir: Path, resume: bool) -> None:
         if changed:
             raise RunDirError(f"cannot resume {run_dir}: {', '.join(changed)} differ from its config.json "
                               f"(only train.* settings may change on resume)")
+        if saved.train.optimizer != cfg.train.optimizer:
+            raise RunDirError(f"cannot resume {run_dir} with train.optimizer={cfg.train.optimizer}: its optimizer "
+                              f"state is {saved.train.optimizer}'s; start a new run to switch optimizers")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, cfg.to_json() + "\n")
+
+
+def _resume_point(run_dir: Path) -> Path | None:
+    """The checkpoint to resume from; None for a run that stopped before its first checkpoint
+    (it starts again at step 0). A run with progress but no checkpoint is refused."""
+    if has_checkpoint(run_dir):
+        return latest_checkpoint(run_dir)
+    if (run_dir / MODEL_FILE).exists():
+        raise RunDirError(f"{run_dir} was made by an older learnpos ({MODEL_FILE} at the top, no checkpoints/); "
+                          f"this version cannot resume it: train it again")
+    if any(r.get("step", 0) > 0 for r in read_metrics(run_dir)):
+        raise RunDirError(f"cannot resume {run_dir}: its metrics.jsonl records training steps but no checkpoint "
+                          f"is left (checkpoints/ was removed?); train it again in a new directory")
+    return None
+
+
+def _load_checkpoint(folder: Path, model, optimizer, device: torch.device) -> int:
+    """Weights, optimizer state and RNG of `folder`; returns its step. The optimizer's
+    hyper-parameters (weight decay, betas, momentum: what `load_state_dict` would bring back
+    from the checkpoint) are the current config's, so a resumed run trains with what its
+    config.json says; only its moments come from the checkpoint."""
+    state = load_trainer_state(folder)
+    weights_step = load_weights(model, folder)
+    if weights_step != state["step"]:
+        raise RunDirError(f"{folder}: weights are from step {weights_step} but optimizer state from "
+                          f"step {state['step']}; cannot resume exactly")
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    for group, current in zip(optimizer.param_groups, settings, strict=True):
+        if group.get("name") != current.get("name"):
+            raise RunDirError(f"{folder}: parameter group '{group.get('name')}' where this model has "
+                              f"'{current.get('name')}'; cannot resume")
+        group.update(current)
+    torch.set_rng_state(state["rng_cpu"])
+    if "rng_cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return state["step"]
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quiet: bool = False) -> TrainResult:
@@ -117,6 +159,24 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
 
     run_dir = Path(t.out_dir)
     _check_run_dir(run_dir, resume)
+    existed = run_dir.exists()  # and is empty: _check_run_dir refuses anything else for a fresh run
+    try:
+        return _train(cfg, run_dir, device, autocast, resume, stop_after, quiet, t0)
+    except BaseException:
+        # A fresh run that fails before its first checkpoint leaves nothing to resume: remove
+        # what it wrote (config, tokenizer, metrics), so the same command can simply run again.
+        if not resume and run_dir.exists() and not has_checkpoint(run_dir):
+            if existed:
+                for child in run_dir.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: bool, stop_after: int | None,
+           quiet: bool, t0: float) -> TrainResult:
+    t = cfg.train
     task = build_task(cfg, run_dir)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = task.vocab_size
@@ -128,18 +188,9 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
     model = build_model(cfg, task).to(device)
     optimizer = build_optimizer(model, t, device.type)
     step = 0
-    folder = latest_checkpoint(run_dir) if resume and has_checkpoint(run_dir) else None
+    folder = _resume_point(run_dir) if resume else None
     if folder is not None:
-        state = load_trainer_state(folder)
-        weights_step = load_weights(model, folder)
-        if weights_step != state["step"]:
-            raise RunDirError(f"{folder}: weights are from step {weights_step} but optimizer state from "
-                              f"step {state['step']}; cannot resume exactly")
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"])
-        if "rng_cuda" in state and device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        step = state["step"]
+        step = _load_checkpoint(folder, model, optimizer, device)
     if resume:
         truncate_metrics(run_dir, step)  # also drops a line cut off by a kill mid-append
     tables = {name: table.weight for name, table in model.learned_tables().items()}

@@ -178,3 +178,76 @@ def test_library_layer_modules_do_not_write_outside_the_run(tmp_path):
     renamed into place or removed)."""
     train(load_config("demo", {**FAST, "train.max_iters": "30", "train.out_dir": str(tmp_path)}), quiet=True)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000020", "step-00000030"]
+
+
+def test_resume_trains_with_the_configs_optimizer_settings(tmp_path):
+    """load_state_dict would bring back the checkpoint's weight decay and betas; the resumed
+    run must use what its (changed) config.json says, and refuse a switch of optimizer."""
+    over = {**FAST, "train.max_iters": "20", "train.out_dir": str(tmp_path)}
+    train(load_config("demo", over), quiet=True, stop_after=10)
+    result = train(load_config("demo", {**over, "train.weight_decay": "0.0", "train.beta2": "0.95"}),
+                   resume=True, quiet=True)
+    state = torch.load(latest_checkpoint(tmp_path) / "trainer_state.pt", weights_only=True)
+    groups = {g["name"]: g for g in state["optimizer"]["param_groups"]}
+    assert groups["decay"]["weight_decay"] == 0.0 and groups["decay"]["betas"] == (0.9, 0.95)
+    assert result.step == 20
+    with pytest.raises(RunDirError, match="train.optimizer=sgd"):
+        train(load_config("demo", {**over, "train.optimizer": "sgd", "train.max_iters": "30"}), resume=True,
+              quiet=True)
+
+
+def test_resume_without_a_checkpoint(tmp_path):
+    """A run killed before its first checkpoint starts again at step 0; a run whose
+    checkpoints are gone, or one in the old layout, is refused instead of silently restarted."""
+    over = {**FAST, "train.max_iters": "20", "train.out_dir": str(tmp_path)}
+    train(load_config("demo", over), quiet=True, stop_after=10)
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(RunDirError, match="records training steps but no checkpoint"):
+        train(load_config("demo", over), resume=True, quiet=True)
+    assert (tmp_path / "metrics.jsonl").read_text()  # nothing was thrown away
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "model.safetensors").write_bytes(b"old layout")
+    with pytest.raises(RunDirError, match="made by an older learnpos"):
+        train(load_config("demo", over), resume=True, quiet=True)
+    (tmp_path / "model.safetensors").unlink()
+    assert train(load_config("demo", over), resume=True, quiet=True).step == 20  # killed before step 10: redo
+
+
+def test_a_fresh_run_that_fails_early_leaves_nothing_behind(tmp_path):
+    (tmp_path / "short.txt").write_text("too short\n", encoding="utf-8")
+    r = cli("train", "--preset", "shakespeare-char", "--data", "short.txt", "--train.out_dir=run", "--quiet",
+            cwd=tmp_path)
+    assert r.returncode == 2 and "not more than lm.block_size" in r.stderr
+    assert not (tmp_path / "run").exists()  # the tokenizer it had written is gone: the command can run again
+
+
+def test_a_missing_tokenizer_is_an_error_not_a_new_one(tmp_path):
+    run = tiny_lm(tmp_path)
+    (run / "tokenizer.json").unlink()
+    r = cli("eval", "--run", str(run), cwd=tmp_path)
+    assert r.returncode == 2 and "tokenizer.json is missing" in r.stderr
+    assert not (run / "tokenizer.json").exists()
+
+
+def test_a_padded_vocabulary_never_samples_ids_the_tokenizer_lacks(tmp_path):
+    from learnpos.load import load_run
+
+    text = "".join(f"line {i}: the quick brown fox {i % 7}\n" for i in range(400))
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    cfg = load_config("shakespeare-char", {
+        "lm.data": str(tmp_path / "text.txt"), "train.out_dir": str(tmp_path / "run"), "train.max_iters": "4",
+        "train.eval_interval": "4", "train.warmup_iters": "2", "model.n_layer": "1", "model.n_embd": "32",
+        "lm.block_size": "16", "model.positional.max_len": "16", "lm.eval_windows": "5", "model.vocab_size": "64"})
+    train(cfg, quiet=True)
+    model, cfg, task = load_run(tmp_path / "run")
+    assert model.config.vocab_size == 64 > task.tokenizer.vocab_size
+    with torch.no_grad():  # make the padded ids the most likely ones
+        model.tok_emb.weight[task.tokenizer.vocab_size:] = 10 * model.ln_f.weight.sign()
+    text = task.respond(model, "line", generator=torch.Generator().manual_seed(0), temperature=1.0)
+    assert text.startswith("line") and len(text) == 16 + 1
+
+
+def test_metrics_lines_must_be_objects(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n[1, 2]\n')
+    with pytest.raises(RunDirError, match="line 2 is not a JSON object"):
+        read_metrics(tmp_path)

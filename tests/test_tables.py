@@ -127,3 +127,33 @@ def test_two_tables_train_resume_bit_exactly_and_record_stats(tmp_path):
     assert (tmp_path / "a/segment_similarity.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "a/config.json").read_text())
     assert [t["name"] for t in saved["model"]["tables"]] == ["segment", "symbol_index"]
+
+
+def test_reserved_table_names_are_refused():
+    import torch.nn as nn
+
+    from learnpos.config import _MODULE_ATTRIBUTES
+
+    public = {a for a in dir(nn.ModuleDict()) if not a.startswith("_")}
+    assert public <= _MODULE_ATTRIBUTES  # the config layer's list (it imports no torch) is complete
+    for name in ("pos", "position", "type", "keys", "to", "_hidden"):
+        with pytest.raises(ConfigError, match="reserved"):
+            load_config("demo", {"model.tables": f'[{{"name": "{name}", "rows": 2}}]'})
+
+
+def test_nan_in_a_config_is_refused():
+    with pytest.raises(ConfigError, match="train.lr must be a finite number"):
+        load_config("demo", {"train.lr": "nan"})
+    with pytest.raises(ConfigError, match="model.positional.init_std must be a finite number"):
+        load_config("demo", {"model.positional.init_std": "inf"})
+
+
+def test_table_ids_of_the_wrong_shape_or_type_name_the_table():
+    model = model_with_tables()
+    idx, extra = ids()
+    for bad, match in ((extra["turn"][:, :1], r"ids of table 'turn' have shape \(2, 1\)"),
+                       (extra["turn"][:1, :5], r"ids of table 'turn' have shape \(1, 5\)"),
+                       (extra["turn"].float(), "ids of table 'turn' must be integers")):
+        with pytest.raises(ValueError, match=match):
+            model(idx, extra_ids={**extra, "turn": bad})
+    model(idx, extra_ids={**extra, "turn": extra["turn"][:1]})  # (1, T) broadcasts over the batch

@@ -31,6 +31,8 @@ class ParityHead(nn.Module):
     def __init__(self, n_embd: int):
         super().__init__()
         self.proj = nn.Linear(n_embd, 2)
+        nn.init.zeros_(self.proj.weight)  # the task's own init: the model must not replace it
+        nn.init.constant_(self.proj.bias, 0.5)
 
     def forward(self, hidden):  # (B, T, C) -> (B, 2)
         return self.proj(hidden[:, -1])
@@ -116,6 +118,15 @@ def test_a_task_owns_its_head_and_loss_and_runs_through_the_same_loop(tmp_path):
         assert torch.equal(p, resumed.model.state_dict()[name]), name
     with pytest.raises(RunDirError, match="parity.length differ"):
         train(load_config("demo", {**b, "parity.length": "5"}), resume=True, quiet=True)
+
+
+def test_the_model_keeps_the_init_a_task_gives_its_head():
+    from learnpos.model import GPT
+
+    cfg = load_config("demo", OVER)
+    cfg.model.vocab_size = 2
+    model = GPT(cfg.model, heads=ParityTask(cfg).heads(cfg.model))
+    assert (model.heads["parity"].proj.weight == 0).all() and (model.heads["parity"].proj.bias == 0.5).all()
 
 
 def test_the_default_loss_is_next_token_cross_entropy():

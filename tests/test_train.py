@@ -137,7 +137,7 @@ def test_sgd_step_is_the_seed_formula(tmp_path):
     cfg.model.vocab_size = task.vocab_size
     torch.manual_seed(0)
     model = GPT(cfg.model)
-    opt = build_optimizer(model, cfg.train, False)
+    opt = build_optimizer(model, cfg.train)
     batch = task.train_batch(0, 8)
     model(batch.idx, targets=batch.targets).loss.backward()
     before, grad = model.pos.weight.detach().clone(), model.pos.weight.grad.clone()

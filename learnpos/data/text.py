@@ -74,6 +74,9 @@ def load_corpus(data: str, val_data: str = "", val_fraction: float = 0.1) -> Cor
     return Corpus(text[:cut], text[cut:], hashlib.sha256(f"{digest}|frac={val_fraction}".encode()).hexdigest())
 
 
+ENCODING = b"pieces-at-pretoken-boundaries-v2|"
+
+
 def _dtype(vocab_size: int):
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
@@ -147,7 +150,9 @@ class TokenData:
 
 def tokenize_cached(corpus: Corpus, tokenizer, tokenizer_file: Path, cache_dir: Path) -> TokenData:
     """Token arrays for both splits, memory-mapped from the cache (built on first use)."""
-    key = hashlib.sha256(corpus.fingerprint.encode() + Path(tokenizer_file).read_bytes()).hexdigest()[:20]
+    # ENCODING names the way text is split for encoding: caches made by an earlier, different
+    # split (which did not always equal tokenizer.encode) are not reused.
+    key = hashlib.sha256(ENCODING + corpus.fingerprint.encode() + Path(tokenizer_file).read_bytes()).hexdigest()[:20]
     folder = Path(cache_dir) / key
     dtype = _dtype(tokenizer.vocab_size)
     if not (folder / "meta.json").exists():

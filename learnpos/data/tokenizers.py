@@ -114,9 +114,9 @@ Tokenizer = CharTokenizer | BPETokenizer
 
 
 def _id_error(i: int, n: int, whose: str, units: str) -> DataError:
-    return DataError(f"token id {i} is outside this {whose} {n} {units}; the model's vocab_size is larger "
-                     f"than its tokenizer's — generate from a run whose model.vocab_size is 0 (taken from "
-                     f"the tokenizer)")
+    return DataError(f"token id {i} is outside this {whose} {n} {units} (ids 0..{n - 1}); it came from a model "
+                     f"whose vocabulary (model.vocab_size) is larger than its tokenizer's: only ids below {n} "
+                     f"can be decoded")
 
 
 def train_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:

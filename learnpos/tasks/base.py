@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from learnpos.config import register_task
+from learnpos.errors import ConfigError
 from learnpos.model import cross_entropy
 
 
@@ -48,6 +49,8 @@ class Task:
         causal          the model mode the task needs; None = either
         streams_text    `learnpos generate` streams the answer and samples at temperature 0.8
                         by default (else greedy, printed whole)
+        fills_tables    names of the `model.tables` entries the task provides ids for; a
+                        config with any other table is refused before anything is written
     """
 
     name: str = ""
@@ -56,6 +59,7 @@ class Task:
     vocab_size: int
     causal: bool | None = None
     streams_text: bool = False  # `respond` produces free text worth streaming (and sampling at T > 0)
+    fills_tables: tuple[str, ...] = ()  # the named tables (model.tables) whose ids the task's batches carry
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -99,5 +103,15 @@ def register(task_cls: type[Task]) -> type[Task]:
     if not task_cls.name:
         raise ValueError(f"{task_cls.__name__} has no `name`")
     TASKS[task_cls.name] = task_cls
-    register_task(task_cls.name, task_cls.config_section, task_cls.config_class, task_cls.check_config)
+
+    def check(cfg) -> None:
+        unfilled = [t.name for t in cfg.model.tables if t.name not in task_cls.fills_tables]
+        if unfilled:
+            can = f"can fill the tables {', '.join(task_cls.fills_tables)}" if task_cls.fills_tables else \
+                "fills no named tables"
+            raise ConfigError(f"task '{cfg.task}' {can}, not {', '.join(map(repr, unfilled))}: its batches would "
+                              f"have no ids for them; drop them from model.tables or use a task that provides them")
+        task_cls.check_config(cfg)
+
+    register_task(task_cls.name, task_cls.config_section, task_cls.config_class, check)
     return task_cls

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from learnpos.data.text import TokenData, load_corpus, tokenize_cached
 from learnpos.data.tokenizers import TOKENIZER_FILE, load_tokenizer, train_tokenizer
-from learnpos.errors import ConfigError, DataError, PositionOutOfRange
+from learnpos.errors import ConfigError, DataError, PositionOutOfRange, RunDirError
 from learnpos.files import atomic_write_text
+from learnpos.runs import has_checkpoint
 from learnpos.tasks.base import Batch, Task, register
 
 LOSS_BY_POSITION_FILE = "loss_by_position.json"
@@ -54,6 +55,9 @@ class LMTask(Task):
         tok_file = self.run_dir / TOKENIZER_FILE
         if tok_file.exists():
             self.tokenizer = load_tokenizer(tok_file)
+        elif has_checkpoint(self.run_dir):  # a trained model without its tokenizer: never guess one
+            raise RunDirError(f"{tok_file} is missing but {self.run_dir} holds a trained model; its token ids "
+                              f"mean nothing without it: restore the file (or train again)")
         else:  # a new run: learn the tokenizer from the training text and keep it with the run
             corpus = self._corpus()
             text = corpus.train_text + corpus.val_text if self.lm.tokenizer == "char" else corpus.train_text
@@ -158,6 +162,7 @@ class LMTask(Task):
                 raise PositionOutOfRange(f"the prompt has {len(ids)} tokens; the learned table holds {L}. "
                                          f"Shorten it or pass --sliding with --max-new-tokens")
         fits = L is None or len(ids) + max_new_tokens - 1 <= L
+        V = self.tokenizer.vocab_size  # a model.vocab_size padded beyond it never samples the extra ids
         if not fits and not sliding:  # checked before anything is printed
             raise PositionOutOfRange(
                 f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens needs {len(ids) + max_new_tokens - 1} "
@@ -170,7 +175,7 @@ class LMTask(Task):
             printer = _StreamDecoder(self.tokenizer, stream)
             on_token = lambda tok: printer.add(int(tok[0]))  # noqa: E731
         if fits:
-            out = model.generate([ids], max_new_tokens, on_token=on_token, **sampling)[0]
+            out = model.generate([ids], max_new_tokens, on_token=on_token, vocab_limit=V, **sampling)[0]
         else:
             # Sliding window: generate in chunks, each conditioned on the most recent tokens
             # that leave room for the chunk inside the table (a longer prompt keeps its tail).
@@ -179,7 +184,7 @@ class LMTask(Task):
             while len(out) < max_new_tokens:
                 n = min(chunk, max_new_tokens - len(out))
                 window = context[-(L - n + 1):]
-                new = model.generate([window], n, on_token=on_token, **sampling)[0]
+                new = model.generate([window], n, on_token=on_token, vocab_limit=V, **sampling)[0]
                 out += new
                 context += new
                 if len(new) < n:  # stop token

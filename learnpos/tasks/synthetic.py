@@ -54,6 +54,7 @@ TABLE_IDS = ("segment", "symbol_index")  # the named tables these tasks can fill
 class SyntheticTask(Task):
     config_section, config_class = "synthetic", SyntheticConfig
     causal: bool | None = True
+    fills_tables = TABLE_IDS
 
     def __init__(self, cfg, run_dir=None):
         s = cfg.synthetic
@@ -99,10 +100,7 @@ class SyntheticTask(Task):
             raise ConfigError(f"task '{cfg.task}' needs a {mode}")
         longest = cls.seq_len(max(s.length, s.eval_length), cfg.model.causal)
         need = {"segment": 2, "symbol_index": cls.first_segment(max(s.length, s.eval_length), cfg.model.causal)}
-        for table in cfg.model.tables:
-            if table.name not in TABLE_IDS:
-                raise ConfigError(f"task '{cfg.task}' can fill the tables {', '.join(TABLE_IDS)}, not "
-                                  f"'{table.name}'; rename it or use a task that provides its ids")
+        for table in cfg.model.tables:  # the names were checked against `fills_tables` before
             if table.rows < need[table.name]:
                 raise ConfigError(f"model.tables.{table.name}.rows={table.rows} is too small for task "
                                   f"'{cfg.task}': it needs {need[table.name]}")

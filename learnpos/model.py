@@ -226,6 +226,16 @@ class GPT(nn.Module):
         if isinstance(self.pos, LearnedPositionalEmbedding):
             self.pos.check(None, 0, n)
 
+    def check_ids(self, position_ids: Tensor | None, extra_ids: dict[str, Tensor] | None, T: int) -> None:
+        """The range checks `forward` runs (PositionOutOfRange), on their own: the trainer runs
+        them on the CPU batch, so the step itself needs no host sync (and torch.compile no
+        graph break)."""
+        if isinstance(self.pos, LearnedPositionalEmbedding):
+            self.pos.check(position_ids, 0, T)
+        for name, ids in (extra_ids or {}).items():
+            if name in self.tables:
+                self.tables[name].check(ids, 0, T)
+
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(len(self.blocks), capacity)
 

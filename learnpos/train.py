@@ -7,7 +7,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -217,7 +217,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         lr = lr_at(step, t)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = task.train_batch(step, t.batch_size).to(device)
+        batch = task.train_batch(step, t.batch_size)
+        model.check_ids(batch.position_ids, batch.extra_ids, batch.idx.shape[1])  # on the host, before the step
+        batch = replace(batch, ids_checked=True).to(device)
         with autocast():
             loss = task.loss(forward, batch)
         loss.backward()

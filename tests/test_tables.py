@@ -157,3 +157,29 @@ def test_table_ids_of_the_wrong_shape_or_type_name_the_table():
         with pytest.raises(ValueError, match=match):
             model(idx, extra_ids={**extra, "turn": bad})
     model(idx, extra_ids={**extra, "turn": extra["turn"][:1]})  # (1, T) broadcasts over the batch
+
+
+def test_training_checks_ids_on_the_host_batch_not_in_the_step(tmp_path, monkeypatch):
+    """The trainer range-checks the CPU batch (GPT.check_ids), so the training forward runs
+    with check_ids=False: no host sync per table per step, and no graph break under compile."""
+    seen = []
+    real = GPT.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:
+            seen.append(kwargs.get("check_ids", True))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", spy)
+    over = {**FAST, "train.max_iters": "6", "train.eval_interval": "6", "train.out_dir": str(tmp_path)}
+    train(load_config("reverse-tables", over), quiet=True)
+    assert seen == [False] * 6
+    from learnpos.tasks import build_task
+
+    cfg = load_config("reverse-tables", {**over, "train.out_dir": str(tmp_path / "x")})
+    task = build_task(cfg)
+    cfg.model.vocab_size = task.vocab_size
+    batch = task.train_batch(0, 2)
+    batch.extra_ids["symbol_index"] = batch.extra_ids["symbol_index"] + 1  # 17 is past the 17 rows
+    with pytest.raises(PositionOutOfRange, match="symbol_index id 17"):
+        GPT(cfg.model).check_ids(batch.position_ids, batch.extra_ids, batch.idx.shape[1])

@@ -26,6 +26,7 @@ class Batch:
     position_ids: Tensor | None = None  # (B, T); None = 0..T-1
     attention_mask: Tensor | None = None  # (B, T); 1 = token, 0 = padding; None = no padding
     extra_ids: dict[str, Tensor] = field(default_factory=dict)  # table name -> (B, T) ids (model.tables)
+    ids_checked: bool = False  # position and table ids were range-checked (`GPT.check_ids`) already
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
@@ -36,7 +37,7 @@ class Batch:
     def model_inputs(self) -> dict:
         """Keyword arguments of `GPT.forward` for this batch (everything but targets)."""
         return {"position_ids": self.position_ids, "attention_mask": self.attention_mask,
-                "extra_ids": self.extra_ids or None}
+                "extra_ids": self.extra_ids or None, "check_ids": not self.ids_checked}
 
 
 class Task:

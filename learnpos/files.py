@@ -58,6 +58,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     tmp = temp_path_beside(path)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a run's files are as readable as any other
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -86,10 +86,6 @@ def cmd_train(args, overrides) -> int:
     from learnpos.config import load_config, load_run_config, set_override, validate
     from learnpos.train import train
 
-    if args.data:
-        overrides["lm.data"] = args.data
-    if args.val_data:
-        overrides["lm.val_data"] = args.val_data
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").exists():
@@ -98,9 +94,18 @@ def cmd_train(args, overrides) -> int:
         for key, value in overrides.items():
             set_override(cfg, key, value)
         cfg.train.out_dir = str(run_dir)
-        validate(cfg)
     else:
-        cfg = load_config(args.preset, overrides)
+        preset = args.preset
+        if args.dataset and preset == "demo":  # --dataset NAME without --preset: the dataset's preset
+            preset = _dataset_preset(args.dataset)
+            if overrides.get("task") == "kg":
+                del overrides["task"]  # the preset's own task
+        cfg = load_config(preset, overrides)
+    for flag, field, value in (("--data", "data", args.data), ("--val-data", "val_data", args.val_data),
+                               ("--dataset", "dataset", args.dataset)):
+        if value:  # shorthands for the task's own section: --data PATH = --lm.data=PATH or --kg.data=PATH
+            set_override(cfg, _task_key(cfg, field, flag), value)
+    validate(cfg)
     result = train(cfg, resume=bool(args.resume), quiet=args.quiet)
     m = {k: v for k, v in result.metrics.items() if not isinstance(v, list)}
     if not args.quiet:
@@ -111,18 +116,48 @@ def cmd_train(args, overrides) -> int:
     return 0
 
 
+def _task_key(cfg, field: str, flag: str) -> str:
+    section = next((name for name, sec in cfg.sections.items() if field in {f.name for f in dataclasses.fields(sec)}),
+                   None)
+    if section is None:
+        raise ConfigError(f"{flag}: task '{cfg.task}' has no {field} setting")
+    return f"{section}.{field}"
+
+
+def _dataset_preset(name: str) -> str:
+    from learnpos.config import list_presets
+
+    preset = f"kg-{name.lower()}"
+    if preset not in list_presets():
+        known = ", ".join(p[3:] for p in list_presets() if p.startswith("kg-"))
+        raise ConfigError(f"--dataset {name}: no preset kg-{name.lower()} (presets exist for {known}); for another "
+                          f"dataset pass --task=kg --kg.data=PATH --dataset NAME")
+    return preset
+
+
 def cmd_eval(args, overrides) -> int:
     from learnpos.load import load_run
     from learnpos.train import autocast_for, resolve_device
 
     device = resolve_device(args.device)
     model, cfg, task = load_run(args.run, device)
+    extra = {}
+    if args.split:
+        if args.split not in task.splits:
+            raise ConfigError(f"--split {args.split}: task '{cfg.task}' evaluates {', '.join(task.splits)}")
+        extra["split"] = args.split
+    if args.save_scores:
+        if not task.saves_scores:
+            raise ConfigError(f"--save-scores: task '{cfg.task}' has no score matrix to save")
+        extra["save_scores"] = args.save_scores
     metrics = task.evaluate(model, device, autocast=autocast_for(device, cfg.train.dtype),
-                            length=args.length or None)
+                            length=args.length or None, **extra)
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
     if not args.json or args.verbose:
         for k, v in metrics.items():
-            print(f"{k}: {' '.join(f'{x:.3f}' for x in v) if isinstance(v, list) else f'{v:.4f}'}")
+            shown = " ".join(f"{x:.3f}" for x in v) if isinstance(v, list) else f"{v:.4f}" \
+                if isinstance(v, float) else str(v)
+            print(f"{k}: {shown}")
     if args.json:
         _emit_json({"task": cfg.task, **scalars, "run_dir": str(args.run)})
     return 0
@@ -147,6 +182,25 @@ def cmd_generate(args, overrides) -> int:
                             sliding=args.sliding, skip_unknown=args.skip_unknown, temperature=temperature,
                             top_k=args.top_k, top_p=args.top_p, generator=gen)
         print("" if streaming else text, flush=True)  # streaming already printed the text
+    return 0
+
+
+def cmd_kg(args, overrides) -> int:
+    from learnpos.load import load_run
+    from learnpos.train import resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg, task = load_run(args.run, device)
+    if cfg.task != "kg":
+        raise ConfigError(f"{args.run} is a '{cfg.task}' run; `learnpos kg predict` needs a run of task kg")
+    rows = task.predict(model, args.relation, head=args.head, tail=args.tail, top=args.top)
+    if args.json:
+        _emit_json({"head": args.head, "relation": args.relation, "tail": args.tail, "predictions": rows})
+        return 0
+    query = f"({args.head}, {args.relation}, ?)" if args.head is not None else f"(?, {args.relation}, {args.tail})"
+    print(f"{query}: top {len(rows)} of {task.E} entities (* = a known true triple)")
+    for i, r in enumerate(rows, 1):
+        print(f"{i:3d}. {r['entity']}  {r['score']:.3f}{'  *' if r['known'] else ''}")
     return 0
 
 
@@ -195,8 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a preset plus overrides")
     p.add_argument("--preset", default="demo", help="preset name or .toml path (see `learnpos config --list`)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
-    p.add_argument("--data", help="text file or folder for task lm (same as --lm.data=PATH)")
+    p.add_argument("--data", help="the task's data: text for lm (= --lm.data), a triples folder or .tar.gz for kg "
+                                  "(= --kg.data)")
     p.add_argument("--val-data", help="separate validation text (same as --lm.val_data=PATH)")
+    p.add_argument("--dataset", help="a KG dataset name: picks its preset kg-NAME (umls, kinships, nations, "
+                                     "wn18rr, fb15k-237) and sets kg.dataset")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -204,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained run on its held-out set")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--length", type=int, default=0, help="evaluate on sequences of this length instead")
+    p.add_argument("--split", help="which split (kg: train, valid, test; default: the task's held-out split)")
+    p.add_argument("--save-scores", metavar="FILE", help="kg: write the score matrix, queries and vocabularies "
+                                                         "(safetensors)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -226,6 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("kg", help="knowledge-graph runs: learnpos kg predict --run DIR --head H --relation R")
+    p.add_argument("action", choices=["predict"])
+    p.add_argument("--run", required=True, help="run directory of a kg run")
+    p.add_argument("--relation", required=True)
+    side = p.add_mutually_exclusive_group(required=True)
+    side.add_argument("--head", help="predict the tails of (HEAD, RELATION, ?)")
+    side.add_argument("--tail", help="predict the heads of (?, RELATION, TAIL)")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_kg)
 
     p = sub.add_parser("data", help="download a public corpus: learnpos data fetch tinyshakespeare|wikitext-2")
     p.add_argument("action", choices=["fetch"])
@@ -253,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         overrides = _parse_overrides(rest)
-        if overrides and args.command in ("eval", "generate"):
+        if overrides and args.command in ("eval", "generate", "kg"):
             raise ConfigError(f"'{args.command}' takes no config overrides (got {', '.join(overrides)})")
         return args.func(args, overrides)
     except LearnposError as e:

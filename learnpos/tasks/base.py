@@ -61,6 +61,8 @@ class Task:
     causal: bool | None = None
     streams_text: bool = False  # `respond` produces free text worth streaming (and sampling at T > 0)
     fills_tables: tuple[str, ...] = ()  # the named tables (model.tables) whose ids the task's batches carry
+    splits: tuple[str, ...] = ("valid",)  # what `evaluate(split=...)` accepts; the first is the default
+    saves_scores: bool = False  # `evaluate(save_scores=PATH)` writes the score matrix
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -83,9 +85,10 @@ class Task:
         return cross_entropy(logits, batch.targets)
 
     def evaluate(self, model, device: torch.device, batch_size: int = 64, autocast=None,
-                 length: int | None = None) -> dict:
+                 length: int | None = None, split: str | None = None) -> dict:
         """Held-out metrics, including `loss`. `length`: evaluate on sequences of another
-        length where the task has that notion (raise ConfigError where it cannot)."""
+        length where the task has that notion (raise ConfigError where it cannot). `split`:
+        one of `splits` (None = the first)."""
         raise NotImplementedError
 
     def respond(self, model, prompt: str, max_new_tokens: int = 200, stream=None, **options) -> str:

@@ -117,7 +117,8 @@ class LMTask(Task):
         return np.arange(n, dtype=np.int64) * T
 
     @torch.no_grad()
-    def evaluate(self, model, device, batch_size: int = 64, autocast=None, length: int | None = None) -> dict:
+    def evaluate(self, model, device, batch_size: int = 64, autocast=None, length: int | None = None,
+                 split: str | None = None) -> dict:
         """Loss over windows of `length` tokens (default lm.block_size). Past a learned table
         there is nothing to look up: `length` > max_len is a ConfigError naming the remedies."""
         T = length or self.T

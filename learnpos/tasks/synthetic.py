@@ -152,7 +152,8 @@ class SyntheticTask(Task):
         return n
 
     @torch.no_grad()
-    def evaluate(self, model, device, batch_size: int = 256, autocast=None, length: int | None = None) -> dict:
+    def evaluate(self, model, device, batch_size: int = 256, autocast=None, length: int | None = None,
+                 split: str | None = None) -> dict:
         if length is not None:
             self.check_length(length, model)
         data = self.eval_set(length)

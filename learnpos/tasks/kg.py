@@ -1,0 +1,242 @@
+"""Knowledge-graph completion with learnable positions: a CoKE-style encoder (Wang et al.,
+2019, "CoKE: Contextualized Knowledge Graph Embedding") over (entity, relation) sequences.
+
+A triple (h, r, t) becomes two 3-token queries, each answered by 1-N scoring over all
+entities at the MASK token:
+
+    kg.queries = coke        tail query [h, r, MASK] -> t      head query [MASK, r, t] -> h
+                             nothing but the position tells the model which way it is asked
+    kg.queries = reciprocal  [h, r, MASK] -> t  and  [t, r^-1, MASK] -> h (inverse relations,
+                             Lacroix et al. 2018): the answer is always at position 2
+
+Vocabulary: entities 0..E-1, relations E..E+R-1, inverse relations (reciprocal only), MASK.
+The model is the library's GPT in encoder mode (model.causal=false); the task owns its head
+(`EntityHead`: dense + GELU + LayerNorm on the MASK state, then scores against the entity
+rows of the token embedding plus a bias per entity, as CoKE ties them) and its loss (softmax
+cross-entropy over the entities with label smoothing, one example per query).
+Evaluation is filtered ranking in both directions (`learnpos.analysis.ranking`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor
+
+from learnpos.analysis.ranking import AnswerIndex, RankAccumulator, filtered_ranks
+from learnpos.data.kg import SPLITS, KGData, load_kg
+from learnpos.errors import ConfigError, DataError
+from learnpos.files import atomic_write
+from learnpos.model import IGNORE_INDEX
+from learnpos.tasks.base import Batch, Task, register
+
+log = logging.getLogger(__name__)
+
+QUERY_KINDS = ("coke", "reciprocal")
+
+
+@dataclass
+class KGConfig:
+    """Knowledge-graph completion (task = "kg"): `cfg.kg`."""
+
+    dataset: str = "umls"  # nations | kinships | umls (from PyKEEN if installed) | any name with kg.data
+    data: str = ""  # a folder or .tar.gz with train/valid/test.txt; "" = PyKEEN's copy of the dataset
+    queries: str = "coke"  # coke | reciprocal
+    label_smoothing: float = 0.1
+    eval_split: str = "valid"  # the split evaluated during training (early stopping reads it)
+    eval_batch_size: int = 256  # queries scored at once in evaluation
+
+
+class EntityHead(nn.Module):
+    """Scores over all entities from the hidden state at MASK: CoKE's output layer."""
+
+    def __init__(self, n_embd: int, n_entities: int):
+        super().__init__()
+        self.dense = nn.Linear(n_embd, n_embd)
+        self.ln = nn.LayerNorm(n_embd)
+        self.bias = nn.Parameter(torch.zeros(n_entities))
+        nn.init.normal_(self.dense.weight, std=0.02)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, hidden: Tensor, entity_emb: Tensor) -> Tensor:
+        """hidden (B, C), entity_emb (E, C) -> scores (B, E)."""
+        x = self.ln(F.gelu(self.dense(hidden)))
+        return x @ entity_emb.T + self.bias
+
+
+@register
+class KGTask(Task):
+    name = "kg"
+    config_section, config_class = "kg", KGConfig
+    causal = False
+    splits = SPLITS  # `learnpos eval --split` choices
+    saves_scores = True
+
+    def __init__(self, cfg, run_dir: str | Path | None = None):
+        self.kg, self.seed = cfg.kg, cfg.train.seed
+        self.data: KGData = load_kg(self.kg.dataset, self.kg.data)
+        self.E, self.R = self.data.n_entities, self.data.n_relations
+        self.reciprocal = self.kg.queries == "reciprocal"
+        self.MASK = self.E + self.R * (2 if self.reciprocal else 1)
+        self.vocab_size = self.MASK + 1
+        self.known = AnswerIndex(self.data.known_triples(), self.E, self.R)
+        for split, n in self.data.unseen.items():
+            if n:
+                log.warning("%s: %d %s triples have an entity or relation not seen in training; they are "
+                            "left out of ranking (the standard policy)", self.kg.dataset, n, split)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        kg, m = cfg.kg, cfg.model
+        if kg.queries not in QUERY_KINDS:
+            raise ConfigError(f"kg.queries='{kg.queries}' is not one of: {', '.join(QUERY_KINDS)}")
+        if m.causal:
+            raise ConfigError("task 'kg' needs a bidirectional encoder: set --model.causal=false")
+        if m.positional.kind == "learned" and m.positional.max_len < 3:
+            raise ConfigError("task 'kg' reads 3-token queries: set --model.positional.max_len=3 (or more)")
+        if not 0 <= kg.label_smoothing < 1:
+            raise ConfigError(f"kg.label_smoothing must be in [0, 1), got {kg.label_smoothing}")
+        if kg.eval_split not in SPLITS or kg.eval_batch_size <= 0:
+            raise ConfigError(f"kg.eval_split must be one of {', '.join(SPLITS)} and kg.eval_batch_size positive")
+
+    def heads(self, model_cfg) -> dict[str, nn.Module]:
+        return {"entity": EntityHead(model_cfg.n_embd, self.E)}
+
+    # ------------------------------------------------------------------ queries
+    def queries(self, triples: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
+        """(idx (N, 3) token ids, answers (N,) entity ids) of the `direction` queries."""
+        h, r, t = triples[:, 0], triples[:, 1] + self.E, triples[:, 2]
+        mask = np.full_like(h, self.MASK)
+        if direction == "tail":
+            return np.stack([h, r, mask], 1), t
+        if self.reciprocal:
+            return np.stack([t, r + self.R, mask], 1), h
+        return np.stack([mask, r, t], 1), h
+
+    def _examples(self) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "_train_examples"):
+            tails, heads = self.queries(self.data.train, "tail"), self.queries(self.data.train, "head")
+            self._train_examples = (np.concatenate([tails[0], heads[0]]), np.concatenate([tails[1], heads[1]]))
+        return self._train_examples
+
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        """Every query once per epoch in a seeded order (epoch e's permutation from (seed, e))."""
+        idx, answers = self._examples()
+        n = len(idx)
+        start = step * batch_size
+        picks = []
+        while len(picks) < batch_size:
+            epoch, offset = divmod(start + len(picks), n)
+            order = np.random.default_rng([self.seed, 2, epoch]).permutation(n)
+            picks.extend(order[offset:offset + batch_size - len(picks)].tolist())
+        picks = np.asarray(picks)
+        x = torch.from_numpy(idx[picks])
+        targets = torch.full_like(x, IGNORE_INDEX)
+        targets[x == self.MASK] = torch.from_numpy(answers[picks])
+        return Batch(x, targets)
+
+    def scores(self, model, idx: Tensor) -> Tensor:
+        """(B, E) scores of the entity at each query's MASK."""
+        hidden = model(idx, return_hidden=True).hidden  # (B, 3, C)
+        at_mask = hidden[idx == self.MASK]  # (B, C): one MASK per query
+        head = model.heads["entity"]
+        return head(at_mask, model.tok_emb.weight[:self.E].to(at_mask.dtype))
+
+    def loss(self, model, batch: Batch) -> Tensor:
+        scores = self.scores(model, batch.idx)
+        answers = batch.targets[batch.idx == self.MASK]
+        return F.cross_entropy(scores.float(), answers, label_smoothing=self.kg.label_smoothing)
+
+    # --------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, model, device, batch_size: int | None = None, autocast=None, length: int | None = None,
+                 split: str | None = None, save_scores: str | Path | None = None) -> dict:
+        """Filtered MRR, MR, Hits@1/3/10 per direction and both on `split` (default
+        kg.eval_split). save_scores: write a safetensors file with `scores` (Q, E) float32 (one
+        row per query over all entities, unfiltered), `queries` (Q, 4) int64 rows of (head,
+        relation, tail, direction: 0 = tail query, 1 = head query) and the vocabularies in its
+        metadata (`entities`, `relations`: JSON lists in id order), so any evaluator can re-rank."""
+        if length not in (None, 3):
+            raise ConfigError("task 'kg' has queries of 3 tokens only; --length does not apply")
+        split = split or self.kg.eval_split
+        triples = self.data.split(split)
+        if len(triples) == 0:
+            raise DataError(f"the {split} split of {self.kg.dataset} has no triple to rank")
+        B = batch_size or self.kg.eval_batch_size
+        was_training = model.training
+        model.eval()
+        acc, loss_sum, count = RankAccumulator(), 0.0, 0
+        all_scores, all_queries = [], []
+        keep = save_scores is not None
+        for d, direction in enumerate(("tail", "head")):
+            idx, answers = self.queries(triples, direction)
+            for i in range(0, len(idx), B):
+                x = torch.from_numpy(idx[i:i + B]).to(device)
+                a = torch.from_numpy(answers[i:i + B]).to(device)
+                with autocast() if autocast else contextlib.nullcontext():
+                    s = self.scores(model, x).float()
+                loss_sum += float(F.cross_entropy(s, a, reduction="sum"))
+                count += len(a)
+                acc.add(direction, filtered_ranks(s, a, self.known.mask(direction, triples[i:i + B])))
+                if keep:
+                    all_scores.append(s.cpu())
+                    rows = torch.from_numpy(triples[i:i + B])
+                    all_queries.append(torch.cat([rows, torch.full((len(rows), 1), d)], 1))
+        model.train(was_training)
+        if keep:
+            tensors = {"scores": torch.cat(all_scores).contiguous(), "queries": torch.cat(all_queries).contiguous()}
+            meta = {"entities": json.dumps(self.data.entities), "relations": json.dumps(self.data.relations),
+                    "dataset": self.kg.dataset, "split": split, "kg.queries": self.kg.queries,
+                    "columns": "head, relation, tail, direction (0 = tail query, 1 = head query)"}
+            atomic_write(Path(save_scores), lambda tmp: save_file(tensors, tmp, metadata=meta))
+        return {"loss": loss_sum / count, **acc.metrics(), "split": split,
+                "unseen_excluded": int(self.data.unseen.get(split, 0))}
+
+    # --------------------------------------------------------------- prediction
+    def entity_id(self, name: str) -> int:
+        return self._lookup(name, self.data.entities, "entity")
+
+    def relation_id(self, name: str) -> int:
+        return self._lookup(name, self.data.relations, "relation")
+
+    def _lookup(self, name: str, names: list[str], what: str) -> int:
+        if not hasattr(self, "_ids"):
+            self._ids = {"entity": {n: i for i, n in enumerate(self.data.entities)},
+                         "relation": {n: i for i, n in enumerate(self.data.relations)}}
+        if name in self._ids[what]:
+            return self._ids[what][name]
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise DataError(f"unknown {what} '{name}' in {self.kg.dataset} ({len(names)} {what}s){hint}")
+
+    @torch.no_grad()
+    def predict(self, model, relation: str, head: str | None = None, tail: str | None = None,
+                top: int = 10) -> list[dict]:
+        """The `top` entities for (head, relation, ?) or (?, relation, tail), best first, each
+        marked `known` if the triple is in the data (train, valid or test)."""
+        if (head is None) == (tail is None):
+            raise DataError("give exactly one of --head and --tail (the other side is predicted)")
+        r = self.relation_id(relation)
+        direction = "tail" if head is not None else "head"
+        e = self.entity_id(head if head is not None else tail)
+        triple = np.asarray([[e, r, 0]] if direction == "tail" else [[0, r, e]])
+        idx, _ = self.queries(triple, direction)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        scores = self.scores(model, torch.from_numpy(idx).to(device))[0].float().cpu()
+        model.train(was_training)
+        known = set(self.known.answers(direction, tuple(triple[0])).tolist())
+        best = scores.topk(min(top, self.E))
+        return [{"entity": self.data.entities[i], "score": float(s), "known": i in known}
+                for s, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]

@@ -1,0 +1,244 @@
+"""Knowledge-graph completion: data, the filtered evaluator (proven equal to PyKEEN's), the
+CoKE-style task, and its commands."""
+
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_data_dir
+from safetensors import safe_open
+
+from learnpos.analysis.ranking import AnswerIndex, RankAccumulator, filtered_ranks
+from learnpos.config import load_config
+from learnpos.data.kg import index_triples, load_kg, read_splits
+from learnpos.errors import ConfigError, DataError
+
+SHARED = shared_data_dir()
+
+
+def write_dataset(folder, train, valid, test, crlf=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    end = "\r\n" if crlf else "\n"
+    for name, rows in (("train", train), ("valid", valid), ("test", test)):
+        (folder / f"{name}.txt").write_text("".join("\t".join(r) + end for r in rows), encoding="utf-8")
+    return folder
+
+
+def toy_graph(n=12, seed=0):
+    """A small graph with structure a model can learn: r0 is a permutation, r1 its inverse."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    triples = [(f"e{i}", "next", f"e{perm[i]}") for i in range(n)] + \
+              [(f"e{perm[i]}", "prev", f"e{i}") for i in range(n)]
+    rng.shuffle(triples)
+    return triples
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def test_dataset_folder_tar_and_crlf_read_the_same(tmp_path):
+    tri = toy_graph()
+    plain = write_dataset(tmp_path / "plain", tri[:18], tri[18:21], tri[21:])
+    crlf = write_dataset(tmp_path / "crlf", tri[:18], tri[18:21], tri[21:], crlf=True)
+    with tarfile.open(tmp_path / "ds.tar.gz", "w:gz") as tar:
+        tar.add(plain, arcname="ds")  # members in a subfolder, as release archives have them
+    a, b, c = read_splits(plain), read_splits(crlf), read_splits(tmp_path / "ds.tar.gz")
+    assert a == b == c and len(a["train"]) == 18
+
+
+def test_malformed_lines_name_the_file_and_line(tmp_path):
+    folder = write_dataset(tmp_path / "d", [("a", "r", "b")], [], [])
+    (folder / "train.txt").write_text("a\tr\tb\na\tr\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.txt line 2: expected 3 tab-separated fields"):
+        read_splits(folder)
+    (folder / "train.txt").write_text("a\t\tb\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.txt line 1: empty field"):
+        read_splits(folder)
+    (folder / "test.txt").unlink()
+    with pytest.raises(DataError, match="has no test.txt"):
+        read_splits(folder)
+    with pytest.raises(DataError, match="give --kg.data PATH"):
+        load_kg("wn18rr")
+
+
+def test_unseen_entities_are_counted_and_left_out(tmp_path):
+    tri = toy_graph()
+    data = index_triples({"train": tri, "valid": [("e0", "next", "zz"), tri[0]],
+                          "test": [("e1", "unknown-rel", "e2"), ("new", "next", "e3"), tri[1]]})
+    assert data.unseen == {"valid": 1, "test": 2}
+    assert len(data.valid) == 1 and len(data.test) == 1
+
+
+# ----------------------------------------------------------------------------- evaluator
+
+
+def reference_ranks(scores, answer, known):
+    """Realistic rank by the definition, one query at a time, in plain Python."""
+    s = scores[answer]
+    others = [scores[e] for e in range(len(scores)) if e == answer or e not in known]
+    optimistic = 1 + sum(x > s for x in others)
+    pessimistic = sum(x >= s for x in others)
+    return (optimistic + pessimistic) / 2
+
+
+def test_filtered_ranks_by_the_definition_with_ties():
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.1], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    answers = torch.tensor([0, 3])
+    known = torch.tensor([[True, True, False, False, False], [False, True, False, True, False]])
+    got = filtered_ranks(scores, answers, known).tolist()
+    # query 0: 0.9 is filtered; ties with two others: optimistic 1, pessimistic 3 -> 2
+    # query 1: all equal, entity 1 filtered: 4 candidates tie -> (1 + 4) / 2
+    assert got == [2.0, 2.5]
+    for b in range(2):
+        assert got[b] == reference_ranks(scores[b].tolist(), int(answers[b]), set(np.flatnonzero(known[b])))
+
+
+@pytest.fixture(scope="module")
+def scored_queries():
+    """A random graph, score matrices with many ties (scores rounded to a coarse grid), and
+    the queries of a test split, for both evaluators."""
+    rng = np.random.default_rng(3)
+    E, R = 40, 5
+    triples = np.unique(np.stack([rng.integers(0, E, 600), rng.integers(0, R, 600), rng.integers(0, E, 600)], 1),
+                        axis=0)
+    test = triples[rng.choice(len(triples), 80, replace=False)]
+    scores = {d: torch.from_numpy(np.round(rng.normal(size=(len(test), E)), 1)).float() for d in ("tail", "head")}
+    return E, R, triples, test, scores
+
+
+def test_evaluator_equals_pykeen_rank_based_evaluator(scored_queries):
+    """The same score matrices through PyKEEN's own filtering and RankBasedEvaluator and through
+    learnpos's: every metric, per direction and both, equal to 1e-6 (ties included: the
+    scores sit on a 0.1 grid)."""
+    pytest.importorskip("pykeen")
+    from pykeen.evaluation import RankBasedEvaluator
+    from pykeen.evaluation.evaluator import _evaluate_batch
+
+    E, R, known, test, scores = scored_queries
+
+    class Fixed:  # a PyKEEN model stand-in that returns the given score matrix
+        def predict(self, hrt_batch, target, slice_size=None, mode=None):
+            return scores["tail" if target == "tail" else "head"].clone()
+
+    evaluator = RankBasedEvaluator(filtered=True)
+    for target in ("tail", "head"):
+        _evaluate_batch(batch=torch.from_numpy(test), model=Fixed(), target=target, evaluator=evaluator,
+                        slice_size=None, all_pos_triples=torch.from_numpy(known), relation_filter=None,
+                        restrict_entities_to=None, mode=None)
+    theirs = evaluator.finalize()
+
+    index, acc = AnswerIndex(known, E, R), RankAccumulator()
+    for direction, column in (("tail", 2), ("head", 0)):
+        answers = torch.from_numpy(test[:, column])
+        acc.add(direction, filtered_ranks(scores[direction], answers, index.mask(direction, test)))
+    ours = acc.metrics()
+    names = {"mrr": "inverse_harmonic_mean_rank", "mr": "arithmetic_mean_rank", "hits@1": "hits_at_1",
+             "hits@3": "hits_at_3", "hits@10": "hits_at_10"}
+    compared = 0
+    for side, prefix in (("both", ""), ("tail", "tail_"), ("head", "head_")):
+        for ours_name, pykeen_name in names.items():
+            expected = theirs.get_metric(f"{side}.realistic.{pykeen_name}")
+            assert ours[prefix + ours_name] == pytest.approx(expected, abs=1e-6), (side, ours_name)
+            compared += 1
+    assert compared == 15
+    assert 0 < ours["hits@1"] < ours["hits@10"] < 1  # the fixture exercises ties and misses
+
+
+def test_answer_index_masks_every_known_answer(scored_queries):
+    E, R, known, test, _ = scored_queries
+    index = AnswerIndex(known, E, R)
+    mask = index.mask("tail", test).numpy()
+    for row, (h, r, _t) in zip(mask, test, strict=True):
+        assert set(np.flatnonzero(row)) == {t for hh, rr, t in known if hh == h and rr == r}
+
+
+# ---------------------------------------------------------------------------------- task
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    from learnpos.train import train
+
+    root = tmp_path_factory.mktemp("kg")
+    tri = toy_graph(16)
+    data = write_dataset(root / "toy", tri, tri[:6], tri[6:12])  # valid/test repeat train: learnable
+    cfg = load_config("kg-umls", {"kg.data": str(data), "kg.dataset": "toy", "model.n_layer": "2",
+                                  "model.n_embd": "64", "train.max_iters": "300", "train.eval_interval": "150",
+                                  "train.warmup_iters": "20", "train.batch_size": "32", "train.lr": "3e-3",
+                                  "model.dropout": "0.0", "train.out_dir": str(root / "run")})
+    result = train(cfg, quiet=True)
+    return root, result
+
+
+def test_kg_task_learns_and_reports_filtered_metrics(toy_run):
+    root, result = toy_run
+    m = result.metrics
+    assert m["split"] == "valid" and m["queries"] == 12
+    assert m["mrr"] > 0.9, m  # memorised: the valid triples are training triples
+    for key in ("tail_mrr", "head_mrr", "hits@1", "hits@3", "hits@10", "mr"):
+        assert key in m
+
+
+def test_coke_queries_differ_only_by_position():
+    cfg = load_config("kg-umls", {"kg.data": str(SHARED / "umls")}) if (SHARED / "umls").exists() else None
+    if cfg is None:
+        pytest.skip("needs ../shared/data")
+    from learnpos.tasks import build_task
+
+    task = build_task(cfg)
+    tail, _ = task.queries(task.data.test[:1], "tail")
+    head, _ = task.queries(task.data.test[:1], "head")
+    assert tail[0, 2] == head[0, 0] == task.MASK and tail[0, 1] == head[0, 1]
+    assert task.vocab_size == task.E + task.R + 1
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "learnpos.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_eval_split_save_scores_and_predict(toy_run):
+    root, result = toy_run
+    run = root / "run"
+    r = cli("eval", "--run", str(run), "--split", "test", "--json", "--save-scores", str(root / "s.safetensors"),
+            cwd=root)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert m["split"] == "test" and m["queries"] == 12
+    with safe_open(root / "s.safetensors", framework="pt") as f:
+        scores, queries, meta = f.get_tensor("scores"), f.get_tensor("queries"), f.metadata()
+    entities = json.loads(meta["entities"])
+    assert scores.dtype == torch.float32 and scores.shape == (12, len(entities)) and queries.shape == (12, 4)
+    assert set(queries[:, 3].tolist()) == {0, 1} and meta["split"] == "test"
+    # the saved matrix re-ranks to the reported MRR
+    from learnpos.data.kg import load_kg as load
+
+    data = load("toy", str(root / "toy"))
+    index, acc = AnswerIndex(data.known_triples(), data.n_entities, data.n_relations), RankAccumulator()
+    for d, (direction, column) in enumerate((("tail", 2), ("head", 0))):
+        rows = queries[:, 3] == d
+        q = queries[rows, :3].numpy()
+        acc.add(direction, filtered_ranks(scores[rows], torch.from_numpy(q[:, column]), index.mask(direction, q)))
+    assert acc.metrics()["mrr"] == pytest.approx(m["mrr"], abs=1e-6)
+
+    p = cli("kg", "predict", "--run", str(run), "--head", "e0", "--relation", "next", "--top", "3", "--json",
+            cwd=root)
+    assert p.returncode == 0, p.stderr
+    preds = json.loads(p.stdout.strip().splitlines()[-1])["predictions"]
+    assert len(preds) == 3 and preds[0]["known"] is True
+    bad = cli("kg", "predict", "--run", str(run), "--head", "e99", "--relation", "nxt", cwd=root)
+    assert bad.returncode == 2 and "unknown relation 'nxt'" in bad.stderr and "closest: next" in bad.stderr
+    bad = cli("eval", "--run", str(run), "--split", "dev", cwd=root)
+    assert bad.returncode == 2 and "evaluates train, valid, test" in bad.stderr
+
+
+def test_kg_config_errors():
+    with pytest.raises(ConfigError, match="needs a bidirectional encoder"):
+        load_config("kg-umls", {"model.causal": "true"})
+    with pytest.raises(ConfigError, match="kg.queries='both' is not one of: coke, reciprocal"):
+        load_config("kg-umls", {"kg.queries": "both"})

@@ -103,6 +103,13 @@ class TrainConfig:
     # precision `auto` chose, so a resumed run keeps it on any machine.
     dtype: str = "auto"
     compile: bool = False  # torch.compile the model (worth it on CUDA)
+    # Track the best evaluation by this metric of the task's evaluate() (e.g. "mrr" for kg,
+    # "loss" for lm); "" = off. Its weights are kept in <run>/best/ and are what eval,
+    # generate and predict load. With patience > 0, stop after that many evaluations
+    # without improvement.
+    early_stop_metric: str = ""
+    early_stop_mode: str = "max"  # max | min: which direction is better
+    early_stop_patience: int = 0
     position_stats: bool = False  # record per-row gradient norms/counts/displacement of every learned table
     out_dir: str = "runs/default"
 
@@ -430,6 +437,12 @@ def validate(cfg: Config) -> None:
     _choice(m.attention, ("auto", "sdpa", "matmul"), "model.attention")
     _choice(t.optimizer, ("adamw", "sgd"), "train.optimizer")
     _choice(t.dtype, ("auto", "float32", "bfloat16"), "train.dtype")
+    _choice(t.early_stop_mode, ("max", "min"), "train.early_stop_mode")
+    if t.early_stop_patience < 0:
+        raise ConfigError(f"train.early_stop_patience must be >= 0 (0 = never stop early), got {t.early_stop_patience}")
+    if t.early_stop_patience and not t.early_stop_metric:
+        raise ConfigError("train.early_stop_patience needs train.early_stop_metric "
+                          "(e.g. --train.early_stop_metric=mrr)")
     for key, value in [("model.n_layer", m.n_layer), ("model.n_head", m.n_head), ("model.n_embd", m.n_embd),
                        ("model.positional.max_len", p.max_len), ("train.batch_size", t.batch_size),
                        ("train.max_iters", t.max_iters), ("train.eval_interval", t.eval_interval),

@@ -14,7 +14,7 @@ import torch
 from learnpos.config import Config, load_run_config
 from learnpos.errors import RunDirError
 from learnpos.model import GPT
-from learnpos.runs import CONFIG_FILE, latest_checkpoint, load_weights
+from learnpos.runs import CONFIG_FILE, load_weights, model_checkpoint
 from learnpos.tasks import Task, build_task
 
 
@@ -24,7 +24,8 @@ def build_model(cfg: Config, task: Task) -> GPT:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Config, Task]:
-    """(model in eval mode, config, task) of a finished or checkpointed run."""
+    """(model in eval mode, config, task) of a finished or checkpointed run, with the weights
+    of its best evaluation if it tracked one (train.early_stop_metric), else its latest."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
         raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with `learnpos train`")
@@ -32,6 +33,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[G
     cfg.train.out_dir = str(run_dir)  # where it is now, not where it was trained
     task = build_task(cfg, run_dir)
     model = build_model(cfg, task).to(device)
-    load_weights(model, latest_checkpoint(run_dir))
+    load_weights(model, model_checkpoint(run_dir))  # the best evaluation's weights where the run kept them
     model.eval()
     return model, cfg, task

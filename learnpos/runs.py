@@ -2,6 +2,7 @@
 
     <run>/config.json                       the resolved Config
     <run>/metrics.jsonl                     one JSON object per log/eval event (append-only)
+    <run>/best/step-<N>/                    the best evaluation's weights (train.early_stop_metric)
     <run>/checkpoints/step-<N>/             one complete checkpoint:
         model.safetensors                   weights (tied head omitted), metadata {"step": N}
         trainer_state.pt                    optimizer state, step, RNG (loaded with weights_only=True)
@@ -36,7 +37,7 @@ from learnpos.files import append_line, atomic_write_text, fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR = "config.json", "metrics.jsonl", "checkpoints"
+CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, BEST_DIR = "config.json", "metrics.jsonl", "checkpoints", "best"
 MODEL_FILE, STATE_FILE, STATS_FILE, MANIFEST_FILE = (
     "model.safetensors", "trainer_state.pt", "position_stats.safetensors", "manifest.json")
 KEEP_CHECKPOINTS = 2
@@ -53,8 +54,8 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def _step_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:08d}"
+def _step_dir(run_dir: Path, step: int, kind: str = CHECKPOINTS_DIR) -> Path:
+    return Path(run_dir) / kind / f"step-{step:08d}"
 
 
 def _remove_dir(path: Path) -> None:
@@ -65,9 +66,12 @@ def _remove_dir(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable[[Path], object]]) -> Path:
-    """Write one checkpoint: `writers[name](path)` writes file `name`. Returns its folder."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
+def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable[[Path], object]],
+                     kind: str = CHECKPOINTS_DIR) -> Path:
+    """Write one checkpoint: `writers[name](path)` writes file `name`. Returns its folder.
+    kind: `checkpoints` (the newest two are kept) or `best` (the weights of the best
+    evaluation under train.early_stop_metric; one is kept)."""
+    root = Path(run_dir) / kind
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=root))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run's other files
@@ -80,7 +84,7 @@ def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable
         (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1), encoding="utf-8")
         fsync_file(tmp / MANIFEST_FILE)
         fsync_dir(tmp)
-        final = _step_dir(run_dir, step)
+        final = _step_dir(run_dir, step, kind)
         trash = None
         if final.exists():  # the same step saved again: move the old one aside first, delete it after
             trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
@@ -92,16 +96,16 @@ def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable
     fsync_dir(root)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
-    for old in checkpoint_dirs(run_dir)[:-KEEP_CHECKPOINTS]:
+    for old in checkpoint_dirs(run_dir, kind)[:-(KEEP_CHECKPOINTS if kind == CHECKPOINTS_DIR else 1)]:
         _remove_dir(old)
     for stale in root.glob(".t*-step-*"):  # temp folders of killed writers, trash of killed deletes
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
-def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+def checkpoint_dirs(run_dir: str | Path, kind: str = CHECKPOINTS_DIR) -> list[Path]:
     """Every complete checkpoint folder, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
+    root = Path(run_dir) / kind
     if not root.is_dir():
         return []
     folders = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
@@ -124,15 +128,21 @@ def verify_checkpoint(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def has_checkpoint(run_dir: str | Path) -> bool:
-    return bool(checkpoint_dirs(run_dir))
+def has_checkpoint(run_dir: str | Path, kind: str = CHECKPOINTS_DIR) -> bool:
+    return bool(checkpoint_dirs(run_dir, kind))
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path:
+def model_checkpoint(run_dir: str | Path) -> Path:
+    """The weights a finished run is used with: the best evaluation's (`best/`, written when
+    train.early_stop_metric is set), else the latest checkpoint."""
+    return latest_checkpoint(run_dir, BEST_DIR) if has_checkpoint(run_dir, BEST_DIR) else latest_checkpoint(run_dir)
+
+
+def latest_checkpoint(run_dir: str | Path, kind: str = CHECKPOINTS_DIR) -> Path:
     """The newest checkpoint whose files verify; an older one (with a warning) if the newest
     is damaged. RunDirError when there is none."""
     run_dir = Path(run_dir)
-    folders = checkpoint_dirs(run_dir)
+    folders = checkpoint_dirs(run_dir, kind)
     if not folders:
         raise RunDirError(f"{run_dir} has no checkpoint ({CHECKPOINTS_DIR}/step-*/); train it first, "
                           f"or is it a learnpos run directory?")

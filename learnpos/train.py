@@ -21,6 +21,7 @@ from learnpos.load import build_model
 from learnpos.model import GPT
 from learnpos.optim import build_optimizer, lr_at
 from learnpos.runs import (
+    BEST_DIR,
     CONFIG_FILE,
     MODEL_FILE,
     STATE_FILE,
@@ -191,8 +192,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
     folder = _resume_point(run_dir) if resume else None
     if folder is not None:
         step = _load_checkpoint(folder, model, optimizer, device)
-    if resume:
-        truncate_metrics(run_dir, step)  # also drops a line cut off by a kill mid-append
+    history = truncate_metrics(run_dir, step) if resume else []  # also drops a line cut off mid-append
+    best, since_best = _best_so_far(history, t)
     tables = {name: table.weight for name, table in model.learned_tables().items()}
     stats = None
     if t.position_stats and tables:
@@ -247,16 +248,57 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         if eval_now:
             metrics = task.evaluate(model, device, autocast=autocast)
             append_metrics(run_dir, {"step": step, "split": "val", **metrics})
+            stop = False
+            if t.early_stop_metric:
+                value = _metric(metrics, t.early_stop_metric, cfg.task)
+                if best is None or (value > best if t.early_stop_mode == "max" else value < best):
+                    best, since_best = value, 0  # the best weights go first: see _best_so_far
+                    write_checkpoint(run_dir, step, {MODEL_FILE: lambda p, n=step: save_weights(p, model, n)}, BEST_DIR)
+                else:
+                    since_best += 1
+                stop = t.early_stop_patience > 0 and since_best >= t.early_stop_patience
             checkpoint()
             if not quiet:
                 bar.write(_summary(step, metrics))
+            if stop:
+                log.warning("early stop at step %d: %s has not improved on %.6g for %d evaluations",
+                            step, t.early_stop_metric, best, since_best)
+                break
     bar.close()
 
-    if step == t.max_iters:
+    if step == t.max_iters or (t.early_stop_patience and step < t.max_iters):
         from learnpos.analysis.plots import save_position_plots
 
         save_position_plots(model, run_dir)
     return TrainResult(run_dir, model, step, metrics, time.perf_counter() - t0)
+
+
+def _metric(metrics: dict, name: str, task: str) -> float:
+    value = metrics.get(name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        numbers = ", ".join(k for k, v in metrics.items() if isinstance(v, float))
+        raise ConfigError(f"train.early_stop_metric='{name}' is not a metric of task '{task}'; it reports: {numbers}")
+    return float(value)
+
+
+def _best_so_far(history: list[dict], t) -> tuple[float | None, int]:
+    """The best value of the early-stopping metric in the evaluations logged so far and how
+    many evaluations came after it: a resumed run continues the count from its log. (The
+    best weights are written before the checkpoint of the same step, so a kill between the
+    two leaves best/ at most one evaluation ahead of the log, which the resumed run, being
+    bit-exact, rewrites with the same weights when it gets there.)"""
+    best, since = None, 0
+    if not t.early_stop_metric:
+        return best, since
+    for record in history:
+        value = record.get(t.early_stop_metric) if record.get("split") == "val" else None
+        if not isinstance(value, (int, float)):
+            continue
+        if best is None or (value > best if t.early_stop_mode == "max" else value < best):
+            best, since = float(value), 0
+        else:
+            since += 1
+    return best, since
 
 
 def _summary(step: int, metrics: dict) -> str:

@@ -178,7 +178,7 @@ def toy_run(tmp_path_factory):
 def test_kg_task_learns_and_reports_filtered_metrics(toy_run):
     root, result = toy_run
     m = result.metrics
-    assert m["split"] == "valid" and m["queries"] == 12
+    assert m["ranked_split"] == "valid" and m["queries"] == 12
     assert m["mrr"] > 0.9, m  # memorised: the valid triples are training triples
     for key in ("tail_mrr", "head_mrr", "hits@1", "hits@3", "hits@10", "mr"):
         assert key in m
@@ -209,7 +209,7 @@ def test_eval_split_save_scores_and_predict(toy_run):
             cwd=root)
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
-    assert m["split"] == "test" and m["queries"] == 12
+    assert m["ranked_split"] == "test" and m["queries"] == 12
     with safe_open(root / "s.safetensors", framework="pt") as f:
         scores, queries, meta = f.get_tensor("scores"), f.get_tensor("queries"), f.metadata()
     entities = json.loads(meta["entities"])

@@ -251,3 +251,28 @@ def test_metrics_lines_must_be_objects(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n[1, 2]\n')
     with pytest.raises(RunDirError, match="line 2 is not a JSON object"):
         read_metrics(tmp_path)
+
+
+def test_early_stopping_keeps_the_best_weights_and_resumes_its_count(tmp_path):
+    """Stop after `patience` evaluations without improvement; the best evaluation's weights
+    are in best/ and are what load_run gives; a resumed run continues the count from its log."""
+    from safetensors.torch import load_file
+
+    from learnpos.load import load_run
+
+    over = {**FAST, "train.max_iters": "100", "train.lr": "1e-6", "train.min_lr": "1e-7",
+            "train.early_stop_metric": "exact_match", "train.early_stop_patience": "2"}
+    a = train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "a")}), quiet=True)
+    assert a.step == 30  # evals at 10 (best: exact-match 0), 20, 30 without improvement: stop
+    assert [p.name for p in (tmp_path / "a/best").iterdir()] == ["step-00000010"]
+    model, _, _ = load_run(tmp_path / "a")
+    best = load_file(tmp_path / "a/best/step-00000010/model.safetensors")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.items())
+    assert not all(torch.equal(a.model.state_dict()[k], v) for k, v in best.items())  # not the last weights
+    b = load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")})
+    train(b, quiet=True, stop_after=20)
+    assert train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")}), resume=True,
+                 quiet=True).step == 30
+    with pytest.raises(Exception, match="early_stop_metric='mrr' is not a metric of task 'reverse'"):
+        train(load_config("demo", {**over, "train.early_stop_metric": "mrr", "train.out_dir": str(tmp_path / "c")}),
+              quiet=True)

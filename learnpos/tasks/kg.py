@@ -199,7 +199,7 @@ class KGTask(Task):
                     "dataset": self.kg.dataset, "split": split, "kg.queries": self.kg.queries,
                     "columns": "head, relation, tail, direction (0 = tail query, 1 = head query)"}
             atomic_write(Path(save_scores), lambda tmp: save_file(tensors, tmp, metadata=meta))
-        return {"loss": loss_sum / count, **acc.metrics(), "split": split,
+        return {"loss": loss_sum / count, **acc.metrics(), "ranked_split": split,
                 "unseen_excluded": int(self.data.unseen.get(split, 0))}
 
     # --------------------------------------------------------------- prediction

@@ -34,6 +34,7 @@ BENCHMARKS = {
     "attention": ["--keys", "64,128,256,512"],
     "position_probe": [],
     "reference_speed": [],
+    "kg_positions": ["--dataset", "umls"],
 }
 
 
@@ -114,6 +115,15 @@ def _position_probe(r: dict) -> list[str]:
     return lines
 
 
+def _kg_positions(r: dict) -> list[str]:
+    lines = ["| positions | test MRR | tail MRR | head MRR | Hits@1 | Hits@10 | wall s per run |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, m in r["by_positions"].items():
+        lines.append(f"| {kind} | {m['mrr']:.3f} | {m['tail_mrr']:.3f} | {m['head_mrr']:.3f} | {m['hits@1']:.3f} "
+                     f"| {m['hits@10']:.3f} | {m['wall_s']:.0f} |")
+    return lines
+
+
 def _reference_speed(r: dict) -> list[str]:
     return ["| NumPy float64 reference ms | PyTorch ms | ratio |", "|---|---|---|",
             f"| {r['reference_ms']} | {r['torch_ms']} | {r['ratio']}x |"]
@@ -137,6 +147,9 @@ SECTIONS = {
                        "presets)."),
     "reference_speed": ("The NumPy reference", _reference_speed,
                         "One forward + backward of the verify model: float64 NumPy against PyTorch."),
+    "kg_positions": ("What the positions do in KG completion", _kg_positions,
+                     "The CoKE-style model with learned, sinusoidal and no positions (coke queries: the direction "
+                     "of a query is carried by position only); test split, filtered, both directions."),
 }
 
 

@@ -70,7 +70,10 @@ class ModelConfig:
     n_layer: int = 2
     n_head: int = 4
     n_embd: int = 64
-    dropout: float = 0.0
+    dropout: float = 0.0  # every dropout below that is not set on its own
+    embd_dropout: float | None = None  # on the embedding sum h (None = dropout)
+    attn_dropout: float | None = None  # on the attention probabilities (None = dropout)
+    resid_dropout: float | None = None  # on each block's attention and MLP outputs (None = dropout)
     bias: bool = True  # biases in Linear and LayerNorm (GPT-2 has them)
     tie_weights: bool = True  # share the token embedding with the output head
     causal: bool = True  # false = bidirectional encoder (masked-token tasks, KG completion)
@@ -462,8 +465,10 @@ def validate(cfg: Config) -> None:
     sinusoid_inits += [tb.init == "sinusoidal" for tb in m.tables]
     if any(sinusoid_inits) and m.n_embd % 2 != 0:
         raise ConfigError(f"sinusoidal positions need an even model.n_embd, got {m.n_embd}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    for key in ("dropout", "embd_dropout", "attn_dropout", "resid_dropout"):
+        value = getattr(m, key)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ConfigError(f"model.{key} must be in [0, 1), got {value}")
     if p.init_std <= 0:
         raise ConfigError(f"model.positional.init_std must be positive, got {p.init_std}")
     _validate_tables(m.tables)

@@ -110,6 +110,11 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- layers
 
 
+def _rate(specific: float | None, default: float) -> float:
+    """A dropout rate: its own setting (model.attn_dropout, ...) or model.dropout."""
+    return default if specific is None else specific
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with fused qkv and a KV cache. The attention itself is
     `learnpos.attention.attend`: SDPA, or a matmul kernel where `model.attention` says so."""
@@ -119,7 +124,7 @@ class SelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = cfg.dropout
+        self.dropout = _rate(cfg.attn_dropout, cfg.dropout)
         self.attention = cfg.attention  # auto | sdpa | matmul
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
@@ -158,7 +163,7 @@ class Block(nn.Module):
         self.attn = SelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(_rate(cfg.resid_dropout, cfg.dropout))
 
     def forward(self, x: Tensor, rope, mask, is_causal, cache, layer) -> Tensor:
         x = x + self.drop(self.attn(self.ln1(x), rope, mask, is_causal, cache, layer))
@@ -179,7 +184,7 @@ class GPT(nn.Module):
         self.tables = nn.ModuleDict({  # named learned tables (turns, speakers, ...) summed into h
             t.name: LearnedPositionalEmbedding(t.rows, cfg.n_embd, t.init, t.init_std, name=t.name,
                                                weight_decay=t.weight_decay) for t in cfg.tables})
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(_rate(cfg.embd_dropout, cfg.dropout))  # on h
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)

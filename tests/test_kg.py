@@ -242,3 +242,21 @@ def test_kg_config_errors():
         load_config("kg-umls", {"model.causal": "true"})
     with pytest.raises(ConfigError, match="kg.queries='both' is not one of: coke, reciprocal"):
         load_config("kg-umls", {"kg.queries": "both"})
+
+
+def test_train_dataset_from_the_cli(tmp_path):
+    """`learnpos train --dataset umls`, cut to a few steps: the preset, PyKEEN's copy (or the
+    shared data), early stopping's best weights, and a filtered test evaluation."""
+    if (SHARED / "umls").exists():
+        data = ["--data", str(SHARED / "umls")]
+    else:
+        pytest.importorskip("pykeen")  # PyKEEN's own copy of UMLS
+        data = []
+    r = cli("train", "--dataset", "umls", *data, "--train.max_iters=10", "--train.eval_interval=10",
+            "--train.warmup_iters=2", "--model.n_layer=1", "--quiet", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["task"] == "kg" and 0 < res["mrr"] <= 1 and res["queries"] == 2 * 652  # UMLS valid: 652 triples
+    assert (tmp_path / "runs/kg-umls/best/step-00000010/model.safetensors").exists()
+    e = cli("eval", "--run", "runs/kg-umls", "--split", "test", "--json", cwd=tmp_path)
+    assert e.returncode == 0 and json.loads(e.stdout.strip().splitlines()[-1])["queries"] == 2 * 661

@@ -172,3 +172,15 @@ def test_loss_keeps_float64_for_a_float64_model():
     assert out.loss.dtype == torch.float64
     manual = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), idx.flatten())
     assert abs(out.loss.item() - manual.item()) < 1e-14
+
+
+def test_dropouts_are_configurable_one_by_one():
+    """model.embd_dropout, attn_dropout and resid_dropout each override model.dropout."""
+    cfg = ModelConfig(vocab_size=V, n_layer=1, n_head=2, n_embd=16, dropout=0.1, attn_dropout=0.3, resid_dropout=0.0)
+    model = GPT(cfg)
+    assert model.drop.p == 0.1 and model.blocks[0].attn.dropout == 0.3 and model.blocks[0].drop.p == 0.0
+    from learnpos.config import load_config
+    from learnpos.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.attn_dropout must be in"):
+        load_config("demo", {"model.attn_dropout": "1.5"})

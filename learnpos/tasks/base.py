@@ -95,7 +95,7 @@ class Task:
         """Answer one text prompt (used by `learnpos generate`); `stream(text)` gets pieces as
         they are produced. `options`: sampling (temperature, top_k, top_p, generator) and
         task-specific flags."""
-        raise NotImplementedError
+        raise ConfigError(f"task '{self.name}' does not answer text prompts (`learnpos generate`)")
 
 
 TASKS: dict[str, type[Task]] = {}  # task name -> class, filled by `register`

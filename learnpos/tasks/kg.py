@@ -203,6 +203,10 @@ class KGTask(Task):
                 "unseen_excluded": int(self.data.unseen.get(split, 0))}
 
     # --------------------------------------------------------------- prediction
+    def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:
+        raise ConfigError("a kg run answers queries, not text: use `learnpos kg predict --run DIR --head H "
+                          "--relation R` (or --tail T)")
+
     def entity_id(self, name: str) -> int:
         return self._lookup(name, self.data.entities, "entity")
 
@@ -217,7 +221,8 @@ class KGTask(Task):
             return self._ids[what][name]
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else ""
-        raise DataError(f"unknown {what} '{name}' in {self.kg.dataset} ({len(names)} {what}s){hint}")
+        plural = "entities" if what == "entity" else "relations"
+        raise DataError(f"unknown {what} '{name}' in {self.kg.dataset} ({len(names)} {plural}){hint}")
 
     @torch.no_grad()
     def predict(self, model, relation: str, head: str | None = None, tail: str | None = None,

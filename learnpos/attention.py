@@ -29,12 +29,10 @@ MODES = ("auto", "sdpa", "matmul")
 # fixed cost per (batch, head, block). With short keys, plain attention (batched matmuls
 # around a softmax, which AMX/AVX-512 run well) with a hand-written backward is much faster,
 # and causal attention skips the key blocks no query in a block may see. benchmarks/attention.py
-# prints the comparison (one layer fwd+bwd in bf16, 6 heads of 64). On a 2-core Xeon with AMX,
-# torch 2.13, where this limit was set: 1.9x faster than SDPA at 64 keys, 2.4x at 128, 1.4x at
-# 256, 1.15x at 512, 0.7x at 1024. On a shared 2-core AMD EPYC with AVX512-BF16 (no AMX), torch
-# 2.13, over five runs (two above 256 keys; SDPA's time swung 2x between runs): 1.7-2.5x at 64,
-# 1.8-3.3x at 128, 1.2-2.0x at 256, 1.6-2.4x at 512, 1.0-1.8x at 1024. `auto` uses it up to 256
-# keys, which also bounds the saved probabilities (B nh T S) that SDPA does not keep.
+# prints the comparison (one layer fwd+bwd in bf16, 6 heads of 64); its last saved run is in
+# docs/performance.md. The 256-key limit of `auto` was set on a 2-core Xeon with AMX, where the
+# kernel lost to SDPA at 1024 keys; it also bounds the saved probabilities (B nh T S) that SDPA
+# does not keep.
 MAX_KEYS = 256
 # Rows per query block. At <= 256 keys 64-row blocks and one block measured even (slicing makes
 # bmm copy its operands and dk/dv are summed, which eats the skipped work); from 512 keys blocks
@@ -83,8 +81,8 @@ def matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
 
 def _causal_bias(T: int, S: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(T, S) additive mask: -inf where query t (at slot S - T + t) must not see key s > S - T + t.
-    Built on every call: tens of microseconds next to milliseconds of matmuls (masked_fill, as
-    `triu` measured 2-4x slower at (64, 64..256))."""
+    Built on every call (no cache, so no module state): one small comparison next to the
+    block's matmuls."""
     slot = torch.arange(S - T, S, device=device).view(T, 1)  # each query's own slot
     return torch.zeros(T, S, dtype=dtype, device=device).masked_fill_(torch.arange(S, device=device) > slot,
                                                                         float("-inf"))

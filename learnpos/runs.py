@@ -58,12 +58,12 @@ def _step_dir(run_dir: Path, step: int, kind: str = CHECKPOINTS_DIR) -> Path:
     return Path(run_dir) / kind / f"step-{step:08d}"
 
 
-def _remove_dir(path: Path) -> None:
-    """Rename out of the way first (atomic), then delete: a kill mid-delete never leaves a
-    half-deleted folder under a checkpoint's name."""
+def _move_aside(path: Path) -> Path:
+    """Rename a folder out of a checkpoint's name (atomic) before deleting it, so a kill
+    mid-delete never leaves a half-deleted folder under that name."""
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
     os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    return trash
 
 
 def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable[[Path], object]],
@@ -85,10 +85,8 @@ def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable
         fsync_file(tmp / MANIFEST_FILE)
         fsync_dir(tmp)
         final = _step_dir(run_dir, step, kind)
-        trash = None
-        if final.exists():  # the same step saved again: move the old one aside first, delete it after
-            trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
-            os.replace(final, trash)
+        # the same step saved again: move the old one aside first, delete it after the new one is in
+        trash = _move_aside(final) if final.exists() else None
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,7 +95,7 @@ def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
     for old in checkpoint_dirs(run_dir, kind)[:-(KEEP_CHECKPOINTS if kind == CHECKPOINTS_DIR else 1)]:
-        _remove_dir(old)
+        shutil.rmtree(_move_aside(old), ignore_errors=True)
     for stale in root.glob(".t*-step-*"):  # temp folders of killed writers, trash of killed deletes
         shutil.rmtree(stale, ignore_errors=True)
     return final

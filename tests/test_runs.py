@@ -173,9 +173,8 @@ def test_generate_on_a_synthetic_run_refuses_another_length(runs_by_kind, tmp_pa
     assert r.returncode == 2 and "trained on 8 symbols" in r.stderr and r.stdout == ""
 
 
-def test_library_layer_modules_do_not_write_outside_the_run(tmp_path):
-    """A checkpoint write leaves nothing but checkpoint folders behind (temp folders are
-    renamed into place or removed)."""
+def test_only_the_newest_two_checkpoints_are_kept(tmp_path):
+    """Older checkpoints are removed, and a checkpoint write leaves no temp or trash folder."""
     train(load_config("demo", {**FAST, "train.max_iters": "30", "train.out_dir": str(tmp_path)}), quiet=True)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000020", "step-00000030"]
 

@@ -134,16 +134,26 @@ class KGTask(Task):
         idx, answers = self._examples()
         n = len(idx)
         start = step * batch_size
-        picks = []
-        while len(picks) < batch_size:
-            epoch, offset = divmod(start + len(picks), n)
-            order = np.random.default_rng([self.seed, 2, epoch]).permutation(n)
-            picks.extend(order[offset:offset + batch_size - len(picks)].tolist())
-        picks = np.asarray(picks)
+        parts, taken = [], 0
+        while taken < batch_size:
+            epoch, offset = divmod(start + taken, n)
+            part = self._epoch_order(epoch, n)[offset:offset + batch_size - taken]
+            parts.append(part)
+            taken += len(part)
+        picks = np.concatenate(parts)
         x = torch.from_numpy(idx[picks])
         targets = torch.full_like(x, IGNORE_INDEX)
         targets[x == self.MASK] = torch.from_numpy(answers[picks])
         return Batch(x, targets)
+
+    def _epoch_order(self, epoch: int, n: int) -> np.ndarray:
+        """The query order of `epoch`, a function of (seed, epoch) only, kept while it is in use
+        (drawing a permutation of every query on every step would cost more than the step on
+        the large datasets)."""
+        cached = getattr(self, "_order", None)
+        if cached is None or cached[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, 2, epoch]).permutation(n))
+        return self._order[1]
 
     def scores(self, model, idx: Tensor) -> Tensor:
         """(B, E) scores of the entity at each query's MASK."""

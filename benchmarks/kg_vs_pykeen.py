@@ -23,6 +23,7 @@ best_pykeen_mrr, ratio, learnpos_wall_s, pykeen_wall_s. Needs PyKEEN (`pip insta
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -35,6 +36,9 @@ from learnpos.config import load_config
 from learnpos.data.kg import dataset_path
 from learnpos.load import load_run
 from learnpos.train import train
+
+N3_WEIGHT = 1e-2
+SMALL_NORMAL = functools.partial(torch.nn.init.normal_, std=1e-3)
 
 # name -> pipeline arguments (PyKEEN 1.11 names); the epochs come from --epochs
 RECIPES = {
@@ -49,12 +53,22 @@ RECIPES = {
     "RotatE": dict(model="RotatE", model_kwargs=dict(embedding_dim=200), loss="CrossEntropyLoss",
                    optimizer="Adam", optimizer_kwargs=dict(lr=1e-3), training_kwargs=dict(batch_size=128),
                    inverse=True),
-    "ComplEx-N3": dict(model="ComplEx", model_kwargs=dict(embedding_dim=200, regularizer="lp",
-                                                          regularizer_kwargs=dict(p=3.0, weight=5e-2)),
+    # N3 (Lacroix et al. 2018) is the sum of cubed moduli of the factors a query touches: PyKEEN's
+    # "powersum" regulariser with p=3 ("lp" with p=3 is the cube *root* of that, a different penalty).
+    # DistMult's PyKEEN default pins entities to unit norm and regularises relations only; N3
+    # instead leaves both free and regularises both.
+    # Lacroix et al. start from small factors (normal, std 1e-3); PyKEEN's ComplEx default (std 1
+    # over 200 complex dimensions) starts with saturated softmax scores.
+    "ComplEx-N3": dict(model="ComplEx", model_kwargs=dict(embedding_dim=200, regularizer="powersum",
+                                                          entity_initializer=SMALL_NORMAL,
+                                                          relation_initializer=SMALL_NORMAL,
+                                                          regularizer_kwargs=dict(p=3.0, weight=N3_WEIGHT)),
                        loss="CrossEntropyLoss", optimizer="Adagrad", optimizer_kwargs=dict(lr=0.1),
                        training_kwargs=dict(batch_size=128), inverse=True),
-    "DistMult-N3": dict(model="DistMult", model_kwargs=dict(embedding_dim=200, regularizer="lp",
-                                                            regularizer_kwargs=dict(p=3.0, weight=5e-2)),
+    "DistMult-N3": dict(model="DistMult", model_kwargs=dict(
+        embedding_dim=200, entity_constrainer=None, regularizer="powersum",
+        regularizer_kwargs=dict(p=3.0, weight=N3_WEIGHT),
+        entity_representations_kwargs=dict(regularizer="powersum", regularizer_kwargs=dict(p=3.0, weight=N3_WEIGHT))),
                         loss="CrossEntropyLoss", optimizer="Adagrad", optimizer_kwargs=dict(lr=0.1),
                         training_kwargs=dict(batch_size=128), inverse=True),
 }

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from learnpos.config import Config
-from learnpos.errors import ConfigError, LearnposError
+from learnpos.errors import ConfigError, DataError, LearnposError
 
 TOP_LEVEL_KEYS = tuple(f.name for f in dataclasses.fields(Config) if isinstance(f.default, str))  # e.g. task
 
@@ -185,6 +185,29 @@ def cmd_generate(args, overrides) -> int:
     return 0
 
 
+def cmd_chat(args, overrides) -> int:
+    import torch
+
+    from learnpos.chat import ChatSession, run_chat
+    from learnpos.load import load_run
+    from learnpos.train import resolve_device
+
+    lines = None
+    if args.script:
+        try:
+            lines = Path(args.script).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"--script {args.script}: cannot read it as UTF-8 text ({e})") from None
+    device = resolve_device(args.device)
+    model, cfg, task = load_run(args.run, device)
+    sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p))
+                if v is not None}
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    session = ChatSession(model, task, user=args.user, bot=args.bot, max_new_tokens=args.max_new_tokens,
+                          generator=gen, **sampling)
+    return run_chat(session, lines, echo=True)
+
+
 def cmd_kg(args, overrides) -> int:
     from learnpos.load import load_run
     from learnpos.train import resolve_device
@@ -250,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo", help="preset name or .toml path (see `learnpos config --list`)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--data", help="the task's data: text for lm (= --lm.data), a triples folder or .tar.gz for kg "
-                                  "(= --kg.data)")
+                                  "(= --kg.data), a DailyDialog or JSONL folder for dialogue (= --dialogue.data)")
     p.add_argument("--val-data", help="separate validation text (same as --lm.val_data=PATH)")
     p.add_argument("--dataset", help="a KG dataset name: picks its preset kg-NAME (umls, kinships, nations, "
                                      "wn18rr, fb15k-237) and sets kg.dataset")
@@ -286,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="talk with a dialogue run (or replay --script FILE, one user turn per line)")
+    p.add_argument("--run", required=True, help="run directory of a dialogue run")
+    p.add_argument("--script", metavar="FILE", help="user turns (and /commands), one per line; no terminal needed")
+    p.add_argument("--user", help="the speaker you are (default: the data's first speaker)")
+    p.add_argument("--bot", help="the speaker the model plays (default: the second)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="at most this many tokens per reply")
+    p.add_argument("--temperature", type=float, default=None, help="default: the run's dialogue.sample_temperature")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="default: the run's dialogue.sample_top_p")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("kg", help="knowledge-graph runs: learnpos kg predict --run DIR --head H --relation R")
     p.add_argument("action", choices=["predict"])
@@ -325,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         overrides = _parse_overrides(rest)
-        if overrides and args.command in ("eval", "generate", "kg"):
+        if overrides and args.command in ("eval", "generate", "kg", "chat"):
             raise ConfigError(f"'{args.command}' takes no config overrides (got {', '.join(overrides)})")
         return args.func(args, overrides)
     except LearnposError as e:

@@ -54,7 +54,9 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
              stop_token: int | None = None, pad_id: int = 0, generator: torch.Generator | None = None,
              on_token: Callable[[Tensor], None] | None = None,
              extra_ids: Mapping[str, Sequence[Sequence[int]] | Tensor] | None = None,
-             next_extra_ids: Mapping[str, NextIds] | None = None, vocab_limit: int | None = None) -> list[list[int]]:
+             next_extra_ids: Mapping[str, NextIds] | None = None, vocab_limit: int | None = None,
+             position_ids: Sequence[Sequence[int]] | None = None,
+             next_position: int | Sequence[int] | None = None) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; returns only the new tokens.
 
     A row stops after it emits `stop_token` (the stop token is not returned). `on_token`
@@ -69,6 +71,10 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
         row's last prompt id (e.g. the reply's turn and speaker).
     vocab_limit: sample only ids below it (a model whose vocab_size was padded beyond its
         tokenizer's never emits an id the tokenizer cannot decode).
+    position_ids: each prompt token's position (a list per row), for layouts whose positions
+        are not 0..len-1 (e.g. restarting in every utterance of a dialogue); with it,
+        next_position (an int, or one per row) is the first new token's position, and each
+        later new token takes the next one. Default: 0..len-1 per row, continued.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -80,7 +86,11 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     B, T = len(rows), max(len(r) for r in rows)
     if max_new_tokens == 0:
         return [[] for _ in rows]
-    model.check_length(T + max_new_tokens - 1)  # fail before doing any work
+    custom = _custom_positions(rows, position_ids, next_position)
+    if custom is None:
+        model.check_length(T + max_new_tokens - 1)  # fail before doing any work
+    else:  # the largest position fed: a prompt token's, or the last new token's but one
+        model.check_length(max(int(custom[0].max()) + 1, int(custom[1].max()) + max_new_tokens - 1))
     prompt_extra, next_extra = _extra_ids(model, rows, T, extra_ids, next_extra_ids)
 
     device = next(model.parameters()).device
@@ -94,8 +104,12 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
             mask[b, T - len(r):] = 1
         idx, mask = idx.to(device), mask.to(device)
         padded = bool((mask == 0).any())
-        position_ids = position_ids_from_mask(mask) if padded else None
-        next_pos = mask.sum(1, keepdim=True)  # (B, 1): each row's next position
+        if custom is not None:
+            position_ids, next_pos = custom[0].to(device), custom[1].to(device)
+        else:
+            position_ids = position_ids_from_mask(mask) if padded else None
+            next_pos = mask.sum(1, keepdim=True)  # (B, 1): each row's next position
+        explicit = padded or custom is not None  # positions are passed, not 0..T-1
 
         # The cache holds prompt + generation; every decoding step then writes one slot per
         # layer and the loop allocates nothing but the step's activations. No host sync per
@@ -133,10 +147,10 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
                 else:
                     ids = nxt  # (B, 1), checked up front
                 step_extra[name] = ids
-            logits = model(out[:, step:step + 1], position_ids=next_pos if padded else None,
+            logits = model(out[:, step:step + 1], position_ids=next_pos if explicit else None,
                            past_kv=cache, last_only=True, extra_ids=step_extra or None,
                            check_ids=False).logits[:, -1]
-            if padded:
+            if explicit:
                 next_pos += 1
     finally:
         model.train(was_training)
@@ -147,6 +161,33 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
             row = row[: row.index(stop_token)]
         result.append(row)
     return result
+
+
+def _custom_positions(rows: list[list[int]], position_ids, next_position) -> tuple[Tensor, Tensor] | None:
+    """Left-padded (B, T) prompt positions and (B, 1) first new positions, or None for the
+    default 0..len-1 layout."""
+    if position_ids is None:
+        if next_position is not None:
+            raise ValueError("next_position needs position_ids (the prompt's positions)")
+        return None
+    if isinstance(position_ids, Tensor):
+        position_ids = position_ids.tolist()
+    B, T = len(rows), max(len(r) for r in rows)
+    if len(position_ids) != B or any(len(p) != len(r) for p, r in zip(position_ids, rows, strict=True)):
+        raise ValueError("position_ids must hold one position per prompt token, row by row")
+    ids = torch.zeros(B, T, dtype=torch.long)
+    for b, p in enumerate(position_ids):
+        ids[b, T - len(p):] = torch.tensor(p, dtype=torch.long)
+    if next_position is None:
+        nxt = torch.tensor([[p[-1] + 1] for p in position_ids], dtype=torch.long)
+    else:
+        nxt = torch.as_tensor(next_position, dtype=torch.long).reshape(-1, 1)
+        if nxt.shape[0] not in (1, B):
+            raise ValueError(f"next_position must be an int or {B} ints (one per row)")
+        nxt = nxt.expand(B, 1).clone()
+    if int(ids.min()) < 0 or int(nxt.min()) < 0:
+        raise ValueError("positions must be >= 0")
+    return ids, nxt
 
 
 def _extra_ids(model, rows: list[list[int]], T: int, extra_ids, next_extra_ids):

@@ -98,7 +98,7 @@ LAYER = {"learnpos.errors": 0, "learnpos.files": 0, "learnpos.config": 1, "learn
          "learnpos.data": 2, "learnpos.reference": 2, "learnpos.positional": 3, "learnpos.attention": 3,
          "learnpos.model": 4, "learnpos.generate": 4, "learnpos.optim": 5, "learnpos.runs": 5,
          "learnpos.verify": 6, "learnpos.analysis": 6, "learnpos.tasks": 7, "learnpos.load": 8,
-         "learnpos.train": 9, "learnpos.cli": 10}
+         "learnpos.train": 9, "learnpos.chat": 9, "learnpos.cli": 10}
 
 
 def layer(module: str) -> int:

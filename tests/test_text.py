@@ -50,14 +50,14 @@ def test_bpe_round_trip_including_chinese(tmp_path):
 
 
 def test_stream_decoder_never_emits_half_characters():
-    from learnpos.tasks.lm import _StreamDecoder
+    from learnpos.data.tokenizers import StreamDecoder
 
     tok = BPETokenizer.train("abc " * 50, vocab_size=260)  # no merges for CJK: one token per UTF-8 byte
     text = "学而时习之 🙂 ok"
     ids = tok.encode(text)
     assert len(ids) > len(text)  # characters really are split across tokens
     pieces = []
-    decoder = _StreamDecoder(tok, pieces.append)
+    decoder = StreamDecoder(tok, pieces.append)
     for i in ids:
         decoder.add(i)
     decoder.flush()

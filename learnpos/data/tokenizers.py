@@ -137,3 +137,25 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
     return BPETokenizer(HFTokenizer.from_file(str(path)))
+
+
+class StreamDecoder:
+    """Streams decoded text. Pending ids are decoded together until they form whole
+    characters (a multi-byte character may span byte-level BPE tokens), then emitted and
+    dropped, so each token is decoded about once however long the generation."""
+
+    def __init__(self, tokenizer, stream):
+        self.tokenizer, self.stream = tokenizer, stream
+        self.pending: list[int] = []
+
+    def add(self, token: int) -> None:
+        self.pending.append(token)
+        piece = self.tokenizer.decode(self.pending)
+        if not piece.endswith("\ufffd"):  # else: wait for the rest of the character
+            self.stream(piece)
+            self.pending.clear()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.stream(self.tokenizer.decode(self.pending))
+            self.pending.clear()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from learnpos.data.text import TokenData, load_corpus, tokenize_cached
-from learnpos.data.tokenizers import TOKENIZER_FILE, load_tokenizer, train_tokenizer
+from learnpos.data.tokenizers import TOKENIZER_FILE, StreamDecoder, load_tokenizer, train_tokenizer
 from learnpos.errors import ConfigError, DataError, PositionOutOfRange, RunDirError
 from learnpos.files import atomic_write_text
 from learnpos.runs import has_checkpoint
@@ -173,7 +173,7 @@ class LMTask(Task):
         printer = on_token = None
         if stream is not None:  # only then pay a host sync per token
             stream(prompt_text)
-            printer = _StreamDecoder(self.tokenizer, stream)
+            printer = StreamDecoder(self.tokenizer, stream)
             on_token = lambda tok: printer.add(int(tok[0]))  # noqa: E731
         if fits:
             out = model.generate([ids], max_new_tokens, on_token=on_token, vocab_limit=V, **sampling)[0]
@@ -193,25 +193,3 @@ class LMTask(Task):
         if printer is not None:
             printer.flush()
         return prompt_text + self.tokenizer.decode(out)
-
-
-class _StreamDecoder:
-    """Streams decoded text. Pending ids are decoded together until they form whole
-    characters (a multi-byte character may span byte-level BPE tokens), then emitted and
-    dropped, so each token is decoded about once however long the generation."""
-
-    def __init__(self, tokenizer, stream):
-        self.tokenizer, self.stream = tokenizer, stream
-        self.pending: list[int] = []
-
-    def add(self, token: int) -> None:
-        self.pending.append(token)
-        piece = self.tokenizer.decode(self.pending)
-        if not piece.endswith("\ufffd"):  # else: wait for the rest of the character
-            self.stream(piece)
-            self.pending.clear()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.stream(self.tokenizer.decode(self.pending))
-            self.pending.clear()

@@ -1,0 +1,174 @@
+"""Multi-turn conversations: read DailyDialog or JSONL dialogues into turns with speaker ids.
+
+Two layouts of a dataset folder (`dialogue.data`):
+
+    DailyDialog (Li et al. 2017)   train/dialogues_train.txt (or train.zip holding it, read
+                                   without unpacking), validation/dialogues_validation.txt,
+                                   test/dialogues_test.txt (or validation.zip, test.zip):
+                                   one dialogue per line, utterances ended by `__eou__`; the
+                                   two speakers alternate, named "A" (who opens) and "B"
+    JSONL                          train.jsonl, valid.jsonl (or validation.jsonl), test.jsonl:
+                                   one dialogue per line,
+                                   {"turns": [{"speaker": "user", "text": "..."}, ...]},
+                                   any number of speakers, ids given in order of first
+                                   appearance in the training split
+
+Malformed input (a line that is not JSON, a turn without text or speaker, an empty dialogue,
+a speaker of the validation or test split never seen in training) is a `DataError` naming the
+file and the line.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from learnpos.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+EOU = "__eou__"
+_DAILYDIALOG = {"train": "train", "valid": "validation", "test": "test"}  # our split -> its folder name
+_JSONL = {"train": ("train.jsonl",), "valid": ("valid.jsonl", "validation.jsonl"), "test": ("test.jsonl",)}
+
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: int  # index into DialogueData.speakers
+    text: str
+
+
+@dataclass
+class DialogueData:
+    splits: dict[str, list[list[Turn]]]  # split -> dialogues, each a list of turns in order
+    speakers: list[str]  # speaker id -> name
+    source: str = ""
+    layout: str = ""  # "dailydialog" | "jsonl"
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[list[Turn]]:
+        if name not in self.splits:
+            raise DataError(f"no split '{name}'; one of: {', '.join(self.splits)}")
+        return self.splits[name]
+
+
+def _decode(raw: bytes, source: str) -> str:
+    if b"\0" in raw:
+        raise DataError(f"{source} looks binary (it contains NUL bytes); give UTF-8 text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source} is not UTF-8 (invalid byte at offset {e.start})") from None
+
+
+def _read_dailydialog_split(folder: Path, split: str) -> tuple[str, str] | None:
+    """(text, source) of one DailyDialog split, from the plain file or from its zip."""
+    name = _DAILYDIALOG[split]
+    member = f"{name}/dialogues_{name}.txt"
+    plain = folder / member
+    if plain.is_file():
+        return _decode(plain.read_bytes(), str(plain)), str(plain)
+    archive = folder / f"{name}.zip"
+    if archive.is_file():
+        source = f"{archive}!{member}"
+        try:
+            with zipfile.ZipFile(archive) as z:
+                names = z.namelist()
+                found = next((n for n in names if n == member or n.endswith("/" + member)), None)
+                if found is None:
+                    raise DataError(f"{archive} holds no {member} (members: {', '.join(names[:5])}...)")
+                return _decode(z.read(found), source), source
+        except (zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DataError(f"{archive} is not a readable zip ({e}); download it again") from None
+    return None
+
+
+def _parse_dailydialog(text: str, source: str) -> list[list[Turn]]:
+    dialogues = []
+    for i, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        pieces = line.split(EOU)
+        if pieces[-1].strip():
+            raise DataError(f"{source} line {i}: text after the last {EOU} ({pieces[-1].strip()[:40]!r}); "
+                            f"every utterance ends with {EOU}")
+        utterances = [p.strip() for p in pieces[:-1]]
+        if not utterances:
+            raise DataError(f"{source} line {i}: no utterance (expected text ended by {EOU})")
+        for k, u in enumerate(utterances, 1):
+            if not u:
+                raise DataError(f"{source} line {i}: utterance {k} is empty")
+        dialogues.append([Turn(k % 2, u) for k, u in enumerate(utterances)])
+    return dialogues
+
+
+def _parse_jsonl(text: str, source: str, speakers: dict[str, int], grow: bool) -> list[list[Turn]]:
+    dialogues = []
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{source} line {i}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+        turns = obj.get("turns") if isinstance(obj, dict) else None
+        if not isinstance(turns, list):
+            raise DataError(f'{where}: expected {{"turns": [{{"speaker": ..., "text": ...}}, ...]}}')
+        if not turns:
+            raise DataError(f"{where}: the dialogue has no turns")
+        dialogue = []
+        for k, turn in enumerate(turns, 1):
+            if not isinstance(turn, dict):
+                raise DataError(f'{where}: turn {k} is not an object with "speaker" and "text"')
+            speaker, utterance = turn.get("speaker"), turn.get("text")
+            if not isinstance(utterance, str) or not utterance.strip():
+                raise DataError(f'{where}: turn {k} has no text (a non-empty "text" string)')
+            if not isinstance(speaker, str | int) or isinstance(speaker, bool) or str(speaker).strip() == "":
+                raise DataError(f'{where}: turn {k} has no speaker (a "speaker" name)')
+            speaker = str(speaker)
+            if speaker not in speakers:
+                if not grow:
+                    raise DataError(f"{where}: speaker '{speaker}' never speaks in the training split "
+                                    f"(known: {', '.join(speakers)}); the model has no embedding for them")
+                speakers[speaker] = len(speakers)
+            dialogue.append(Turn(speakers[speaker], utterance.strip()))
+        dialogues.append(dialogue)
+    return dialogues
+
+
+def load_dialogues(path: str | Path) -> DialogueData:
+    """The train, valid and test dialogues of a DailyDialog or JSONL folder (module docstring)."""
+    if not str(path):
+        raise DataError("task 'dialogue' needs data: pass --data PATH (a DailyDialog folder, e.g. "
+                        "../shared/data/dailydialog, or a folder with train/valid/test.jsonl)")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; give a DailyDialog folder or one with train/valid/test.jsonl")
+    splits: dict[str, list[list[Turn]]] = {}
+    if any((folder / f).is_file() for names in _JSONL.values() for f in names):
+        speakers: dict[str, int] = {}
+        for split in SPLITS:
+            file = next((folder / f for f in _JSONL[split] if (folder / f).is_file()), None)
+            if file is None:
+                raise DataError(f"{folder} has no {' or '.join(_JSONL[split])} (JSONL layout: train.jsonl, "
+                                f"valid.jsonl, test.jsonl)")
+            splits[split] = _parse_jsonl(_decode(file.read_bytes(), str(file)), str(file), speakers,
+                                         grow=split == "train")
+        names, layout = list(speakers), "jsonl"
+    else:
+        for split in SPLITS:
+            found = _read_dailydialog_split(folder, split)
+            if found is None:
+                name = _DAILYDIALOG[split]
+                raise DataError(f"{folder} has neither {name}/dialogues_{name}.txt nor {name}.zip (DailyDialog "
+                                f"layout), nor train/valid/test.jsonl")
+            splits[split] = _parse_dailydialog(*found)
+        names, layout = ["A", "B"], "dailydialog"
+    for split, dialogues in splits.items():
+        if not dialogues:
+            raise DataError(f"the {split} split of {folder} has no dialogue")
+    counts = {split: sum(len(d) for d in ds) for split, ds in splits.items()}
+    return DialogueData(splits, names, str(folder), layout, counts)

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = HERE.parent / "docs" / "performance.md"
 README = HERE.parent / "README.md"
+BLOCK_FILES = [README, HERE.parent / "docs" / "dialogue.md"]  # files with <!-- begin NAME --> blocks to refill
 
 # result name -> (script, arguments after --json); one script can save several results (one per
 # dataset); the order is the order of the document
@@ -144,6 +145,18 @@ def _kg_vs_pykeen(r: dict) -> list[str]:
     return lines
 
 
+def _dialogue_ablation(r: dict) -> list[str]:
+    steps = {row["steps"] for row in r["rows"]}
+    lines = [f"DailyDialog test split; mean ± spread (population standard deviation) over {len(r['seeds'])} seed(s); "
+             f"{', '.join(map(str, sorted(steps)))} steps per run", "",
+             "| dialogue.positions | response perplexity | bits/char | distinct-1 | distinct-2 | train s per run |",
+             "|---|---|---|---|---|---|"]
+    for scheme, m in r["schemes"].items():
+        lines.append(f"| {scheme} | {m['test_ppl']:.2f} ± {m['test_ppl_spread']:.2f} | {m['bits_per_char']:.3f} "
+                     f"| {m['distinct_1']:.3f} | {m['distinct_2']:.3f} | {m['train_wall_s']:.0f} |")
+    return lines
+
+
 def _reference_speed(r: dict) -> list[str]:
     return ["| NumPy float64 reference ms | PyTorch ms | ratio |", "|---|---|---|",
             f"| {r['reference_ms']} | {r['torch_ms']} | {r['ratio']}x |"]
@@ -172,6 +185,9 @@ SECTIONS = {
                              "smoothing or N3 as in the script's docstring), one after the other on the same data "
                              "and protocol.")
        for d in ("nations", "umls", "kinships")},
+    "dialogue_ablation": ("Dialogue: the four positional schemes", _dialogue_ablation,
+                          "The `dailydialog` preset once per `dialogue.positions` scheme and seed, everything else "
+                          "fixed; test response perplexity, bits per character, distinct-1/2 of sampled responses."),
     "kg_positions": ("What the positions do in KG completion", _kg_positions,
                      "The CoKE-style model with learned, sinusoidal and no positions (coke queries: the direction "
                      "of a query is carried by position only); test split, filtered, both directions."),
@@ -195,12 +211,12 @@ def render() -> str:
 
 
 def update_readme(text: str) -> str:
-    """The README with each `<!-- begin NAME ... -->` ... `<!-- end NAME -->` block refilled
-    with that benchmark's table and where it ran."""
+    """The text of a file of BLOCK_FILES with each `<!-- begin NAME ... -->` ...
+    `<!-- end NAME -->` block refilled with that benchmark's table and where it ran."""
     def fill(m: re.Match) -> str:
         name = m.group(2)
         path = RESULTS / f"{name}.json"
-        if not path.exists():
+        if name not in BENCHMARKS or not path.exists():
             return m.group(0)
         r = json.loads(path.read_text(encoding="utf-8"))
         mach = r["machine"]
@@ -220,8 +236,9 @@ def main() -> None:
     if args.action == "run":
         run(args.only.split(","), args.data)
     DOC.write_text(render(), encoding="utf-8")
-    README.write_text(update_readme(README.read_text(encoding="utf-8")), encoding="utf-8")
-    print(f"wrote {DOC} and the tables of {README}")
+    for path in BLOCK_FILES:
+        path.write_text(update_readme(path.read_text(encoding="utf-8")), encoding="utf-8")
+    print(f"wrote {DOC} and the tables of {', '.join(p.name for p in BLOCK_FILES)}")
 
 
 if __name__ == "__main__":

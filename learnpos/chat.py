@@ -27,7 +27,14 @@ class ChatSession:
         names = task.speakers
         self.model, self.task, self.out = model, task, out if out is not None else sys.stdout
         self.user = task.speaker_id(user if user is not None else names[0])
-        self.bot = task.speaker_id(bot if bot is not None else names[1 % len(names)])
+        if bot is None:
+            others = [n for n in names if n != names[self.user]]
+            if not others:
+                raise ConfigError(f"this run knows one speaker only ({names[0]}); the model needs another to play")
+            bot = others[0]
+        self.bot = task.speaker_id(bot)
+        if self.bot == self.user:
+            raise ConfigError(f"--user and --bot are both '{bot}'; the model plays a different speaker than you")
         self.user_name, self.bot_name = names[self.user], names[self.bot]
         block = task.dlg.block_size
         if not 0 < max_new_tokens < block:
@@ -86,7 +93,9 @@ class ChatSession:
         feed.flush()
         self.last_reply_s = time.perf_counter() - t0
         self.write()
-        self.turns = [*turns, Turn(self.bot, reply.strip() or "...")]
+        if not reply.strip():
+            self.write("[an empty reply]")
+        self.turns = [*turns, Turn(self.bot, reply.strip())]  # what the model said, even if nothing
         return reply
 
 

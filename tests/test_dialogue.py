@@ -154,19 +154,45 @@ def test_examples_keep_whole_turns_and_the_ids_of_each_scheme(jsonl, tmp_path, s
     assert (b.position_ids is not None) == task.restart
 
 
-def test_history_is_cut_from_the_left_at_whole_turns(tmp_path):
-    long = " ".join(["word"] * 3)
-    (tmp_path / "d").mkdir()
+def _fixed_turns(tmp_path, text_of, n_turns: int) -> Path:
+    (tmp_path / "d").mkdir(exist_ok=True)
     for split in ("train", "valid", "test"):
-        turns = [{"speaker": ("u", "b")[k % 2], "text": f"{k} {long}"} for k in range(6)]
+        turns = [{"speaker": ("u", "b")[k % 2], "text": text_of(k)} for k in range(n_turns)]
         (tmp_path / "d" / f"{split}.jsonl").write_text(json.dumps({"turns": turns}) + "\n")
-    task = build_task(config(tmp_path / "d", tmp_path / "run", "token+turn+speaker", **{"dialogue.block_size": 40}))
+    return tmp_path / "d"
+
+
+@pytest.mark.parametrize("block, kept", [(33, 1), (32, 0), (50, 2)])
+def test_history_is_cut_from_the_left_at_whole_turns_at_the_boundary(tmp_path, block, kept):
+    """Utterances of 16 characters + EOU = 17 tokens: with the response, one history turn is
+    34 tokens, which fits block_size 33 (33 inputs + the last target) but not 32; two are 51."""
+    data = _fixed_turns(tmp_path, lambda k: f"{k} word word word", 6)
+    over = {"dialogue.block_size": block, "model.positional.max_len": 64}
+    task = build_task(config(data, tmp_path / "run", "token+turn+speaker", **over))
+    if kept == 0:
+        with pytest.raises(DataError, match="no train example fits dialogue.block_size=32"):
+            task.examples("train")
+        return
     ex = task.examples("train")
-    last = slice(ex.starts[-2], ex.starts[-1])  # the response "5 word word ..."
+    last = slice(ex.starts[-2], ex.starts[-1])  # the response "5 word word word" and its history
     text = task.tokenizer.decode([t for t in ex.tokens[last].tolist() if t != task.EOU])
-    utterance = len(f"0 {long}") + 1  # 16 chars + EOU each: one history turn fits 41 tokens with the response, two do not
-    assert ex.starts[-1] - ex.starts[-2] == 2 * utterance
-    assert text == f"4 {long}5 {long}"
+    assert ex.starts[-1] - ex.starts[-2] == 17 * (kept + 1)
+    assert text == "".join(f"{k} word word word" for k in range(5 - kept, 6))
+
+
+def test_max_turns_caps_the_history_in_training_and_in_chat(tmp_path):
+    data = _fixed_turns(tmp_path, lambda k: f"t{k}", 7)
+    over = {"dialogue.max_turns": 2, "model.tables": json.dumps([{"name": "turn", "rows": 3},
+                                                                  {"name": "speaker", "rows": 2}])}
+    task = build_task(config(data, tmp_path / "run", "token+turn+speaker", **over))
+    ex = task.examples("train")
+    last = slice(ex.starts[-2], ex.starts[-1])
+    assert sorted(set(ex.turns[last].tolist())) == [0, 1, 2]  # two history turns and the response
+    assert (ex.tokens[last] == task.EOU).sum() == 3
+    from learnpos.data.dialogue import Turn
+
+    layout, start = task.fit_history([Turn(k % 2, f"t{k}") for k in range(5)], reply_room=4)
+    assert start == 3 and sorted(set(layout[3])) == [1, 2]  # the reply to come is turn 0
 
 
 def test_loss_covers_the_response_and_its_end_only(jsonl, tmp_path):
@@ -191,6 +217,18 @@ def test_scheme_table_mismatches_are_config_errors(jsonl, tmp_path):
         config(jsonl, tmp_path, **{"dialogue.max_turns": 8})
     with pytest.raises(ConfigError, match="needs a decoder"):
         config(jsonl, tmp_path, **{"model.causal": "false"})
+    with pytest.raises(ConfigError, match="restarts positions in every utterance; a relative encoding \\(alibi\\)"):
+        config(jsonl, tmp_path, "utterance+turn+speaker", **{"model.positional.kind": "alibi"})
+    config(jsonl, tmp_path, "token+turn+speaker", **{"model.positional.kind": "alibi"})  # continuous: fine
+
+
+def test_a_character_tokenizer_knows_every_split_so_nothing_is_dropped(tmp_path):
+    data = _fixed_turns(tmp_path, lambda k: "ab", 3)
+    (data / "test.jsonl").write_text(json.dumps({"turns": [{"speaker": "u", "text": "ab"},
+                                                           {"speaker": "b", "text": "zz"}]}) + "\n")
+    task = build_task(config(data, tmp_path / "run"))
+    ex = task.examples("test")
+    assert task.tokenizer.decode(ex.tokens[ex.context[0]:ex.starts[1] - 1].tolist()) == "zz"
 
 
 # ------------------------------------------------------------------ metrics, generation
@@ -269,6 +307,26 @@ def _gen_kwargs(task, layout):
     return kw
 
 
+def test_batched_replies_with_restarting_positions_equal_each_alone(jsonl, tmp_path):
+    """Left padding and per-utterance positions together (the distinct-n path): every row of a
+    batch of histories of different lengths gets the reply it gets alone."""
+    cfg = config(jsonl, tmp_path / "run", "utterance+turn+speaker")
+    task = build_task(cfg)
+    cfg.model.vocab_size = task.vocab_size
+    torch.manual_seed(4)
+    model = _loud_tables(build_model(cfg, task).eval())
+    from learnpos.data.dialogue import Turn
+
+    histories = [task.fit_history(turns, reply_room=8)[0] for turns in (
+        [Turn(0, "hi")], [Turn(0, "hello how are you"), Turn(1, "fine thanks"), Turn(0, "what")],
+        [Turn(1, "bye"), Turn(0, "see you later")])]
+    assert len({len(h[0]) for h in histories}) == 3
+    kw = {"temperature": 0.0, "top_p": 1.0}
+    batched = task.sample(model, histories, [1, 1, 1], 8, **kw)
+    alone = [task.sample(model, [h], [1], 8, **kw)[0] for h in histories]
+    assert batched == alone and any(batched)
+
+
 def test_task_sample_matches_the_layout_rule(jsonl, tmp_path):
     """`task.sample` (used by chat and distinct-n) decodes what generate gives with the ids above."""
     cfg = config(jsonl, tmp_path / "run", "utterance+turn+speaker")
@@ -316,12 +374,20 @@ def test_chat_session_commands_history_and_dropping_old_turns(run_dir):
     assert "[unknown command /bogus" in text
 
 
-def test_chat_refuses_a_run_of_another_task(tmp_path):
+def test_chat_refuses_a_run_of_another_task(tmp_path, capsys):
     from learnpos.cli import main
 
     train(load_config("demo", {"train.out_dir": str(tmp_path / "r"), "train.max_iters": "2",
                                "train.warmup_iters": "0", "train.eval_interval": "2"}), quiet=True)
     assert main(["chat", "--run", str(tmp_path / "r"), "--script", "/dev/null"]) == 2
+    assert "`learnpos chat` needs a dialogue run; this is a 'reverse' run" in capsys.readouterr().err
+
+
+def test_chat_bot_defaults_to_the_other_speaker_and_never_the_user(run_dir):
+    model, _, task = load_run(run_dir)
+    assert ChatSession(model, task, user="bot", max_new_tokens=8).bot_name == "user"
+    with pytest.raises(ConfigError, match="--user and --bot are both 'user'"):
+        ChatSession(model, task, user="user", bot="user")
 
 
 def test_chat_script_mode_through_the_cli(run_dir, tmp_path, capsys):

@@ -98,13 +98,17 @@ LAYER = {"learnpos.errors": 0, "learnpos.files": 0, "learnpos.config": 1, "learn
          "learnpos.data": 2, "learnpos.reference": 2, "learnpos.positional": 3, "learnpos.attention": 3,
          "learnpos.model": 4, "learnpos.generate": 4, "learnpos.optim": 5, "learnpos.runs": 5,
          "learnpos.verify": 6, "learnpos.analysis": 6, "learnpos.tasks": 7, "learnpos.load": 8,
-         "learnpos.train": 9, "learnpos.chat": 9, "learnpos.cli": 10}
+         "learnpos.train": 9, "learnpos.chat": 9, "learnpos.cli": 10,
+         "learnpos.__main__": 11}
 
 
 def layer(module: str) -> int:
-    while module not in LAYER:
-        module = module.rsplit(".", 1)[0]
-    return LAYER[module]
+    name = module
+    while name not in LAYER:
+        if "." not in name:
+            raise AssertionError(f"{module} has no layer: add it (or its package) to LAYER")
+        name = name.rsplit(".", 1)[0]
+    return LAYER[name]
 
 
 def test_every_import_points_down(graph):

@@ -27,3 +27,11 @@ def test_readme_tables_are_rendered_from_the_saved_results():
     assert "<!-- begin position_probe" in readme and "<!-- begin time_to_quality" in readme
     assert perf.update_readme(readme) == readme
     assert "| reverse-16 (decoder) |" in readme  # the blocks are filled, not empty
+
+
+def test_every_benchmark_block_outside_the_readme_is_rendered_too():
+    perf = performance_module()
+    for path in perf.BLOCK_FILES:
+        text = path.read_text(encoding="utf-8")
+        assert "<!-- begin " in text, f"{path} lists no benchmark block"
+        assert perf.update_readme(text) == text, f"{path}: run `python benchmarks/performance.py render`"

@@ -4,7 +4,8 @@ scheme (`dialogue.positions`) decides what it knows about where each token sits.
 An example is a (history, response) window of one dialogue: whole history turns, oldest
 dropped first (never cut mid-utterance), at most `dialogue.max_turns` of them, and the
 response, each utterance followed by an end-of-utterance token EOU (id = the tokenizer's
-vocabulary size), all within `dialogue.block_size` tokens. The loss covers the response
+vocabulary size), in at most `dialogue.block_size` + 1 tokens (the model reads all but the
+last: inputs and targets are shifted by one). The loss covers the response
 tokens and its EOU only. Per token the batch carries
 
     positions   `token`: 0..T-1 over history + response (GPT-2 / DialoGPT); `utterance`: the
@@ -121,7 +122,10 @@ class DialogueTask(Task):
             raise RunDirError(f"{tok_file} is missing but {self.run_dir} holds a trained model; its token ids "
                               f"mean nothing without it: restore the file (or train again)")
         else:
-            text = "\n".join(t.text for d in self.data.split("train") for t in d)
+            # BPE learns from the training text only (bytes cover any other text); a character
+            # tokenizer sees every split, as for task lm, so no held-out character is dropped
+            splits = ("train",) if self.dlg.tokenizer == "bpe" else SPLITS
+            text = "\n".join(t.text for split in splits for d in self.data.split(split) for t in d)
             self.tokenizer = train_tokenizer(self.dlg.tokenizer, text, self.dlg.bpe_vocab_size)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.tokenizer.save(tok_file)
@@ -146,6 +150,10 @@ class DialogueTask(Task):
         if not (0 < d.sample_top_p <= 1 and d.sample_temperature >= 0):
             raise ConfigError("dialogue.sample_top_p must be in (0, 1] and dialogue.sample_temperature >= 0")
         p = m.positional
+        if SCHEMES[d.positions][0] and p.kind in ("rope", "alibi"):
+            raise ConfigError(f"dialogue.positions='{d.positions}' restarts positions in every utterance; a relative "
+                              f"encoding ({p.kind}) would then see tokens of different turns as neighbours: use "
+                              f"model.positional.kind=learned (or sinusoidal), or a token+... scheme")
         if p.kind == "learned" and d.block_size > p.max_len:
             raise ConfigError(f"dialogue.block_size={d.block_size} exceeds the learned table (model.positional."
                               f"max_len={p.max_len}); set --model.positional.max_len={d.block_size}")
@@ -328,7 +336,7 @@ class DialogueTask(Task):
         continuing (token)."""
         T = self.dlg.block_size
         longest = max(len(h[0]) for h in histories)
-        room = T - longest
+        room = T + 1 - longest  # fed: history + all new tokens but the last, at most block_size (as in training)
         if room < 1:
             raise DataError(f"the history holds {longest} tokens, the whole block ({T}); drop older turns")
         n_new = room if max_new_tokens is None else min(max_new_tokens, room)
@@ -374,6 +382,9 @@ class DialogueTask(Task):
         file = self.run_dir / SPEAKERS_FILE
         if file.exists():
             return json.loads(file.read_text(encoding="utf-8"))
+        if has_checkpoint(self.run_dir):
+            raise RunDirError(f"{file} is missing but {self.run_dir} holds a trained model; its speaker ids mean "
+                              f"nothing without it: restore the file (or train again)")
         names = self.data.speakers
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(file, json.dumps(names, ensure_ascii=False) + "\n")

@@ -8,8 +8,8 @@ conversation), /history (print it), /help, /quit.
 
 from __future__ import annotations
 
-import time
 import sys
+import time
 from collections.abc import Iterable
 from typing import TextIO
 

@@ -249,7 +249,8 @@ def test_metrics_are_response_perplexity_bits_per_char_and_distinct(jsonl, tmp_p
     tokens = int((b.targets != IGNORE_INDEX).sum())
     assert ex.dropped == 0  # every response counted below is an example
     chars = sum(len(d[k].text) + 1 for d in task.data.split("test") for k in range(1, len(d)))
-    assert m["loss"] == pytest.approx(nll / tokens, rel=1e-6) and m["perplexity"] == pytest.approx(math.exp(nll / tokens))
+    assert m["loss"] == pytest.approx(nll / tokens, rel=1e-6)
+    assert m["perplexity"] == pytest.approx(math.exp(nll / tokens))
     assert m["bits_per_char"] == pytest.approx(nll / math.log(2) / chars, rel=1e-6)
     assert 0 < m["distinct_1"] <= 1 and 0 < m["distinct_2"] <= 1 and m["sampled_responses"] == 4
     assert "distinct_1" not in task.evaluate(model, "cpu", split="valid")

@@ -199,7 +199,7 @@ def test_loss_covers_the_response_and_its_end_only(jsonl, tmp_path):
     task = build_task(config(jsonl, tmp_path / "run"))
     ex = task.examples("train")
     b = task.train_batch(0, 4)
-    picks = task._epoch_order(0, len(ex))[:4]
+    picks = task.epochs.order(0, len(ex))[:4]
     for row, i in enumerate(picks):
         s, c, n = ex.starts[i], ex.context[i], ex.starts[i + 1] - ex.starts[i]
         t = b.targets[row]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -96,6 +97,30 @@ class Task:
         they are produced. `options`: sampling (temperature, top_k, top_p, generator) and
         task-specific flags."""
         raise ConfigError(f"task '{self.name}' does not answer text prompts (`learnpos generate`)")
+
+
+class EpochOrder:
+    """Batches that visit every one of n examples once per epoch, in an order that is a function
+    of (seed, stream, epoch) only, so a batch is a pure function of the step (exact resume). The
+    permutation of the current epoch is kept while in use (drawing one per step would cost more
+    than the step on large datasets)."""
+
+    def __init__(self, seed: int, stream: int):
+        self.seed, self.stream, self._cached = seed, stream, None
+
+    def order(self, epoch: int, n: int):
+        if self._cached is None or self._cached[0] != (epoch, n):
+            self._cached = ((epoch, n), np.random.default_rng([self.seed, self.stream, epoch]).permutation(n))
+        return self._cached[1]
+
+    def picks(self, step: int, batch_size: int, n: int):
+        start, parts, taken = step * batch_size, [], 0
+        while taken < batch_size:
+            epoch, offset = divmod(start + taken, n)
+            part = self.order(epoch, n)[offset:offset + batch_size - taken]
+            parts.append(part)
+            taken += len(part)
+        return np.concatenate(parts)
 
 
 TASKS: dict[str, type[Task]] = {}  # task name -> class, filled by `register`

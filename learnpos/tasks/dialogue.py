@@ -46,7 +46,7 @@ from learnpos.errors import ConfigError, DataError, RunDirError
 from learnpos.files import atomic_write_text
 from learnpos.model import IGNORE_INDEX
 from learnpos.runs import has_checkpoint
-from learnpos.tasks.base import Batch, Task, register
+from learnpos.tasks.base import Batch, EpochOrder, Task, register
 
 log = logging.getLogger(__name__)
 SPEAKERS_FILE = "speakers.json"
@@ -110,6 +110,7 @@ class DialogueTask(Task):
 
     def __init__(self, cfg, run_dir: str | Path | None = None):
         self.dlg, self.seed = cfg.dialogue, cfg.train.seed
+        self.epochs = EpochOrder(self.seed, 3)
         self.restart, self.tables = SCHEMES[self.dlg.positions]
         self.run_dir = Path(run_dir if run_dir is not None else cfg.train.out_dir)
         self._data: DialogueData | None = None
@@ -257,20 +258,7 @@ class DialogueTask(Task):
     def train_batch(self, step: int, batch_size: int) -> Batch:
         """Every training example once per epoch in a seeded order (a function of (seed, epoch))."""
         ex = self.examples("train")
-        n, start = len(ex), step * batch_size
-        parts, taken = [], 0
-        while taken < batch_size:
-            epoch, offset = divmod(start + taken, n)
-            part = self._epoch_order(epoch, n)[offset:offset + batch_size - taken]
-            parts.append(part)
-            taken += len(part)
-        return self.batch(ex, np.concatenate(parts))
-
-    def _epoch_order(self, epoch: int, n: int) -> np.ndarray:
-        cached = getattr(self, "_order", None)
-        if cached is None or cached[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, 3, epoch]).permutation(n))
-        return self._order[1]
+        return self.batch(ex, self.epochs.picks(step, batch_size, len(ex)))
 
     # --------------------------------------------------------------- evaluation
     def eval_picks(self, ex: Examples, limit: int) -> np.ndarray:

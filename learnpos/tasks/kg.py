@@ -38,7 +38,7 @@ from learnpos.data.kg import SPLITS, KGData, load_kg
 from learnpos.errors import ConfigError, DataError
 from learnpos.files import atomic_write
 from learnpos.model import IGNORE_INDEX
-from learnpos.tasks.base import Batch, Task, register
+from learnpos.tasks.base import Batch, EpochOrder, Task, register
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class KGTask(Task):
 
     def __init__(self, cfg, run_dir: str | Path | None = None):
         self.kg, self.seed = cfg.kg, cfg.train.seed
+        self.epochs = EpochOrder(self.seed, 2)
         self.data: KGData = load_kg(self.kg.dataset, self.kg.data)
         self.E, self.R = self.data.n_entities, self.data.n_relations
         self.reciprocal = self.kg.queries == "reciprocal"
@@ -132,28 +133,11 @@ class KGTask(Task):
     def train_batch(self, step: int, batch_size: int) -> Batch:
         """Every query once per epoch in a seeded order (epoch e's permutation from (seed, e))."""
         idx, answers = self._examples()
-        n = len(idx)
-        start = step * batch_size
-        parts, taken = [], 0
-        while taken < batch_size:
-            epoch, offset = divmod(start + taken, n)
-            part = self._epoch_order(epoch, n)[offset:offset + batch_size - taken]
-            parts.append(part)
-            taken += len(part)
-        picks = np.concatenate(parts)
+        picks = self.epochs.picks(step, batch_size, len(idx))
         x = torch.from_numpy(idx[picks])
         targets = torch.full_like(x, IGNORE_INDEX)
         targets[x == self.MASK] = torch.from_numpy(answers[picks])
         return Batch(x, targets)
-
-    def _epoch_order(self, epoch: int, n: int) -> np.ndarray:
-        """The query order of `epoch`, a function of (seed, epoch) only, kept while it is in use
-        (drawing a permutation of every query on every step would cost more than the step on
-        the large datasets)."""
-        cached = getattr(self, "_order", None)
-        if cached is None or cached[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, 2, epoch]).permutation(n))
-        return self._order[1]
 
     def scores(self, model, idx: Tensor) -> Tensor:
         """(B, E) scores of the entity at each query's MASK."""

@@ -5,11 +5,13 @@ standard deviation).
 
     python benchmarks/dialogue_ablation.py [--json] [--data ../shared/data/dailydialog]
         [--schemes token,token+speaker,token+turn+speaker,utterance+turn+speaker]
-        [--seeds 1337,1,2] [--steps N] [--set section.key=value ...]
+        [--seeds 1337,1,2] [--steps N] [--set section.key=value ...] [--keep DIR]
 
 Every run has the same model, data, tokenizer settings, schedule and number of steps; only
 `dialogue.positions` and the named tables it needs (`model.tables`) change. `--json` ends with
-`test_ppl` and `distinct_2` per scheme (means over seeds).
+`test_ppl` and `distinct_2` per scheme (means over seeds). `--keep DIR` keeps the run
+directories (DIR/SCHEME-SEED) for `learnpos chat` and `learnpos inspect`; by default they are
+temporary.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def run(scheme: str, seed: str, data: str, steps: int, sets: list[str], out: str
     wall = time.perf_counter() - t0
     model, _, task = load_run(out)
     m = task.evaluate(model, torch.device("cpu"), split="test")
-    return {"scheme": scheme, "seed": seed, "test_ppl": m["perplexity"], "bits_per_char": m["bits_per_char"],
+    return {"scheme": scheme, "seed": seed, "train_examples": len(task.examples("train")),
+            "test_ppl": m["perplexity"], "bits_per_char": m["bits_per_char"],
             "distinct_1": m["distinct_1"], "distinct_2": m["distinct_2"], "train_wall_s": round(wall, 1),
             "steps": cfg.train.max_iters}
 
@@ -58,14 +61,16 @@ def main() -> None:
     ap.add_argument("--seeds", default="1337,1,2")
     ap.add_argument("--steps", type=int, default=0, help="train.max_iters for every run (0 = the preset's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override")
+    ap.add_argument("--keep", metavar="DIR", help="keep the runs under DIR (default: a temporary folder)")
     args = ap.parse_args()
     print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; data {args.data}", flush=True)
     schemes, seeds = args.schemes.split(","), args.seeds.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
         for scheme in schemes:
             for seed in seeds:
-                rows.append(run(scheme, seed, args.data, args.steps, args.set, f"{tmp}/{scheme}-{seed}"))
+                rows.append(run(scheme, seed, args.data, args.steps, args.set, str(root / f"{scheme}-{seed}")))
                 print(json.dumps(rows[-1]), flush=True)
     summary = {}
     print(f"\nDailyDialog test split; mean ± spread over {len(seeds)} seed(s)")

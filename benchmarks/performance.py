@@ -40,6 +40,7 @@ BENCHMARKS = {
     "kg_positions": ("kg_positions", ["--dataset", "umls"]),
     "kg_vs_pykeen_nations": ("kg_vs_pykeen", ["--dataset", "nations", "--seeds", "1337,1,2", "--epochs", "100"]),
     "kg_vs_pykeen_umls": ("kg_vs_pykeen", ["--dataset", "umls", "--seeds", "1337,1,2", "--epochs", "100"]),
+    "dialogue_ablation": ("dialogue_ablation", ["--keep", "runs/dialogue-ablation"]),
 }
 
 

@@ -21,7 +21,7 @@ from learnpos.config import load_config
 from learnpos.data.dialogue import load_dialogues
 from learnpos.errors import ConfigError, DataError
 from learnpos.load import build_model, load_run
-from learnpos.model import IGNORE_INDEX
+from learnpos.model import IGNORE_INDEX, cross_entropy
 from learnpos.tasks import build_task
 from learnpos.train import train
 
@@ -206,6 +206,27 @@ def test_loss_covers_the_response_and_its_end_only(jsonl, tmp_path):
         assert (t[:c - 1] == IGNORE_INDEX).all() and (t[n - 1:] == IGNORE_INDEX).all()
         assert t[c - 1:n - 1].tolist() == ex.tokens[s + c:s + n].tolist()  # response tokens, then EOU
         assert b.idx[row, :n - 1].tolist() == ex.tokens[s:s + n - 1].tolist()
+
+
+def test_response_only_head_gives_the_full_logits_loss_and_gradients(jsonl, tmp_path):
+    cfg = config(jsonl, tmp_path / "run")
+    task = build_task(cfg)
+    cfg.model.vocab_size = task.vocab_size
+    torch.manual_seed(0)
+    model = build_model(cfg, task).double().eval()  # no dropout: both losses see one network
+    b = task.train_batch(0, 4)
+    assert (b.targets == IGNORE_INDEX).any()  # history and padding positions the head may skip
+    grads = []
+    for loss_fn in (lambda: task.loss(model, b),
+                    lambda: cross_entropy(model(b.idx, **b.model_inputs()).logits, b.targets)):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (mine, g_mine), (full, g_full) = grads
+    # float64: both sides are the same sum in another order, so they agree to rounding (~1e-15)
+    assert torch.allclose(mine, full, rtol=1e-12, atol=0)
+    assert all(torch.allclose(a, c, rtol=1e-9, atol=1e-14) for a, c in zip(g_mine, g_full, strict=True))
 
 
 def test_scheme_table_mismatches_are_config_errors(jsonl, tmp_path):

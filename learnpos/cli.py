@@ -185,6 +185,19 @@ def cmd_generate(args, overrides) -> int:
     return 0
 
 
+def cmd_inspect(args, overrides) -> int:
+    from learnpos.inspection import main as inspect_main
+
+    inspect_main(args.run, args.out)
+    return 0
+
+
+def cmd_compare(args, overrides) -> int:
+    from learnpos.compare import main as compare_main
+
+    return compare_main(args.preset, args.variants, args.seeds, args.lengths, args.out, overrides)
+
+
 def cmd_chat(args, overrides) -> int:
     import torch
 
@@ -322,6 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("compare", help="train one preset with every positional encoding and compare them across "
+                                       "evaluation lengths (resumable)")
+    p.add_argument("--preset", default="demo", help="preset name or .toml path")
+    p.add_argument("--variants", default="all", help="comma-separated (default all): learned, learned+randomized, "
+                                                     "sinusoidal, rope, alibi, none, init=randn, init=sinusoidal, "
+                                                     "init=zeros, learned+decay")
+    p.add_argument("--seeds", default="1337,1,2")
+    p.add_argument("--lengths", default="1,1.5,2,4", help="evaluation lengths as multiples of the training length")
+    p.add_argument("--out", help="results and runs (default runs/compare-PRESET); run again to continue")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("inspect", help="plots and one self-contained report.html of what a run learned")
+    p.add_argument("run", metavar="RUN_DIR", help="a run directory (of any task)")
+    p.add_argument("--out", help="where the PNGs and report.html go (default RUN_DIR/inspect)")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("kg", help="knowledge-graph runs: learnpos kg predict --run DIR --head H --relation R")
     p.add_argument("action", choices=["predict"])

@@ -49,6 +49,10 @@ class PositionalConfig:
     # the default is no decay on P. Set true to treat P like the other matrices.
     weight_decay: bool = False
     rope_base: float = 10000.0  # rope only: wavelength base
+    # learned only: train on sorted random subsets of the max_len rows (Ruoss et al. 2023), so
+    # rows past the training length are trained too; evaluation spreads a sequence's positions
+    # evenly over the table (learnpos.positional.RandomizedPositionalEmbedding)
+    randomize: bool = False
 
 
 @dataclass
@@ -471,6 +475,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{key} must be in [0, 1), got {value}")
     if p.init_std <= 0:
         raise ConfigError(f"model.positional.init_std must be positive, got {p.init_std}")
+    if p.randomize and p.kind != "learned":
+        raise ConfigError(f"model.positional.randomize draws rows of a learned table; kind='{p.kind}' has none "
+                          f"(use --model.positional.kind=learned with a max_len larger than the training length)")
     _validate_tables(m.tables)
     _check_finite(cfg)
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:

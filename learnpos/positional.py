@@ -89,6 +89,14 @@ class PositionalEncoding(nn.Module):
         the ids first (encodings with a limit)."""
         return None
 
+    def plan(self, position_ids: Tensor | None, offset: int, T: int, lengths: Tensor | None = None,
+             batch: int = 1) -> Tensor | None:
+        """The position ids the model actually uses for the T new tokens of `batch` rows
+        (before anything is embedded or cached). Default: the given ones. `lengths` (B,): each
+        row's number of real tokens in the whole sequence, where the caller knows it (a padded
+        batch's mask, or the length planned for a KV cache); None = offset + T for every row."""
+        return position_ids
+
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
         """(cos, sin), each (B or 1, 1, T, hs/2), for rotating q and k; or None."""
         return None
@@ -211,6 +219,46 @@ class LearnedPositionalEmbedding(PositionalEncoding):
         self.max_len = n
 
 
+class RandomizedPositionalEmbedding(LearnedPositionalEmbedding):
+    """A learned table trained on randomized positions (Ruoss et al. 2023, "Randomized
+    Positional Encodings Boost Length Generalization of Transformers";
+    `model.positional.randomize = true`).
+
+    A sequence's logical positions p (the default 0..K-1, or explicit ones such as positions
+    that restart in every utterance) use other rows of the table of L = max_len rows:
+        training:   row S[p], where S[0] < S[1] < ... is a sorted random subset of 0..L-1 of
+                    size max(p) + 1, drawn per sequence (torch's global generator, like
+                    dropout, so a resumed run draws the same subsets)
+        evaluation: row round(p (L-1) / (K-1)), K = the row's number of real tokens (its
+                    attention mask, or with a KV cache the planned prompt + generated length;
+                    otherwise the input length): the sequence spread evenly over the table, the
+                    same rows whether it is run in one pass or decoded in pieces
+    Order is kept, and every row is trained although training sequences are shorter than the
+    table, so a sequence of any length up to L reads trained rows. Past L there is still
+    nothing to look up (logical positions >= L are refused as for the plain table). Right-padded
+    batches given without a mask spread over the padded length.
+    """
+
+    def plan(self, position_ids: Tensor | None, offset: int, T: int, lengths: Tensor | None = None,
+             batch: int = 1) -> Tensor:
+        dev, L = self.weight.device, self.max_len
+        logical = position_ids if position_ids is not None else default_position_ids(T, offset, dev)  # (B|1, T)
+        logical = logical.long()
+        if self.training:
+            K = int(logical.max()) + 1 if logical.numel() else 1
+            if K > L:
+                self.check(logical, 0, T)  # raises, with the plain table's message
+            B = max(batch, logical.shape[0])
+            rows = torch.rand(B, L, device=dev).argsort(dim=1)[:, :K].sort(dim=1).values  # (B, K)
+            return rows.gather(1, logical.expand(B, -1))
+        K = lengths.to(dev).long().view(-1, 1) if lengths is not None else torch.tensor([[offset + T]], device=dev)
+        longest = int(K.max())
+        if longest > L:
+            self.check(None, 0, longest)  # raises
+        scale = (L - 1) / (K - 1).clamp(min=1).double()  # (B|1, 1)
+        return (logical.double() * scale).round().long().clamp(max=L - 1)
+
+
 class SinusoidalPositionalEncoding(PositionalEncoding):
     """Fixed sinusoids (Vaswani et al., 2017) added to embeddings, scaled to the token
     embedding init (`sinusoid_scale`). Absolute, not learned.
@@ -281,8 +329,8 @@ class ALiBiPositionalEncoding(PositionalEncoding):
 def build_positional(cfg: PositionalConfig, n_embd: int, n_head: int) -> PositionalEncoding:
     """The registry: one `kind` string -> one encoding."""
     registry = {
-        "learned": lambda: LearnedPositionalEmbedding(cfg.max_len, n_embd, cfg.init, cfg.init_std,
-                                                      weight_decay=cfg.weight_decay),
+        "learned": lambda: (RandomizedPositionalEmbedding if cfg.randomize else LearnedPositionalEmbedding)(
+            cfg.max_len, n_embd, cfg.init, cfg.init_std, weight_decay=cfg.weight_decay),
         "sinusoidal": lambda: SinusoidalPositionalEncoding(n_embd, sinusoid_scale(cfg.init_std)),
         "rope": lambda: RotaryPositionalEncoding(n_embd // n_head, cfg.rope_base),
         "alibi": lambda: ALiBiPositionalEncoding(n_head),

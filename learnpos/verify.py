@@ -420,6 +420,36 @@ def no_table_check(kind: str, seed: int) -> Check:
                  detail="no pos.weight in the model or the reference gradients")
 
 
+def randomized_checks(seed: int) -> list[Check]:
+    """Randomized positions (model.positional.randomize): in training the model reads rows of a
+    sorted random subset of the table, in evaluation evenly spread rows. Either way dL/dP must
+    be the plain table's gradient at those rows: the reference, given them as explicit ids."""
+    plain = make_model(Case("randomized"), seed)
+    cfg = model_config(Case("randomized"))
+    cfg.positional = PositionalConfig(kind="learned", max_len=L, randomize=True)
+    model = GPT(cfg).double()
+    model.load_state_dict(plain.state_dict())
+    batch = make_inputs("arange", seed + 2)
+    checks = []
+    for mode in ("train", "eval"):
+        model.train(mode == "train")  # dropout is 0: the mode only picks the position rule
+        torch.manual_seed(seed + 7)
+        rows = model.pos.plan(None, 0, T, None, B)  # (B, T): what the forward below draws
+        torch.manual_seed(seed + 7)
+        auto = autograd_side(model, batch)
+        explicit = Inputs(batch.idx, batch.targets, rows.expand(B, T).contiguous(), None, {})
+        refr = reference_side(plain, explicit)
+        rel = max(rel_err(auto.grads["pos.weight"], refr.grads["pos.weight"]), rel_err(auto.logits, refr.logits))
+        increasing = bool((rows[:, 1:] > rows[:, :-1]).all())
+        past = int(rows.max()) >= T  # rows past the sequence length are read (and trained)
+        ok = rel <= GRAD_REL_TOL and increasing and (past or mode == "eval")
+        checks.append(Check(f"randomized positions ({mode})", _abs_err(auto.grads["pos.weight"],
+                                                                        refr.grads["pos.weight"]),
+                            rel, GRAD_REL_TOL, ok, detail=f"rows {rows[0].tolist()} of {L}; increasing {increasing}; "
+                                                          f"logits and dL/dP = the reference at those ids"))
+    return checks
+
+
 def _minus_lr_times(p: np.ndarray, lr: float, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """p - lr*g in float64 both ways it may legitimately be evaluated: rounded once (a fused
     multiply-add, what PyTorch's CPU kernels do) and rounded twice (multiply, then subtract)."""
@@ -562,6 +592,7 @@ def run_checks(seed: int = 0) -> list[Check]:
     groups.append(("tables", lambda: named_table_checks(seed)))
     groups.append(("sgd", lambda: sgd_checks(seed)))
     groups.append(("adamw", lambda: adamw_checks(seed)))
+    groups.append(("randomized positions", lambda: randomized_checks(seed)))
     for kind in ("sinusoidal", "none"):
         groups.append((f"{kind}: no trainable table", lambda kind=kind: [no_table_check(kind, seed)]))
     checks: list[Check] = []

@@ -277,6 +277,30 @@ def test_metrics_are_response_perplexity_bits_per_char_and_distinct(jsonl, tmp_p
     assert "distinct_1" not in task.evaluate(model, "cpu", split="valid")
 
 
+def test_inspect_figures_split_the_evaluated_loss_by_history_and_response_position(jsonl, tmp_path):
+    cfg = config(jsonl, tmp_path / "run", **{"dialogue.block_size": 100, "model.positional.max_len": 100,
+                                             "dialogue.eval_examples": 0})
+    task = build_task(cfg)
+    cfg.model.vocab_size = task.vocab_size
+    torch.manual_seed(0)
+    model = build_model(cfg, task).eval()
+    by_turns, by_pos = task.figures(model, "cpu")
+    ex = task.examples("valid")
+    history = ex.turns[ex.starts[:-1]]  # each example's first token: its number of history turns
+    counts = np.array([(history == k).sum() for k in by_turns.x])
+    assert counts.min() > 0 and set(by_turns.x) == set(history.tolist())
+    b = task.batch(ex, np.arange(len(ex)))
+    with torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(model(b.idx, **b.model_inputs()).logits.transpose(1, 2),
+                                                b.targets, ignore_index=IGNORE_INDEX, reduction="none")  # (B, T)
+    for k, ppl in zip(by_turns.x, by_turns.series["perplexity"], strict=True):
+        rows = torch.from_numpy(history == k)
+        mine = nll[rows].sum() / (b.targets[rows] != IGNORE_INDEX).sum()
+        assert ppl == pytest.approx(math.exp(float(mine)), rel=1e-5)
+    first = torch.stack([nll[r, int(ex.context[r]) - 1] for r in range(len(ex))]).mean()  # each response's 1st token
+    assert by_pos.x[0] == 0 and by_pos.series["cross-entropy"][0] == pytest.approx(float(first), rel=1e-5)
+
+
 @pytest.mark.parametrize("scheme", list(TABLES))
 def test_generation_continues_positions_turns_and_speakers(jsonl, tmp_path, scheme):
     """A greedy reply equals what a full forward pass over history + reply, laid out as a

@@ -184,6 +184,21 @@ def test_kg_task_learns_and_reports_filtered_metrics(toy_run):
         assert key in m
 
 
+def test_inspect_report_of_a_kg_run_shows_metrics_by_direction(toy_run):
+    from learnpos.inspection import inspect_run
+    from learnpos.load import load_run
+
+    root, result = toy_run
+    model, _, task = load_run(root / "run")
+    (fig,) = task.figures(model, "cpu")
+    m = task.evaluate(model, "cpu")
+    assert fig.x == ["mrr", "hits@1", "hits@3", "hits@10"]
+    assert fig.series == {d: [m[f"{d}_{k}"] for k in fig.x] for d in ("tail", "head")}
+    html = inspect_run(root / "run", root / "report").read_text(encoding="utf-8")
+    assert "Task figures: kg" in html and "Learned table: pos" in html
+    assert (root / "report" / "mrr_by_direction.png").exists()
+
+
 def test_coke_queries_differ_only_by_position():
     cfg = load_config("kg-umls", {"kg.data": str(SHARED / "umls")}) if (SHARED / "umls").exists() else None
     if cfg is None:

@@ -6,7 +6,7 @@
     model    positional, attention, model, generate, reference, hardware
     library  optim, runs, verify, analysis
     tasks    tasks.*                    above the model; the library never imports them
-    top      load, train, cli
+    top      load, train, chat, inspection, cli
 Every import is read from the source (also those inside functions), so a lazy import
 cannot hide a cycle.
 """
@@ -98,7 +98,7 @@ LAYER = {"learnpos.errors": 0, "learnpos.files": 0, "learnpos.config": 1, "learn
          "learnpos.data": 2, "learnpos.reference": 2, "learnpos.positional": 3, "learnpos.attention": 3,
          "learnpos.model": 4, "learnpos.generate": 4, "learnpos.optim": 5, "learnpos.runs": 5,
          "learnpos.verify": 6, "learnpos.analysis": 6, "learnpos.tasks": 7, "learnpos.load": 8,
-         "learnpos.train": 9, "learnpos.chat": 9, "learnpos.cli": 10,
+         "learnpos.train": 9, "learnpos.chat": 9, "learnpos.inspection": 9, "learnpos.compare": 9, "learnpos.cli": 10,
          "learnpos.__main__": 11}
 
 

@@ -171,3 +171,70 @@ def test_alibi_slopes_match_paper():
     assert torch.allclose(ALiBiPositionalEncoding._slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
     s6 = ALiBiPositionalEncoding._slopes(6)  # 4 from 2^(-2i), then 2 odd ones of the 8-head set
     assert torch.allclose(s6, torch.tensor([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]))
+
+
+# ------------------------------------------------------------------ randomized positions
+
+
+def randomized(rows=L):
+    from learnpos.positional import RandomizedPositionalEmbedding
+
+    torch.manual_seed(0)
+    return RandomizedPositionalEmbedding(rows, C)
+
+
+def test_randomized_training_ids_are_sorted_random_subsets_mapped_per_sequence():
+    pe = randomized().train()
+    ids = pe.plan(None, 0, 5, None, batch=64)  # the default ids 0..4 of 64 sequences
+    assert ids.shape == (64, 5) and (ids[:, 1:] > ids[:, :-1]).all()  # increasing: order is kept
+    assert ids.min() >= 0 and ids.max() < L
+    assert len({tuple(r) for r in ids.tolist()}) > 32  # drawn per sequence
+    assert set(ids.flatten().tolist()) == set(range(L))  # rows past the length 5 are used too
+    # explicit logical ids (positions that restart per utterance) go through the same subset
+    logical = torch.tensor([[0, 1, 2, 0, 1, 0]])
+    out = pe.plan(logical, 0, 6, None)[0]
+    assert out[0] == out[3] == out[5] and out[1] == out[4] and out[0] < out[1] < out[2]
+    with pytest.raises(PositionOutOfRange, match="position 12 is past the learned position table"):
+        pe.plan(torch.arange(13)[None], 0, 13, None)
+
+
+def test_randomized_evaluation_spreads_positions_and_a_cache_plans_the_whole_length():
+    pe = randomized().eval()
+    assert pe.plan(None, 0, 4).tolist() == [[0, 4, 7, 11]]  # round(p * 11 / 3)
+    assert pe.plan(None, 0, L).tolist() == [list(range(L))]
+    # decoding in pieces, each row's whole length planned (4 tokens): the rows of one pass
+    planned = torch.tensor([4])
+    pieces = [pe.plan(None, 0, 2, planned), pe.plan(None, 2, 1, planned), pe.plan(None, 3, 1, planned)]
+    assert torch.cat(pieces, 1).tolist() == [[0, 4, 7, 11]]
+    # a padded row spreads over its own real tokens, as it would alone
+    ids = position_ids_from_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]))
+    assert pe.plan(ids, 0, 4, torch.tensor([2, 4])).tolist() == [[0, 0, 0, 11], [0, 4, 7, 11]]
+    with pytest.raises(PositionOutOfRange):
+        pe.plan(None, 0, L + 1)
+
+
+def test_randomized_model_decodes_with_a_cache_as_one_forward_pass():
+    from learnpos.config import ModelConfig
+    from learnpos.model import GPT
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=16, dropout=0.0,
+                      positional=PositionalConfig(kind="learned", max_len=32, randomize=True))
+    model = GPT(cfg).eval()
+    idx = torch.randint(0, 11, (2, 9))
+    full = model(idx).logits  # 9 tokens spread over 32 rows
+    cache = model.new_cache(9)
+    parts = [model(idx[:, :5], past_kv=cache).logits]
+    parts += [model(idx[:, t:t + 1], past_kv=cache).logits for t in range(5, 9)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    model.train()
+    a, b = model(idx).logits, model(idx).logits  # training: a new subset per call
+    assert not torch.allclose(a, b)
+
+
+def test_randomize_needs_a_learned_table():
+    from learnpos.config import load_config
+    from learnpos.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="randomize draws rows of a learned table; kind='rope'"):
+        load_config("demo", {"model.positional.kind": "rope", "model.positional.randomize": "true"})

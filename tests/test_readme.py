@@ -20,9 +20,14 @@ def test_python_blocks_run():
 
 def test_ci_runs_the_readme_test_command():
     bash = blocks("bash")
-    test_cmd = next(b.strip() for b in bash if "pytest" in b and "setup.sh test" in b)
+    block = next(b.strip().splitlines() for b in bash if "pytest" in b and "setup.sh test" in b)
     ci = (ROOT / ".ci/run").read_text(encoding="utf-8")
+    test_cmd = next(line for line in block if "pytest" in line)
     assert test_cmd in ci.splitlines()
+    for line in block:  # the system packages the README installs, CI installs too
+        if line.startswith("apt-get install"):
+            for package in line.split()[3:]:
+                assert f"apt-get install -y -qq {package}" in ci, package
 
 
 def test_quick_start_demo_command_is_what_the_cli_test_runs():

@@ -42,10 +42,12 @@ def test_every_learned_table_has_its_own_decay_group():
         assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
 
 
-def test_resume_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("randomize", ["false", "true"])
+def test_resume_is_bit_exact(tmp_path, randomize):
     """Train 2N steps straight; train N, stop, resume to 2N: identical weights and optimizer state."""
-    # dropout: the RNG state must resume too; position stats must continue their counts
-    over = {**FAST, "train.max_iters": "30", "model.dropout": "0.1", "train.position_stats": "true"}
+    # dropout and randomized positions: the RNG state must resume too; position stats must continue their counts
+    over = {**FAST, "train.max_iters": "30", "model.dropout": "0.1", "train.position_stats": "true",
+            "model.positional.randomize": randomize}
     a = load_config("demo", {**over, "train.out_dir": str(tmp_path / "a")})
     train(a, quiet=True)
     b = load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")})

@@ -69,6 +69,17 @@ class Task:
     def check_config(cls, cfg) -> None:
         """Raise ConfigError for configs this task cannot run with."""
 
+    @classmethod
+    def train_length(cls, cfg) -> int | None:
+        """The length that `evaluate(length=...)` varies, as trained (synthetic: symbols per
+        sequence; lm: tokens per window); None = the task has no such length."""
+        return None
+
+    @classmethod
+    def positions_needed(cls, cfg, length: int) -> int:
+        """Rows of a position table that sequences of `length` (in train_length's unit) need."""
+        return length
+
     def heads(self, model_cfg) -> dict[str, nn.Module]:
         """Output modules of the task's own (e.g. an entity scorer), attached to the model as
         `model.heads[name]` so they are trained, checkpointed and loaded with it. Default: none
@@ -91,6 +102,11 @@ class Task:
         length where the task has that notion (raise ConfigError where it cannot). `split`:
         one of `splits` (None = the first)."""
         raise NotImplementedError
+
+    def figures(self, model, device: torch.device) -> list:
+        """The task's own charts for `learnpos inspect`, as `learnpos.analysis.report.Figure`
+        values (data, drawn by the report), from an evaluation of `model`. Default: none."""
+        return []
 
     def respond(self, model, prompt: str, max_new_tokens: int = 200, stream=None, **options) -> str:
         """Answer one text prompt (used by `learnpos generate`); `stream(text)` gets pieces as

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from learnpos.analysis.report import Figure
 from learnpos.data.dialogue import SPLITS, DialogueData, Turn, load_dialogues
 from learnpos.data.tokenizers import TOKENIZER_FILE, StreamDecoder, load_tokenizer, train_tokenizer
 from learnpos.errors import ConfigError, DataError, RunDirError
@@ -307,6 +308,42 @@ class DialogueTask(Task):
         if split == "test" and self.dlg.distinct_samples:
             metrics.update(self.distinct(model, ex, self.dlg.distinct_samples))
         return metrics
+
+    @torch.no_grad()
+    def figures(self, model, device, batch_size: int = 64) -> list:
+        """Validation response perplexity by the number of history turns the example has, and
+        response loss by token position within the response."""
+        ex = self.examples("valid")
+        picks = self.eval_picks(ex, self.dlg.eval_examples)
+        was_training = model.training
+        model.eval()
+        turn_nll, turn_n = np.zeros(self.dlg.max_turns + 1), np.zeros(self.dlg.max_turns + 1)
+        pos_nll, pos_n = np.zeros(self.dlg.block_size + 1), np.zeros(self.dlg.block_size + 1)
+        for i in range(0, len(picks), batch_size):
+            chunk = picks[i:i + batch_size]
+            b = self.batch(ex, chunk).to(device)
+            logits, targets = self.response_logits(model, b)
+            nll = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu().numpy()
+            keep = (b.targets != IGNORE_INDEX).cpu()
+            rows = keep.nonzero()[:, 0].numpy()
+            within = (keep.long().cumsum(1) - 1)[keep].numpy()  # 0 = the response's first token
+            history = ex.turns[ex.starts[chunk]][rows]  # the first token's turn index = history turns
+            np.add.at(turn_nll, history, nll)
+            np.add.at(turn_n, history, 1)
+            np.add.at(pos_nll, within, nll)
+            np.add.at(pos_n, within, 1)
+        model.train(was_training)
+        turns = [k for k in range(1, len(turn_n)) if turn_n[k]]
+        upto = int(np.flatnonzero(pos_n >= 20).max()) + 1 if (pos_n >= 20).any() else 0  # 20+ tokens: not noise
+        return [Figure("perplexity_by_history_turns", "validation response perplexity by history length", turns,
+                       {"perplexity": [math.exp(turn_nll[k] / turn_n[k]) for k in turns]}, "history turns",
+                       "perplexity", kind="bar",
+                       note=f"{len(picks)} validation examples; history cut at dialogue.max_turns="
+                            f"{self.dlg.max_turns} and the {self.dlg.block_size}-token block"),
+                Figure("loss_by_response_position", "validation loss by token position in the response",
+                       list(range(upto)), {"cross-entropy": (pos_nll[:upto] / pos_n[:upto]).tolist()},
+                       "token position within the response", "loss (nats/token)",
+                       note="positions reached by at least 20 responses")]
 
     def distinct(self, model, ex: Examples, n_samples: int, batch_size: int = 32) -> dict:
         """distinct-1/2 of responses sampled (seeded) for `n_samples` evenly spaced test examples."""

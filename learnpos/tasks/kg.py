@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from learnpos.analysis.ranking import AnswerIndex, RankAccumulator, filtered_ranks
+from learnpos.analysis.report import Figure
 from learnpos.data.kg import SPLITS, KGData, load_kg
 from learnpos.errors import ConfigError, DataError
 from learnpos.files import atomic_write
@@ -195,6 +196,14 @@ class KGTask(Task):
             atomic_write(Path(save_scores), lambda tmp: save_file(tensors, tmp, metadata=meta))
         return {"loss": loss_sum / count, **acc.metrics(), "ranked_split": split,
                 "unseen_excluded": int(self.data.unseen.get(split, 0))}
+
+    def figures(self, model, device) -> list:
+        m = self.evaluate(model, device)
+        names = ["mrr", "hits@1", "hits@3", "hits@10"]
+        return [Figure("mrr_by_direction", f"{self.kg.dataset}: filtered {m['ranked_split']} metrics by direction",
+                       names, {d: [m[f"{d}_{k}"] for k in names] for d in ("tail", "head")}, "metric", "value",
+                       kind="bar", note=f"tail queries [h, r, ?], head queries [?, r, t]; both: MRR {m['mrr']:.4f} "
+                                        f"over {m['queries']} queries (kg.queries={self.kg.queries})")]
 
     # --------------------------------------------------------------- prediction
     def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:

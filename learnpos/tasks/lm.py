@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from learnpos.analysis.report import Figure
 from learnpos.data.text import TokenData, load_corpus, tokenize_cached
 from learnpos.data.tokenizers import TOKENIZER_FILE, StreamDecoder, load_tokenizer, train_tokenizer
 from learnpos.errors import ConfigError, DataError, PositionOutOfRange, RunDirError
@@ -65,6 +66,10 @@ class LMTask(Task):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.tokenizer.save(tok_file)
         self.vocab_size = self.tokenizer.vocab_size
+
+    @classmethod
+    def train_length(cls, cfg) -> int:
+        return cfg.lm.block_size
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -140,12 +145,21 @@ class LMTask(Task):
             loss_by_pos += nll.sum(0).double().cpu()
         model.train(was_training)
         loss_by_pos /= len(starts)
+        self.loss_by_position = loss_by_pos.tolist()  # of the latest evaluation, for `figures`
         loss = float(loss_by_pos.mean())
         tokens_per_char = self.data.val.size / self.data.val_chars
         name = LOSS_BY_POSITION_FILE if T == self.T else f"loss_by_position_{T}.json"
         atomic_write_text(self.run_dir / name, "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
         return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2) * tokens_per_char,
                 "eval_tokens": len(starts) * T}
+
+    def figures(self, model, device) -> list:
+        m = self.evaluate(model, device)
+        by_pos = self.loss_by_position
+        return [Figure("loss_by_position", "validation loss by position in the window", list(range(len(by_pos))),
+                       {"cross-entropy": by_pos}, "position", "loss (nats/token)",
+                       note=f"{m['eval_tokens']} validation tokens in windows of {len(by_pos)}; mean loss "
+                            f"{m['loss']:.4f}. Early positions see little context, so their loss is higher")]
 
     # ------------------------------------------------------------------ generation
     def respond(self, model, prompt: str, max_new_tokens: int | None = None, stream=None, sliding: bool = False,

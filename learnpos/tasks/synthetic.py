@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from learnpos.analysis.report import Figure
 from learnpos.errors import ConfigError
 from learnpos.model import IGNORE_INDEX, cross_entropy
 from learnpos.tasks.base import Batch, Task, register
@@ -87,6 +88,14 @@ class SyntheticTask(Task):
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------
+    @classmethod
+    def train_length(cls, cfg) -> int:
+        return cfg.synthetic.length
+
+    @classmethod
+    def positions_needed(cls, cfg, length: int) -> int:
+        return cls.seq_len(length, cfg.model.causal)
+
     @classmethod
     def check_config(cls, cfg) -> None:
         s, p = cfg.synthetic, cfg.model.positional
@@ -180,6 +189,14 @@ class SyntheticTask(Task):
         n_seq = data.idx.shape[0]
         return {"loss": loss_sum / count, "exact_match": exact / n_seq, "token_accuracy": correct / count,
                 "per_position_accuracy": (per_pos_right / per_pos_total.clamp(min=1)).tolist()}
+
+    def figures(self, model, device) -> list:
+        m = self.evaluate(model, device)
+        acc = m["per_position_accuracy"]
+        return [Figure("per_position_accuracy", f"{self.name}: accuracy by answer position (held-out set)",
+                       list(range(len(acc))), {"token accuracy": acc}, "answer position", "accuracy",
+                       note=f"exact match {m['exact_match']:.3f}, token accuracy {m['token_accuracy']:.3f} "
+                            f"over the whole held-out set")]
 
     def _per_position(self, b: Batch, right, answer):
         """Counts per answer index: answer tokens are the trailing n targets of each row."""

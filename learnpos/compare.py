@@ -1,0 +1,271 @@
+"""`learnpos compare`: one model, one task, one budget, every positional encoding.
+
+Trains the preset once per variant and seed, everything else fixed, then evaluates each run at
+the training length and at multiples of it (`--lengths 1,1.5,2,4`). A learned table shorter
+than an evaluation length is grown explicitly with each `extend` method (copy-last,
+interpolate, init) and each is reported as its own row: nothing is ever clamped silently.
+
+    variant              what changes against the preset
+    learned              nothing (the preset's table, init and decay)
+    learned+randomized   model.positional.randomize = true, the table as long as the longest
+                         evaluation (Ruoss et al. 2023)
+    sinusoidal, rope, alibi, none
+                         model.positional.kind
+    init=randn, init=sinusoidal, init=zeros
+                         model.positional.init of the learned table (the preset's is normal)
+    learned+decay        model.positional.weight_decay = true (decoupled decay on every row)
+
+Output in `--out` (default runs/compare-<preset>): one run directory per variant and seed,
+`results.jsonl` (one line per run with its rows per evaluation length and extend method,
+appended as each run finishes), `results.csv`, `results.md` (mean ± spread over seeds per variant and length), a PNG
+of the metric against evaluation length, and `report.html`. Run the same command again after
+an interruption and it continues: finished runs are read back, an unfinished one resumes
+from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+from learnpos.analysis.report import Figure, Section, draw_figure, write_report
+from learnpos.config import load_config
+from learnpos.errors import ConfigError
+from learnpos.files import append_line, atomic_write_text
+from learnpos.load import load_run
+from learnpos.positional import LearnedPositionalEmbedding
+from learnpos.runs import has_checkpoint, latest_checkpoint, read_metrics
+from learnpos.tasks import TASKS
+from learnpos.train import autocast_for, resolve_device, train
+
+log = logging.getLogger(__name__)
+
+VARIANTS = {
+    "learned": {},
+    "learned+randomized": {"model.positional.randomize": "true"},
+    "sinusoidal": {"model.positional.kind": "sinusoidal"},
+    "rope": {"model.positional.kind": "rope"},
+    "alibi": {"model.positional.kind": "alibi"},
+    "none": {"model.positional.kind": "none"},
+    "init=randn": {"model.positional.init": "randn"},
+    "init=sinusoidal": {"model.positional.init": "sinusoidal"},
+    "init=zeros": {"model.positional.init": "zeros"},
+    "learned+decay": {"model.positional.weight_decay": "true"},
+}
+EXTEND_METHODS = ("copy-last", "interpolate", "init")
+RESULTS = "results.jsonl"
+
+
+def variant_config(preset: str, variant: str, seed: int, out: Path, overrides: dict, longest: int | None):
+    """The config of one run: the preset, the user's overrides, the variant's own."""
+    over = {**overrides, **VARIANTS[variant], "train.seed": str(seed), "train.out_dir": str(out)}
+    if variant == "learned+randomized" and longest is not None:
+        over["model.positional.max_len"] = str(longest)  # every evaluation length reads trained rows
+    return load_config(preset, over)
+
+
+def _finished(run_dir: Path, max_iters: int) -> bool:
+    if not has_checkpoint(run_dir):
+        return False
+    return int(latest_checkpoint(run_dir).name.split("-")[1]) >= max_iters
+
+
+def evaluate_lengths(run_dir: Path, factors: list[float], device) -> list[dict]:
+    """Rows (length, factor, method, metrics) of one trained run at every evaluation length."""
+    model, cfg, task = load_run(run_dir, device)
+    base = type(task).train_length(cfg)
+    autocast = autocast_for(device, cfg.train.dtype)
+    rows = []
+    for f in factors:
+        n = max(1, round(f * base))
+        need = type(task).positions_needed(cfg, n)
+        plain = isinstance(model.pos, LearnedPositionalEmbedding) and not cfg.model.positional.randomize
+        if plain and need > model.max_len:
+            for method in EXTEND_METHODS:
+                grown = copy.deepcopy(model)
+                grown.extend_positions(need, method)
+                rows.append({"factor": f, "length": n, "method": method,
+                             **_scalars(task.evaluate(grown, device, autocast=autocast, length=n))})
+        else:
+            rows.append({"factor": f, "length": n, "method": "",
+                         **_scalars(task.evaluate(model, device, autocast=autocast, length=n))})
+    return rows
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def run_compare(preset: str, variants: list[str], seeds: list[int], factors: list[float], out: Path,
+                overrides: dict, quiet: bool = False) -> Path:
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if not seeds or not factors or min(factors) <= 0:
+        raise ConfigError("--seeds needs at least one seed and --lengths positive factors (e.g. 1,1.5,2,4)")
+    probe = load_config(preset, overrides)
+    task_cls = TASKS[probe.task]
+    base = task_cls.train_length(probe)
+    if base is None:
+        raise ConfigError(f"task '{probe.task}' has no sequence length to vary; `learnpos compare` needs a task "
+                          f"that evaluates at other lengths (the synthetic probes, lm)")
+    longest = task_cls.positions_needed(probe, max(1, round(max(factors) * base)))
+    out.mkdir(parents=True, exist_ok=True)
+    done = _read_results(out)
+    device = resolve_device(probe.train.device)
+    for variant in variants:
+        for seed in seeds:
+            key = f"{variant}/seed-{seed}"
+            if any(r["variant"] == variant and r["seed"] == seed for r in done):
+                continue
+            run_dir = out / variant.replace("=", "-").replace("+", "-") / f"seed-{seed}"
+            cfg = variant_config(preset, variant, seed, run_dir, overrides, longest)
+            t0 = time.perf_counter()
+            if not _finished(run_dir, cfg.train.max_iters):
+                train(cfg, resume=has_checkpoint(run_dir), quiet=True)
+            wall = time.perf_counter() - t0
+            rows = [{"variant": variant, "seed": seed, "train_s": round(wall, 1), **r}
+                    for r in evaluate_lengths(run_dir, factors, device)]
+            append_line(out / RESULTS, json.dumps({"variant": variant, "seed": seed, "rows": rows}))  # one write
+            done += rows
+            if not quiet:
+                first = rows[0]
+                shown = {k: first[k] for k in ("token_accuracy", "exact_match", "loss") if k in first}
+                print(f"{key}: trained in {wall:.0f} s; at the training length " +
+                      ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
+    return write_outputs(out, preset, [r for r in done if r["variant"] in variants and r["seed"] in seeds],
+                         variants, factors)
+
+
+def _read_results(out: Path) -> list[dict]:
+    """The rows of every run already evaluated (one line per run). A line cut off by a kill is
+    dropped (that run is evaluated again) and the file rewritten without it, so appending
+    continues on a clean line."""
+    path = out / RESULTS
+    if not path.exists():
+        return []
+    runs, text = [], path.read_text(encoding="utf-8")
+    for line in text.splitlines():
+        try:
+            runs.append(json.loads(line))
+        except ValueError:
+            continue
+    clean = "".join(json.dumps(r) + "\n" for r in runs)
+    if clean != text:
+        log.warning("%s: dropped a line cut off by an interruption; that run is evaluated again", path)
+        atomic_write_text(path, clean)
+    return [row for r in runs for row in r["rows"]]
+
+
+def _metric(rows: list[dict]) -> tuple[str, str]:
+    """(metric key, label) the tables report: token accuracy where the task has it, else loss."""
+    return ("token_accuracy", "token accuracy") if "token_accuracy" in rows[0] else ("loss", "loss")
+
+
+def _label(r: dict) -> str:
+    return r["variant"] + (f" ({r['method']})" if r["method"] else "")
+
+
+def write_outputs(out: Path, preset: str, rows: list[dict], variants: list[str], factors: list[float]) -> Path:
+    if not rows:
+        raise ConfigError(f"{out} holds no results yet")
+    key, label = _metric(rows)
+    lengths = sorted({(r["factor"], r["length"]) for r in rows})
+    labels = list(dict.fromkeys(_label(r) for v in variants for r in rows if r["variant"] == v))
+    seeds = sorted({r["seed"] for r in rows})
+    cell = {}
+    for lab in labels:
+        for _f, n in lengths:
+            vals = [r[key] for r in rows if _label(r) == lab and r["length"] == n]
+            if vals:
+                cell[lab, n] = (statistics.mean(vals), statistics.pstdev(vals), len(vals))
+    extra = [k for k in ("exact_match",) if k in rows[0]]
+    head = "| variant | " + " | ".join(f"{label} @ {n} ({f:g}x)" for f, n in lengths) + " |"
+    md = [f"`learnpos compare --preset {preset}`: {label}, mean ± spread (population standard deviation) over "
+          f"{len(seeds)} seed(s) {', '.join(map(str, seeds))}; a learned table shorter than the evaluation is "
+          f"grown with the extend method in brackets.", "", head, "|---" * (len(lengths) + 1) + "|"]
+    for lab in labels:
+        md.append(f"| {lab} | " + " | ".join(
+            f"{cell[lab, n][0]:.3f} ± {cell[lab, n][1]:.3f}" if (lab, n) in cell else "n/a" for _, n in lengths) + " |")
+    for k in extra:
+        md += ["", f"{k}, mean over seeds:", "", head.replace(label, k), "|---" * (len(lengths) + 1) + "|"]
+        for lab in labels:
+            vals = {n: statistics.mean([r[k] for r in rows if _label(r) == lab and r["length"] == n] or [float("nan")])
+                    for _, n in lengths}
+            md.append(f"| {lab} | " + " | ".join(f"{vals[n]:.3f}" for _, n in lengths) + " |")
+    atomic_write_text(out / "results.md", "\n".join(md) + "\n")
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+
+    fig = Figure(f"{key}_by_length", f"{label} against evaluation length ({preset})", [n for _, n in lengths],
+                 {lab: [cell[lab, n][0] if (lab, n) in cell else float("nan") for _, n in lengths] for lab in labels},
+                 "evaluation length", label)
+    s = Section("Results")
+    s.html.append(_md_table_html(md))
+    s.image(f"{key}_by_length.png", draw_figure(fig), fig.title)
+    runs = Section("Runs")
+    runs.table([(r["variant"], r["seed"], r["train_s"]) for r in rows if r["factor"] == lengths[0][0]
+                and r["method"] in ("", EXTEND_METHODS[0])], ("variant", "seed", "train s"))
+    curves = Section("Training loss")
+    by_run = {}
+    for v in variants:
+        for seed in seeds:
+            d = out / v.replace("=", "-").replace("+", "-") / f"seed-{seed}"
+            if d.exists():
+                by_run[f"{v} seed {seed}"] = [r for r in read_metrics(d) if r.get("split") == "val"]
+    steps = sorted({r["step"] for rs in by_run.values() for r in rs})
+    if steps:
+        series = {name: [next((r["loss"] for r in rs if r["step"] == st), float("nan")) for st in steps]
+                  for name, rs in by_run.items()}
+        curves.image("eval_loss.png", draw_figure(Figure("eval_loss", "evaluation loss during training", steps,
+                                                         series, "step", "loss")), "evaluation loss per run")
+    return write_report(out, f"learnpos compare: {preset}", [s, runs, curves])
+
+
+def _md_table_html(md: list[str]) -> str:
+    import html
+
+    out, in_table = [], False
+    for line in md:
+        if line.startswith("|---"):
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            tag = "th" if not in_table else "td"
+            out.append(("<table>" if not in_table else "") + "<tr>" +
+                        "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            in_table = True
+        else:
+            if in_table:
+                out.append("</table>")
+                in_table = False
+            if line:
+                out.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    return "".join(out)
+
+
+def main(preset: str, variants: str, seeds: str, lengths: str, out: str | None, overrides: dict) -> int:
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s]
+        factors = [float(f) for f in lengths.split(",") if f]
+    except ValueError as e:
+        raise ConfigError(f"--seeds takes integers and --lengths numbers, comma-separated ({e})") from None
+    names = list(VARIANTS) if variants == "all" else [v for v in variants.split(",") if v]
+    folder = Path(out) if out else Path("runs") / f"compare-{Path(preset).stem}"
+    t0 = time.perf_counter()
+    report = run_compare(preset, names, seed_list, factors, folder, overrides)
+    print((folder / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {folder}/results.md, results.csv and {report} in {time.perf_counter() - t0:.0f} s")
+    return 0

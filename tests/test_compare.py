@@ -1,0 +1,83 @@
+"""`learnpos compare`: every variant trained at one budget, evaluated at several lengths with
+each extend method named for a learned table past its rows, and an interrupted compare
+continuing where it stopped."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import learnpos.compare as compare
+from learnpos.cli import main as cli_main
+from learnpos.config import load_run_config
+from learnpos.errors import ConfigError
+from learnpos.tasks.synthetic import ReverseTask
+
+FAST = {"train.max_iters": "8", "train.eval_interval": "4", "train.log_interval": "4", "train.warmup_iters": "0",
+        "synthetic.length": "4", "synthetic.n_eval": "16", "model.positional.max_len": "12", "model.n_embd": "16",
+        "model.n_layer": "1", "model.n_head": "2"}
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    seen = []
+    real = compare.train
+
+    def counting(cfg, resume=False, **kw):
+        seen.append((cfg.train.out_dir, resume))
+        return real(cfg, resume=resume, **kw)
+
+    monkeypatch.setattr(compare, "train", counting)
+    return seen
+
+
+def test_compare_names_every_extend_method_and_continues_after_an_interruption(tmp_path, calls):
+    out = tmp_path / "cmp"
+    variants = ["learned", "learned+randomized", "rope"]
+    compare.run_compare("demo", variants, [1, 2], [1, 2], out, FAST, quiet=True)
+    assert len(calls) == 6 and not any(resume for _, resume in calls)
+    rows = [row for x in (out / "results.jsonl").read_text().splitlines() for row in json.loads(x)["rows"]]
+    assert ReverseTask.seq_len(4) <= 12 < ReverseTask.seq_len(8)  # 1x fits the table, 2x does not
+    learned_2x = sorted(r["method"] for r in rows if r["variant"] == "learned" and r["length"] == 8)
+    assert learned_2x == sorted(["copy-last", "init", "interpolate"] * 2)  # per seed, each method explicitly
+    assert {r["method"] for r in rows if r["variant"] != "learned"} == {""}
+    randomized = load_run_config(out / "learned-randomized/seed-1/config.json")
+    assert randomized.model.positional.randomize and randomized.model.positional.max_len == ReverseTask.seq_len(8)
+    md = (out / "results.md").read_text()
+    for label in ("learned (copy-last)", "learned (interpolate)", "learned (init)", "learned+randomized", "rope"):
+        assert f"| {label} |" in md
+    with open(out / "results.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert (out / "report.html").exists() and (out / "token_accuracy_by_length.png").exists()
+
+    # interrupted: the rope runs' results were never written, the last line is cut off
+    lines = (out / "results.jsonl").read_text().splitlines()
+    kept = [x for x in lines if json.loads(x)["variant"] != "rope"]
+    (out / "results.jsonl").write_text("\n".join(kept) + '\n{"variant": "ro')
+    calls.clear()
+    compare.run_compare("demo", variants, [1, 2], [1, 2], out, FAST, quiet=True)
+    assert calls == []  # the rope runs had finished training: they are only evaluated again
+    again = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]  # every line is whole
+    assert [r["variant"] for r in again] == ["learned"] * 2 + ["learned+randomized"] * 2 + ["rope"] * 2
+    assert sum(len(r["rows"]) for r in again if r["variant"] == "rope") == 4  # 2 seeds x 2 lengths
+
+
+def test_an_unfinished_run_resumes(tmp_path, calls):
+    from learnpos.train import train
+
+    out = tmp_path / "cmp"
+    cfg = compare.variant_config("demo", "learned", 1, out / "learned/seed-1", FAST, None)
+    train(cfg, quiet=True, stop_after=4)  # killed half way
+    compare.run_compare("demo", ["learned"], [1], [1], out, FAST, quiet=True)
+    assert calls == [(str(out / "learned/seed-1"), True)]
+
+
+def test_compare_refuses_what_it_cannot_do(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown variant"):
+        compare.run_compare("demo", ["learnt"], [1], [1], tmp_path, FAST)
+    with pytest.raises(ConfigError, match="task 'kg' has no sequence length to vary"):
+        compare.run_compare("kg-nations", ["learned"], [1], [1], tmp_path, {})
+    assert cli_main(["compare", "--lengths", "1,x", "--out", str(tmp_path / "c")]) == 2
+    assert "--seeds takes integers" in capsys.readouterr().err

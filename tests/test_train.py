@@ -123,7 +123,9 @@ def test_run_directory_contents(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model"]["vocab_size"] == 20 and saved["model"]["positional"]["kind"] == "learned"
     folder = latest_checkpoint(tmp_path)
-    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "trainer_state.pt", "manifest.json"}
+    # the demo preset records per-row statistics of its table (for `learnpos inspect`)
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "trainer_state.pt", "manifest.json",
+                                                  "position_stats.safetensors"}
     state = torch.load(folder / "trainer_state.pt", weights_only=True)
     assert state["step"] == 10
 

@@ -49,6 +49,7 @@ class Figure:
     ylabel: str
     kind: str = "line"  # "line" or "bar"
     note: str = ""  # one sentence shown under the chart
+    ylim: tuple[float, float] | None = None  # e.g. (0, 1) for accuracies; None = matplotlib's choice
 
 
 @dataclass
@@ -215,6 +216,9 @@ def draw_curves(records: list[dict], metric: str = "loss") -> bytes | None:
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o" if split == "val" else None, ms=3, label=split)
+    values = [y for points in series.values() for _, y in points]
+    if min(values) > 0 and max(values) / min(values) > 20:  # losses falling by orders of magnitude
+        ax.set_yscale("log")
     ax.set(xlabel="step", ylabel=metric, title=f"{metric}: training and evaluation")
     ax.legend()
     fig.tight_layout()
@@ -234,6 +238,8 @@ def draw_figure(f: Figure) -> bytes:
     if f.kind == "bar":
         ax.set_xticks(np.arange(len(f.x)), [str(x) for x in f.x])
     ax.set(xlabel=f.xlabel, ylabel=f.ylabel, title=f.title)
+    if f.ylim is not None:
+        ax.set_ylim(*f.ylim)
     if n > 1:
         ax.legend()
     fig.tight_layout()

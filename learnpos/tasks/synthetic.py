@@ -194,7 +194,7 @@ class SyntheticTask(Task):
         m = self.evaluate(model, device)
         acc = m["per_position_accuracy"]
         return [Figure("per_position_accuracy", f"{self.name}: accuracy by answer position (held-out set)",
-                       list(range(len(acc))), {"token accuracy": acc}, "answer position", "accuracy",
+                       list(range(len(acc))), {"token accuracy": acc}, "answer position", "accuracy", ylim=(0, 1.02),
                        note=f"exact match {m['exact_match']:.3f}, token accuracy {m['token_accuracy']:.3f} "
                             f"over the whole held-out set")]
 

@@ -6,7 +6,7 @@ than an evaluation length is grown explicitly with each `extend` method (copy-la
 interpolate, init) and each is reported as its own row: nothing is ever clamped silently.
 
     variant              what changes against the preset
-    learned              nothing (the preset's table, init and decay)
+    learned              model.positional.kind = learned (the preset's table size, init, decay)
     learned+randomized   model.positional.randomize = true, the table as long as the longest
                          evaluation (Ruoss et al. 2023)
     sinusoidal, rope, alibi, none
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from learnpos.analysis.report import Figure, Section, draw_figure, write_report
 from learnpos.config import load_config
-from learnpos.errors import ConfigError
+from learnpos.errors import ConfigError, LearnposError
 from learnpos.files import append_line, atomic_write_text
 from learnpos.load import load_run
 from learnpos.positional import LearnedPositionalEmbedding
@@ -46,17 +46,18 @@ from learnpos.train import autocast_for, resolve_device, train
 
 log = logging.getLogger(__name__)
 
+LEARNED = {"model.positional.kind": "learned"}  # whatever the preset uses
 VARIANTS = {
-    "learned": {},
-    "learned+randomized": {"model.positional.randomize": "true"},
+    "learned": {**LEARNED},
+    "learned+randomized": {**LEARNED, "model.positional.randomize": "true"},
     "sinusoidal": {"model.positional.kind": "sinusoidal"},
     "rope": {"model.positional.kind": "rope"},
     "alibi": {"model.positional.kind": "alibi"},
     "none": {"model.positional.kind": "none"},
-    "init=randn": {"model.positional.init": "randn"},
-    "init=sinusoidal": {"model.positional.init": "sinusoidal"},
-    "init=zeros": {"model.positional.init": "zeros"},
-    "learned+decay": {"model.positional.weight_decay": "true"},
+    "init=randn": {**LEARNED, "model.positional.init": "randn"},
+    "init=sinusoidal": {**LEARNED, "model.positional.init": "sinusoidal"},
+    "init=zeros": {**LEARNED, "model.positional.init": "zeros"},
+    "learned+decay": {**LEARNED, "model.positional.weight_decay": "true"},
 }
 EXTEND_METHODS = ("copy-last", "interpolate", "init")
 RESULTS = "results.jsonl"
@@ -86,6 +87,9 @@ def evaluate_lengths(run_dir: Path, factors: list[float], device) -> list[dict]:
         n = max(1, round(f * base))
         need = type(task).positions_needed(cfg, n)
         plain = isinstance(model.pos, LearnedPositionalEmbedding) and not cfg.model.positional.randomize
+        if cfg.model.positional.randomize and need > model.max_len:
+            raise ConfigError(f"{run_dir} was trained with a randomized table of {model.max_len} rows; length {n} "
+                              f"needs {need}: compare the longer lengths in a new --out")
         if plain and need > model.max_len:
             for method in EXTEND_METHODS:
                 grown = copy.deepcopy(model)
@@ -116,31 +120,43 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
         raise ConfigError(f"task '{probe.task}' has no sequence length to vary; `learnpos compare` needs a task "
                           f"that evaluates at other lengths (the synthetic probes, lm)")
     longest = task_cls.positions_needed(probe, max(1, round(max(factors) * base)))
+    failed: list[tuple[str, int, str]] = []
+    lengths = [max(1, round(f * base)) for f in factors]
+    if len(set(lengths)) != len(lengths):
+        raise ConfigError(f"--lengths {','.join(f'{f:g}' for f in factors)} give the evaluation lengths {lengths} "
+                          f"(training length {base}): give factors that differ after rounding")
     out.mkdir(parents=True, exist_ok=True)
     done = _read_results(out)
     device = resolve_device(probe.train.device)
     for variant in variants:
         for seed in seeds:
-            key = f"{variant}/seed-{seed}"
-            if any(r["variant"] == variant and r["seed"] == seed for r in done):
+            have = {r["factor"] for r in done if r["variant"] == variant and r["seed"] == seed}
+            todo = [f for f in factors if f not in have]
+            if not todo:
                 continue
             run_dir = out / variant.replace("=", "-").replace("+", "-") / f"seed-{seed}"
             cfg = variant_config(preset, variant, seed, run_dir, overrides, longest)
             t0 = time.perf_counter()
-            if not _finished(run_dir, cfg.train.max_iters):
-                train(cfg, resume=has_checkpoint(run_dir), quiet=True)
+            try:
+                if not _finished(run_dir, cfg.train.max_iters):
+                    train(cfg, resume=has_checkpoint(run_dir), quiet=True)
+                rows = evaluate_lengths(run_dir, todo, device)
+            except LearnposError as e:  # one variant that cannot train or run is a row of the table, not the end
+                log.warning("%s seed %d failed: %s", variant, seed, e)
+                print(f"{variant}/seed-{seed}: failed: {e}", flush=True)
+                failed.append((variant, seed, str(e)))
+                continue
             wall = time.perf_counter() - t0
-            rows = [{"variant": variant, "seed": seed, "train_s": round(wall, 1), **r}
-                    for r in evaluate_lengths(run_dir, factors, device)]
+            rows = [{"variant": variant, "seed": seed, "train_s": round(wall, 1), **r} for r in rows]
             append_line(out / RESULTS, json.dumps({"variant": variant, "seed": seed, "rows": rows}))  # one write
             done += rows
             if not quiet:
                 first = rows[0]
                 shown = {k: first[k] for k in ("token_accuracy", "exact_match", "loss") if k in first}
-                print(f"{key}: trained in {wall:.0f} s; at the training length " +
+                print(f"{variant}/seed-{seed}: {wall:.0f} s; at length {first['length']} " +
                       ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
-    return write_outputs(out, preset, [r for r in done if r["variant"] in variants and r["seed"] in seeds],
-                         variants, factors)
+    rows = [r for r in done if r["variant"] in variants and r["seed"] in seeds and r["factor"] in factors]
+    return write_outputs(out, preset, rows, variants, factors, failed)
 
 
 def _read_results(out: Path) -> list[dict]:
@@ -172,9 +188,11 @@ def _label(r: dict) -> str:
     return r["variant"] + (f" ({r['method']})" if r["method"] else "")
 
 
-def write_outputs(out: Path, preset: str, rows: list[dict], variants: list[str], factors: list[float]) -> Path:
+def write_outputs(out: Path, preset: str, rows: list[dict], variants: list[str], factors: list[float],
+                  failed: list[tuple[str, int, str]] = ()) -> Path:
     if not rows:
-        raise ConfigError(f"{out} holds no results yet")
+        why = "; ".join(f"{v} seed {s}: {e}" for v, s, e in failed)
+        raise ConfigError(f"{out} holds no results" + (f" (every run failed: {why})" if why else ""))
     key, label = _metric(rows)
     lengths = sorted({(r["factor"], r["length"]) for r in rows})
     labels = list(dict.fromkeys(_label(r) for v in variants for r in rows if r["variant"] == v))
@@ -199,6 +217,9 @@ def write_outputs(out: Path, preset: str, rows: list[dict], variants: list[str],
             vals = {n: statistics.mean([r[k] for r in rows if _label(r) == lab and r["length"] == n] or [float("nan")])
                     for _, n in lengths}
             md.append(f"| {lab} | " + " | ".join(f"{vals[n]:.3f}" for _, n in lengths) + " |")
+    if failed:
+        md += ["", "Failed (the command retries them when run again):", ""]
+        md += [f"- {v} seed {s}: {e}" for v, s, e in failed]
     atomic_write_text(out / "results.md", "\n".join(md) + "\n")
     buf = io.StringIO()
     fields = list(dict.fromkeys(k for r in rows for k in r))

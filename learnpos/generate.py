@@ -114,7 +114,12 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
         # The cache holds prompt + generation; every decoding step then writes one slot per
         # layer and the loop allocates nothing but the step's activations. No host sync per
         # step unless a stop token is set (then `finished.all()` decides whether to go on).
-        cache = model.new_cache(T + max_new_tokens)
+        cache = model.new_cache(T + max_new_tokens - 1)  # the last new token is sampled, never fed
+        # each row's largest position fed + 1: what encodings that plan positions spread over
+        if custom is not None:
+            cache.planned = torch.maximum(position_ids.amax(1) + 1, next_pos.view(-1) + max_new_tokens - 1)
+        else:
+            cache.planned = mask.sum(1) + max_new_tokens - 1
         prompt_extra = {k: v.to(device) for k, v in prompt_extra.items()}
         next_extra = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in next_extra.items()}
         logits = model(idx, position_ids=position_ids, attention_mask=mask if padded else None,

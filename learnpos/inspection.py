@@ -26,12 +26,13 @@ from learnpos.analysis.report import (
     draw_figure,
     draw_table,
     draw_training,
+    runs_of,
     untrained_rows,
     write_report,
 )
-from learnpos.errors import RunDirError
+from learnpos.errors import LearnposError, RunDirError
 from learnpos.load import load_run
-from learnpos.runs import read_metrics
+from learnpos.runs import BEST_DIR, latest_checkpoint, model_checkpoint, read_metrics
 
 VERIFY_FILE = "verify.json"  # `learnpos verify --json > RUN/verify.json` puts a summary in the report
 
@@ -42,20 +43,29 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, device: 
     model, cfg, task = load_run(run_dir, device)
     records = read_metrics(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "inspect"
-    sections = [_summary(cfg, model, records), _curves(records), _final(records)]
+    sections = [_summary(cfg, model, task, records), _curves(records), _final(records)]
     try:
         stats = load_position_stats(run_dir)
     except RunDirError as e:
         stats, stats_note = {}, str(e)
     else:
         stats_note = ""
-    sections += _tables(cfg, model, stats, stats_note, records)
+    weights = model_checkpoint(run_dir)
+    if stats and weights.parent.name == BEST_DIR:  # early stopping kept the best evaluation's weights
+        sections_note = (f"The tables shown are the best evaluation's weights ({weights.name}); the training "
+                         f"statistics cover the whole run ({latest_checkpoint(run_dir).name}).")
+    else:
+        sections_note = ""
+    tables = _tables(cfg, model, stats, stats_note, records)
+    if sections_note:
+        tables[0].note(sections_note)
+    sections += tables
     sections.append(_task_figures(task, model, device, cfg.task))
     sections.append(_verify(run_dir))
     return write_report(out, f"learnpos run {run_dir.name} ({cfg.task})", sections)
 
 
-def _summary(cfg, model, records: list[dict]) -> Section:
+def _summary(cfg, model, task, records: list[dict]) -> Section:
     s = Section("Configuration")
     m, t, p = cfg.model, cfg.train, cfg.model.positional
     steps = max((r["step"] for r in records), default=0)
@@ -64,13 +74,16 @@ def _summary(cfg, model, records: list[dict]) -> Section:
                                          f"{'decoder (causal)' if m.causal else 'encoder (bidirectional)'}"),
             ("parameters", f"{model.num_params():,} ({model.num_params(include_tables=False):,} without learned "
                            f"tables)"),
-            ("positions", f"{p.kind}" + (f", {p.max_len} rows, init {p.init}" if p.kind == "learned" else "")),
+            ("positions", f"{p.kind}" + (f", {p.max_len} rows, init {p.init}, weight decay {p.weight_decay}"
+                                         + (", randomized (Ruoss et al. 2023)" if p.randomize else "")
+                                         if p.kind == "learned" else "")),
             ("named tables", tables),
             ("training", f"{steps} of {t.max_iters} steps, batch {t.batch_size}, lr {t.lr:g} -> {t.min_lr:g}, "
                          f"weight decay {t.weight_decay:g}, seed {t.seed}, {t.dtype}")]
-    section = getattr(cfg, cfg.task, None) if cfg.task else None
+    name = type(task).config_section
+    section = getattr(cfg, name, None) if name else None
     if section is not None:
-        rows.append((cfg.task, ", ".join(f"{k}={v}" for k, v in vars(section).items())))
+        rows.append((name, ", ".join(f"{k}={v}" for k, v in vars(section).items())))
     s.table(rows)
     return s
 
@@ -153,20 +166,16 @@ def _coverage(name: str, st: dict, rows: int) -> str:
 
 def _ranges(ids: np.ndarray) -> str:
     """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
-    out, start, prev = [], int(ids[0]), int(ids[0])
-    for k in [int(i) for i in ids[1:]] + [None]:
-        if k is not None and k == prev + 1:
-            prev = k
-            continue
-        out.append(f"{start}-{prev}" if prev > start else f"{start}")
-        if k is not None:
-            start = prev = k
-    return ", ".join(out)
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs_of(ids))
 
 
 def _task_figures(task, model, device, name: str) -> Section:
     s = Section(f"Task figures: {name}")
-    figures = task.figures(model, device)
+    try:
+        figures = task.figures(model, device)
+    except LearnposError as e:  # e.g. the run's data is not on this machine
+        s.note(f"the task's figures need an evaluation, which failed here: {e}")
+        return s
     if not figures:
         s.note(f"task '{name}' has no figures of its own")
     for f in figures:

@@ -61,7 +61,9 @@ class KVCache:
         self.v: list[Tensor | None] = [None] * n_layer
         self.key_mask: Tensor | None = None  # (B, capacity) bool; None while nothing is padded
         self.positions: Tensor | None = None  # (B, capacity) long
-        self.lengths: Tensor | None = None  # (B,): each row's planned real tokens (capacity - its padding)
+        # (B,): each row's positions over the whole decode (its largest position + 1), for encodings
+        # that plan positions (randomized tables); `generate` sets it before the prefill
+        self.planned: Tensor | None = None
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store this step's k, v (B, nh, T, hs); return all keys/values so far (B, nh, S, hs)."""
@@ -291,14 +293,14 @@ class GPT(nn.Module):
             raise ValueError("last_only=True gives logits for one position; it cannot compute a loss")
         B, T = idx.shape
         offset = past_kv.length if past_kv is not None else 0
-        if past_kv is not None and past_kv.length == 0:  # the prefill plans each row's whole length
-            pads = (attention_mask == 0).sum(1) if attention_mask is not None else 0
-            past_kv.lengths = past_kv.capacity - pads + torch.zeros(B, dtype=torch.long, device=idx.device)
-        if past_kv is not None:
-            lengths = past_kv.lengths
-        else:
-            lengths = attention_mask.sum(1) if attention_mask is not None else None
-        position_ids = self.pos.plan(position_ids, offset, T, lengths, B)
+        if self.pos.plans_positions:  # e.g. randomized positions: the encoding maps the ids first
+            planned = None
+            if past_kv is not None:
+                if past_kv.planned is None:  # a caller that planned nothing: the cache's capacity, less padding
+                    pads = (attention_mask == 0).sum(1) if attention_mask is not None else 0
+                    past_kv.planned = (past_kv.capacity - pads) + torch.zeros(B, dtype=torch.long, device=idx.device)
+                planned = past_kv.planned
+            position_ids = self.pos.plan(position_ids, offset, T, B, planned, attention_mask, check_ids)
         x = self.drop(self.embed(idx, position_ids, offset, extra_ids, check_ids))
 
         positions = position_ids if position_ids is not None else default_position_ids(T, offset, idx.device)

@@ -89,13 +89,15 @@ class PositionalEncoding(nn.Module):
         the ids first (encodings with a limit)."""
         return None
 
-    def plan(self, position_ids: Tensor | None, offset: int, T: int, lengths: Tensor | None = None,
-             batch: int = 1) -> Tensor | None:
-        """The position ids the model actually uses for the T new tokens of `batch` rows
-        (before anything is embedded or cached). Default: the given ones. `lengths` (B,): each
-        row's number of real tokens in the whole sequence, where the caller knows it (a padded
-        batch's mask, or the length planned for a KV cache); None = offset + T for every row."""
-        return position_ids
+    plans_positions: bool = False  # True: the model passes ids through `plan` before embedding them
+
+    def plan(self, position_ids: Tensor | None, offset: int, T: int, batch: int = 1,
+             planned: Tensor | None = None, attention_mask: Tensor | None = None, check: bool = True) -> Tensor:
+        """The position ids the model uses for the T new tokens of `batch` rows, for encodings
+        with `plans_positions` (the model calls nothing otherwise). `planned` (B, 1): each row's
+        positions over the whole sequence when it is decoded in pieces (set on the KV cache by
+        `generate`); `attention_mask` marks the real tokens of a padded batch."""
+        raise NotImplementedError
 
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
         """(cos, sin), each (B or 1, 1, T, hs/2), for rotating q and k; or None."""
@@ -224,39 +226,52 @@ class RandomizedPositionalEmbedding(LearnedPositionalEmbedding):
     Positional Encodings Boost Length Generalization of Transformers";
     `model.positional.randomize = true`).
 
-    A sequence's logical positions p (the default 0..K-1, or explicit ones such as positions
-    that restart in every utterance) use other rows of the table of L = max_len rows:
-        training:   row S[p], where S[0] < S[1] < ... is a sorted random subset of 0..L-1 of
-                    size max(p) + 1, drawn per sequence (torch's global generator, like
-                    dropout, so a resumed run draws the same subsets)
-        evaluation: row round(p (L-1) / (K-1)), K = the row's number of real tokens (its
-                    attention mask, or with a KV cache the planned prompt + generated length;
-                    otherwise the input length): the sequence spread evenly over the table, the
-                    same rows whether it is run in one pass or decoded in pieces
+    Logical positions p (the default 0..T-1, or explicit ones such as positions that restart
+    in every utterance) use other rows of the table of L = max_len rows:
+        training:   row S[p], where S[0] < S[1] < ... < S[K-1] is a sorted random subset of
+                    0..L-1 drawn for each sequence (K = the batch's largest p + 1; torch's
+                    global generator, like dropout, so a resumed run draws the same subsets)
+        evaluation: row round(p (L-1) / (K-1)), K = the row's largest p + 1 (over its real
+                    tokens where a mask is given; with a KV cache, the largest position
+                    `generate` will feed + 1): the sequence spread evenly over the table, and
+                    the same rows whether it is run in one pass or decoded in pieces
     Order is kept, and every row is trained although training sequences are shorter than the
-    table, so a sequence of any length up to L reads trained rows. Past L there is still
-    nothing to look up (logical positions >= L are refused as for the plain table). Right-padded
-    batches given without a mask spread over the padded length.
+    table, so a sequence of any length up to L reads trained rows. Logical positions >= L are
+    refused as for the plain table. A right-padded batch given without a mask and with default
+    ids spreads over its padded length. With default ids there is no host sync; explicit ids
+    cost one (the subset size, or each row's K). Resizing is refused: it would move every row
+    a spread sequence reads.
     """
 
-    def plan(self, position_ids: Tensor | None, offset: int, T: int, lengths: Tensor | None = None,
-             batch: int = 1) -> Tensor:
+    plans_positions = True
+
+    def plan(self, position_ids: Tensor | None, offset: int, T: int, batch: int = 1,
+             planned: Tensor | None = None, attention_mask: Tensor | None = None, check: bool = True) -> Tensor:
         dev, L = self.weight.device, self.max_len
-        logical = position_ids if position_ids is not None else default_position_ids(T, offset, dev)  # (B|1, T)
-        logical = logical.long()
+        if check:
+            self.check(position_ids, offset, T)
+        logical = (position_ids if position_ids is not None else default_position_ids(T, offset, dev)).long()
         if self.training:
-            K = int(logical.max()) + 1 if logical.numel() else 1
-            if K > L:
-                self.check(logical, 0, T)  # raises, with the plain table's message
+            K = offset + T if position_ids is None else (int(logical.max()) + 1 if logical.numel() else 1)
             B = max(batch, logical.shape[0])
             rows = torch.rand(B, L, device=dev).argsort(dim=1)[:, :K].sort(dim=1).values  # (B, K)
             return rows.gather(1, logical.expand(B, -1))
-        K = lengths.to(dev).long().view(-1, 1) if lengths is not None else torch.tensor([[offset + T]], device=dev)
-        longest = int(K.max())
-        if longest > L:
-            self.check(None, 0, longest)  # raises
-        scale = (L - 1) / (K - 1).clamp(min=1).double()  # (B|1, 1)
-        return (logical.double() * scale).round().long().clamp(max=L - 1)
+        if planned is not None:
+            K = planned.to(dev).view(-1, 1)  # (B, 1), checked by `generate` up front
+        elif position_ids is None:
+            K = offset + T
+        else:
+            real = logical if attention_mask is None else logical.masked_fill(attention_mask.to(dev) == 0, 0)
+            K = real.amax(dim=1, keepdim=True) + 1  # (B, 1)
+        scale = (L - 1) / max(K - 1, 1) if isinstance(K, int) else (L - 1) / (K - 1).clamp(min=1).double()
+        return (logical.double() * scale).round().long()
+
+    def extend(self, n: int, method: str = "copy-last") -> None:
+        raise ValueError("a randomized table is trained over all its rows and read spread over them; resizing "
+                         "would move every row a sequence reads. Train with the max_len you need instead")
+
+    def crop(self, n: int) -> None:
+        self.extend(n)
 
 
 class SinusoidalPositionalEncoding(PositionalEncoding):

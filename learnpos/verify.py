@@ -434,7 +434,7 @@ def randomized_checks(seed: int) -> list[Check]:
     for mode in ("train", "eval"):
         model.train(mode == "train")  # dropout is 0: the mode only picks the position rule
         torch.manual_seed(seed + 7)
-        rows = model.pos.plan(None, 0, T, None, B)  # (B, T): what the forward below draws
+        rows = model.pos.plan(None, 0, T, B)  # (B, T): what the forward below draws
         torch.manual_seed(seed + 7)
         auto = autograd_side(model, batch)
         explicit = Inputs(batch.idx, batch.targets, rows.expand(B, T).contiguous(), None, {})

@@ -64,6 +64,22 @@ def test_compare_names_every_extend_method_and_continues_after_an_interruption(t
     assert sum(len(r["rows"]) for r in again if r["variant"] == "rope") == 4  # 2 seeds x 2 lengths
 
 
+def test_new_lengths_are_evaluated_without_training_and_a_failing_run_is_listed(tmp_path, calls):
+    out = tmp_path / "cmp"
+    variants = ["learned", "learned+randomized"]
+    compare.run_compare("demo", variants, [1], [1, 2], out, FAST, quiet=True)
+    calls.clear()
+    # 3x needs more rows than the randomized table was trained with: that run fails, the others go on
+    compare.run_compare("demo", variants, [1], [1, 2, 3], out, FAST, quiet=True)
+    assert calls == []
+    md = (out / "results.md").read_text()
+    assert "- learned+randomized seed 1: " in md and "compare the longer lengths in a new --out" in md
+    row = next(line for line in md.splitlines() if line.startswith("| learned (copy-last) |"))
+    assert row.count("±") == 2 and "n/a" in row  # 2x and 3x measured; at 1x the table fits (no extend row)
+    with pytest.raises(ConfigError, match="differ after rounding"):
+        compare.run_compare("demo", variants, [1], [1, 1.1], out, FAST, quiet=True)
+
+
 def test_an_unfinished_run_resumes(tmp_path, calls):
     from learnpos.train import train
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from html import unescape
 
 import numpy as np
 import pytest
@@ -87,10 +88,33 @@ def test_inspect_through_the_cli(tmp_path, capsys):
 
 
 def test_table_geometry_helpers():
-    t = torch.arange(12.0).reshape(4, 3) + torch.tensor([1.0, 0.0, 0.0])
-    d, mean = similarity_by_distance(t)
-    assert d.tolist() == [0, 1, 2, 3] and mean[0] == pytest.approx(1.0)
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])
+    d, mean = similarity_by_distance(torch.stack([e1, e2, e1, e2, e1]))  # rows alternate between two directions
+    assert d.tolist() == [0, 1, 2, 3, 4] and np.allclose(mean, [1, 0, 1, 0, 1])
+    d, mean = similarity_by_distance(torch.stack([e1, e1, e2, e2]))
+    assert np.allclose(mean, [1, 2 / 3, 0, 0])  # d=1: pairs (0,1) and (2,3) alike, (1,2) orthogonal
     rows = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])  # points on a line: one component explains all
     proj, share = pca_2d(rows)
     assert share[0] == pytest.approx(1.0) and np.allclose(np.abs(proj[:, 0]), [1, 0, 1])
     assert _ranges(np.array([0, 1, 2, 5, 7, 8])) == "0-2, 5, 7-8"
+
+
+def test_named_tables_and_a_language_model_get_their_own_sections(tmp_path):
+    tables = json.dumps([{"name": "segment", "rows": 2}, {"name": "symbol_index", "rows": 8}])
+    run = quick(tmp_path, "tables", **{"model.tables": tables})
+    html = inspect_run(run).read_text(encoding="utf-8")
+    for name in ("pos", "segment", "symbol_index"):
+        assert f">Learned table: {name}" in html
+    assert "the named table 'segment': 2 rows" in unescape(html)
+
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be, that is the question. " * 200, encoding="utf-8")
+    cfg = load_config("shakespeare-char", {
+        "lm.data": str(text), "train.out_dir": str(tmp_path / "lm"), "train.max_iters": "6",
+        "train.eval_interval": "6", "train.warmup_iters": "0", "lm.block_size": "16",
+        "model.positional.max_len": "16", "model.n_layer": "1", "model.n_embd": "32", "model.n_head": "2"})
+    train(cfg, quiet=True)
+    before = sorted(p.name for p in (tmp_path / "lm").iterdir())
+    html = inspect_run(tmp_path / "lm", tmp_path / "lm-report").read_text(encoding="utf-8")
+    assert "validation loss by position in the window" in html
+    assert sorted(p.name for p in (tmp_path / "lm").iterdir()) == before  # --out elsewhere: the run is untouched

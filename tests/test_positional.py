@@ -185,42 +185,51 @@ def randomized(rows=L):
 
 def test_randomized_training_ids_are_sorted_random_subsets_mapped_per_sequence():
     pe = randomized().train()
-    ids = pe.plan(None, 0, 5, None, batch=64)  # the default ids 0..4 of 64 sequences
+    ids = pe.plan(None, 0, 5, batch=64)  # the default ids 0..4 of 64 sequences
     assert ids.shape == (64, 5) and (ids[:, 1:] > ids[:, :-1]).all()  # increasing: order is kept
     assert ids.min() >= 0 and ids.max() < L
     assert len({tuple(r) for r in ids.tolist()}) > 32  # drawn per sequence
     assert set(ids.flatten().tolist()) == set(range(L))  # rows past the length 5 are used too
     # explicit logical ids (positions that restart per utterance) go through the same subset
-    logical = torch.tensor([[0, 1, 2, 0, 1, 0]])
-    out = pe.plan(logical, 0, 6, None)[0]
+    out = pe.plan(torch.tensor([[0, 1, 2, 0, 1, 0]]), 0, 6)[0]
     assert out[0] == out[3] == out[5] and out[1] == out[4] and out[0] < out[1] < out[2]
     with pytest.raises(PositionOutOfRange, match="position 12 is past the learned position table"):
-        pe.plan(torch.arange(13)[None], 0, 13, None)
+        pe.plan(torch.arange(13)[None], 0, 13)
+    with pytest.raises(PositionOutOfRange, match=">= 0"):
+        pe.plan(torch.tensor([[-1, 0]]), 0, 2)
 
 
-def test_randomized_evaluation_spreads_positions_and_a_cache_plans_the_whole_length():
+def test_randomized_evaluation_spreads_each_row_over_the_table():
     pe = randomized().eval()
     assert pe.plan(None, 0, 4).tolist() == [[0, 4, 7, 11]]  # round(p * 11 / 3)
     assert pe.plan(None, 0, L).tolist() == [list(range(L))]
-    # decoding in pieces, each row's whole length planned (4 tokens): the rows of one pass
+    # decoding in pieces, the whole length planned (4 positions): the rows of one pass
     planned = torch.tensor([4])
-    pieces = [pe.plan(None, 0, 2, planned), pe.plan(None, 2, 1, planned), pe.plan(None, 3, 1, planned)]
+    pieces = [pe.plan(None, 0, 2, 1, planned), pe.plan(None, 2, 1, 1, planned), pe.plan(None, 3, 1, 1, planned)]
     assert torch.cat(pieces, 1).tolist() == [[0, 4, 7, 11]]
     # a padded row spreads over its own real tokens, as it would alone
-    ids = position_ids_from_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]))
-    assert pe.plan(ids, 0, 4, torch.tensor([2, 4])).tolist() == [[0, 0, 0, 11], [0, 4, 7, 11]]
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pe.plan(position_ids_from_mask(mask), 0, 4, 2, None, mask).tolist() == [[0, 0, 0, 11], [0, 4, 7, 11]]
+    # restarting positions spread over the positions they use (0..2), not over the token count
+    assert pe.plan(torch.tensor([[0, 1, 2, 0, 1, 0]]), 0, 6).tolist() == [[0, 6, 11, 0, 6, 0]]
     with pytest.raises(PositionOutOfRange):
         pe.plan(None, 0, L + 1)
+    with pytest.raises(ValueError, match="resizing"):
+        pe.extend(2 * L)
 
 
-def test_randomized_model_decodes_with_a_cache_as_one_forward_pass():
+def randomized_gpt(max_len=16):
     from learnpos.config import ModelConfig
     from learnpos.model import GPT
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=16, dropout=0.0,
-                      positional=PositionalConfig(kind="learned", max_len=32, randomize=True))
-    model = GPT(cfg).eval()
+                      positional=PositionalConfig(kind="learned", max_len=max_len, randomize=True))
+    return GPT(cfg).eval()
+
+
+def test_randomized_model_decodes_with_a_cache_as_one_forward_pass():
+    model = randomized_gpt(32)
     idx = torch.randint(0, 11, (2, 9))
     full = model(idx).logits  # 9 tokens spread over 32 rows
     cache = model.new_cache(9)
@@ -230,6 +239,21 @@ def test_randomized_model_decodes_with_a_cache_as_one_forward_pass():
     model.train()
     a, b = model(idx).logits, model(idx).logits  # training: a new subset per call
     assert not torch.allclose(a, b)
+
+
+def test_randomized_generation_reads_the_rows_of_one_pass_up_to_the_last_row():
+    from learnpos.generate import generate
+
+    model = randomized_gpt(16)
+    prompt = [3, 1, 4, 1, 5]
+    new = generate(model, [prompt], max_new_tokens=12, temperature=0)[0]  # 5 + 12 - 1 = 16 fed: every row
+    seq = torch.tensor([prompt + new[:-1]])
+    greedy = model(seq).logits[0, len(prompt) - 1:].argmax(-1).tolist()  # one pass over what was fed
+    assert new == greedy
+    # a left-padded batch: each row continues as it would alone
+    short = [2, 7]
+    together = generate(model, [prompt, short], max_new_tokens=6, temperature=0)
+    assert together == [generate(model, [p], max_new_tokens=6, temperature=0)[0] for p in (prompt, short)]
 
 
 def test_randomize_needs_a_learned_table():

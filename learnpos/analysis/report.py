@@ -120,7 +120,7 @@ def pca_2d(table: Tensor) -> tuple[np.ndarray, np.ndarray]:
     variance each explains."""
     x = _rows(table).astype(np.float64)
     x = x - x.mean(0, keepdims=True)
-    if x.shape[0] < 2 or not np.any(x):
+    if x.shape[0] < 2 or not np.any(x) or not np.isfinite(x).all():
         return np.zeros((x.shape[0], 2)), np.zeros(2)
     u, s, _ = np.linalg.svd(x, full_matrices=False)
     k = min(2, len(s))
@@ -183,6 +183,17 @@ def untrained_rows(stats: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray]:
     return never, rarely
 
 
+def runs_of(ids: np.ndarray) -> list[tuple[int, int]]:
+    """[0, 1, 2, 5, 7, 8] -> [(0, 2), (5, 5), (7, 8)]."""
+    out: list[tuple[int, int]] = []
+    for k in (int(i) for i in ids):
+        if out and k == out[-1][1] + 1:
+            out[-1] = (out[-1][0], k)
+        else:
+            out.append((k, k))
+    return out
+
+
 def draw_training(stats: dict[str, Tensor], title: str, axis: str) -> bytes:
     """Mean gradient norm, non-zero-gradient steps and drift from init per row, with the
     never-trained rows shaded red and the rarely trained ones orange."""
@@ -195,8 +206,8 @@ def draw_training(stats: dict[str, Tensor], title: str, axis: str) -> bytes:
         values = stats[key].double().numpy()
         ax.bar(np.arange(len(values)), values, width=1.0)
         for rows, colour in ((never, "red"), (rarely, "orange")):
-            for k in rows:
-                ax.axvspan(k - 0.5, k + 0.5, color=colour, alpha=0.25, lw=0)
+            for start, stop in runs_of(rows):  # one span per run of consecutive rows, not one per row
+                ax.axvspan(start - 0.5, stop + 0.5, color=colour, alpha=0.25, lw=0)
         ax.set_ylabel(label)
     axes[0].set_title(f"{title}: training per row ({int(stats['steps'][0])} steps)")
     axes[-1].set_xlabel(axis)

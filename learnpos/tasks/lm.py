@@ -132,7 +132,20 @@ class LMTask(Task):
             raise ConfigError(f"--length {T} is past the learned position table ({L} rows, trained on "
                               f"windows of {self.T}); evaluate at most {L}, or extend the table "
                               f"(model.extend_positions) and fine-tune")
-        val, starts = self.data.val, self.eval_starts(T)
+        starts = self.eval_starts(T)
+        loss_by_pos = self._loss_by_position(model, device, T, starts, batch_size, autocast)
+        loss = float(loss_by_pos.mean())
+        tokens_per_char = self.data.val.size / self.data.val_chars
+        name = LOSS_BY_POSITION_FILE if T == self.T else f"loss_by_position_{T}.json"
+        atomic_write_text(self.run_dir / name, "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
+        return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2) * tokens_per_char,
+                "eval_tokens": len(starts) * T}
+
+    @torch.no_grad()
+    def _loss_by_position(self, model, device, T: int, starts: np.ndarray, batch_size: int = 64,
+                          autocast=None) -> torch.Tensor:
+        """Mean validation cross-entropy (T,) at each position of the windows at `starts`."""
+        val = self.data.val
         was_training = model.training
         model.eval()
         loss_by_pos = torch.zeros(T, dtype=torch.float64)
@@ -144,22 +157,16 @@ class LMTask(Task):
             nll = F.cross_entropy(logits.float().transpose(1, 2), w[:, 1:], reduction="none")  # (B, T)
             loss_by_pos += nll.sum(0).double().cpu()
         model.train(was_training)
-        loss_by_pos /= len(starts)
-        self.loss_by_position = loss_by_pos.tolist()  # of the latest evaluation, for `figures`
-        loss = float(loss_by_pos.mean())
-        tokens_per_char = self.data.val.size / self.data.val_chars
-        name = LOSS_BY_POSITION_FILE if T == self.T else f"loss_by_position_{T}.json"
-        atomic_write_text(self.run_dir / name, "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
-        return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2) * tokens_per_char,
-                "eval_tokens": len(starts) * T}
+        return loss_by_pos / len(starts)
 
     def figures(self, model, device) -> list:
-        m = self.evaluate(model, device)
-        by_pos = self.loss_by_position
+        starts = self.eval_starts(self.T)
+        by_pos = self._loss_by_position(model, device, self.T, starts).tolist()  # writes nothing to the run
         return [Figure("loss_by_position", "validation loss by position in the window", list(range(len(by_pos))),
                        {"cross-entropy": by_pos}, "position", "loss (nats/token)",
-                       note=f"{m['eval_tokens']} validation tokens in windows of {len(by_pos)}; mean loss "
-                            f"{m['loss']:.4f}. Early positions see little context, so their loss is higher")]
+                       note=f"{len(starts) * self.T} validation tokens in windows of {self.T}; mean loss "
+                            f"{sum(by_pos) / len(by_pos):.4f}. Early positions see little context, so their loss is "
+                            f"higher")]
 
     # ------------------------------------------------------------------ generation
     def respond(self, model, prompt: str, max_new_tokens: int | None = None, stream=None, sliding: bool = False,

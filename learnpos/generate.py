@@ -116,7 +116,9 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
         # step unless a stop token is set (then `finished.all()` decides whether to go on).
         cache = model.new_cache(T + max_new_tokens - 1)  # the last new token is sampled, never fed
         # each row's largest position fed + 1: what encodings that plan positions spread over
-        if custom is not None:
+        if not model.pos.plans_positions:
+            pass  # a plain table, sinusoids, rope, alibi: nothing to plan
+        elif custom is not None:
             cache.planned = torch.maximum(position_ids.amax(1) + 1, next_pos.view(-1) + max_new_tokens - 1)
         else:
             cache.planned = mask.sum(1) + max_new_tokens - 1

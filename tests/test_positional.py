@@ -257,6 +257,7 @@ def test_randomized_generation_reads_the_rows_of_one_pass_up_to_the_last_row():
 
 
 def test_randomize_needs_a_learned_table():
+    import learnpos.tasks  # noqa: F401  (registers the demo's task when this file runs alone)
     from learnpos.config import load_config
     from learnpos.errors import ConfigError
 

@@ -126,6 +126,7 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
         raise ConfigError(f"--lengths {','.join(f'{f:g}' for f in factors)} give the evaluation lengths {lengths} "
                           f"(training length {base}): give factors that differ after rounding")
     out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, preset, overrides)
     done = _read_results(out)
     device = resolve_device(probe.train.device)
     for variant in variants:
@@ -157,6 +158,35 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
                       ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
     rows = [r for r in done if r["variant"] in variants and r["seed"] in seeds and r["factor"] in factors]
     return write_outputs(out, preset, rows, variants, factors, failed)
+
+
+SETTINGS = "compare.json"
+
+
+def _check_settings(out: Path, preset: str, overrides: dict) -> None:
+    """Runs and results in `out` all come from one preset and one set of overrides: a rerun
+    with other settings would mix two studies in one table, so it is refused. Variants, seeds
+    and lengths may change between reruns (they add rows; they do not change a run)."""
+    settings = {"preset": preset, "overrides": {k: overrides[k] for k in sorted(overrides)}}
+    path = out / SETTINGS
+    if path.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise ConfigError(f"{path} is not valid JSON: remove it only if every run in {out} was made with "
+                              f"--preset {preset} and the same --section.key=value settings") from None
+        if before != settings:
+            raise ConfigError(f"{out} holds a comparison made with {_command(before)}, not {_command(settings)}: "
+                              f"give another --out (mixing the two would put different models in one table)")
+        return
+    if _read_results(out):
+        raise ConfigError(f"{out} holds results but no {SETTINGS} recording how they were made: give another --out")
+    atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+
+
+def _command(settings: dict) -> str:
+    over = "".join(f" --{k}={v}" for k, v in settings.get("overrides", {}).items())
+    return f"`--preset {settings.get('preset')}{over}`"
 
 
 def _read_results(out: Path) -> list[dict]:
@@ -205,18 +235,21 @@ def write_outputs(out: Path, preset: str, rows: list[dict], variants: list[str],
                 cell[lab, n] = (statistics.mean(vals), statistics.pstdev(vals), len(vals))
     extra = [k for k in ("exact_match",) if k in rows[0]]
     head = "| variant | " + " | ".join(f"{label} @ {n} ({f:g}x)" for f, n in lengths) + " |"
-    md = [f"`learnpos compare --preset {preset}`: {label}, mean ± spread (population standard deviation) over "
+    over = json.loads((out / SETTINGS).read_text(encoding="utf-8")) if (out / SETTINGS).exists() else {}
+    command = _command({"preset": preset, "overrides": over.get("overrides", {})}).strip("`")
+    md = [f"`learnpos compare {command}`: {label}, mean ± spread (population standard deviation) over "
           f"{len(seeds)} seed(s) {', '.join(map(str, seeds))}; a learned table shorter than the evaluation is "
           f"grown with the extend method in brackets.", "", head, "|---" * (len(lengths) + 1) + "|"]
     for lab in labels:
         md.append(f"| {lab} | " + " | ".join(
             f"{cell[lab, n][0]:.3f} ± {cell[lab, n][1]:.3f}" if (lab, n) in cell else "n/a" for _, n in lengths) + " |")
     for k in extra:
-        md += ["", f"{k}, mean over seeds:", "", head.replace(label, k), "|---" * (len(lengths) + 1) + "|"]
+        md += ["", f"{k}, mean ± spread over seeds:", "", head.replace(label, k), "|---" * (len(lengths) + 1) + "|"]
         for lab in labels:
-            vals = {n: statistics.mean([r[k] for r in rows if _label(r) == lab and r["length"] == n] or [float("nan")])
-                    for _, n in lengths}
-            md.append(f"| {lab} | " + " | ".join(f"{vals[n]:.3f}" for _, n in lengths) + " |")
+            vals = {n: [r[k] for r in rows if _label(r) == lab and r["length"] == n] for _, n in lengths}
+            md.append(f"| {lab} | " + " | ".join(
+                f"{statistics.mean(vals[n]):.3f} ± {statistics.pstdev(vals[n]):.3f}" if vals[n] else "n/a"
+                for _, n in lengths) + " |")
     if failed:
         md += ["", "Failed (the command retries them when run again):", ""]
         md += [f"- {v} seed {s}: {e}" for v, s, e in failed]

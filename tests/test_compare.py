@@ -97,3 +97,21 @@ def test_compare_refuses_what_it_cannot_do(tmp_path, capsys):
         compare.run_compare("kg-nations", ["learned"], [1], [1], tmp_path, {})
     assert cli_main(["compare", "--lengths", "1,x", "--out", str(tmp_path / "c")]) == 2
     assert "--seeds takes integers" in capsys.readouterr().err
+
+
+def test_a_rerun_with_other_settings_is_refused_rather_than_mixed(tmp_path, calls):
+    out = tmp_path / "cmp"
+    compare.run_compare("demo", ["rope"], [1], [1, 2], out, FAST, quiet=True)
+    md = (out / "results.md").read_text()
+    assert "--synthetic.length=4" in md.splitlines()[0]  # the table says how it was made
+    exact = md[md.index("exact_match"):]
+    assert "nan" not in exact and "±" in exact
+    calls.clear()
+    with pytest.raises(ConfigError, match="holds a comparison made with .*model.n_embd=16.* not .*model.n_embd=32"):
+        compare.run_compare("demo", ["rope"], [1], [1, 2], out, {**FAST, "model.n_embd": "32"}, quiet=True)
+    with pytest.raises(ConfigError, match="holds a comparison made with `--preset demo"):
+        compare.run_compare("index-encoder", ["rope"], [1], [1], out, FAST, quiet=True)
+    assert calls == []  # nothing trained, nothing appended
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    compare.run_compare("demo", ["rope"], [1, 2], [1, 2], out, FAST, quiet=True)  # more seeds: same study
+    assert len(calls) == 1

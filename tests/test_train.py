@@ -197,6 +197,26 @@ def test_synthetic_batches_mask_everything_but_the_answer():
     assert all(len(set(row[:-1].tolist())) == 8 for row in e.idx)  # distinct symbols
 
 
+def test_min_length_draws_one_length_per_step_and_off_changes_nothing():
+    from learnpos.errors import ConfigError
+    from learnpos.tasks import build_task
+
+    fixed = build_task(load_config("study-copy", {"synthetic.min_length": "0"}))
+    varied = build_task(load_config("study-copy"))  # lengths 1..16 (min_length = 1)
+    lengths = [varied.train_batch(step, 4).idx.shape[1] for step in range(200)]
+    assert {(T - 1) // 2 for T in lengths} == set(range(1, 17))  # copy of n symbols: 2n + 1 tokens
+    assert [varied.train_batch(step, 4).idx.shape[1] for step in range(200)] == lengths  # a function of the step
+    b = varied.train_batch(7, 4)
+    n = (b.idx.shape[1] - 1) // 2
+    assert torch.equal(b.targets[:, n + 1:], b.idx[:, 1:n + 1])  # still a copy at the drawn length
+    # off: the batches of a fixed-length run are those it had before the option existed
+    demo = build_task(load_config("demo", {"task": "copy"}))
+    assert all(fixed.train_batch(s, 4).idx.shape[1] == 33 for s in range(20))
+    assert torch.equal(demo.train_batch(3, 4).idx, fixed.train_batch(3, 4).idx)
+    with pytest.raises(ConfigError, match="min_length must be between 0"):
+        load_config("study-copy", {"synthetic.min_length": "17"})
+
+
 def test_position_stats_record_which_rows_learn(tmp_path):
     from learnpos.analysis.position_stats import load_position_stats
 

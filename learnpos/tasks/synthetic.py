@@ -44,6 +44,9 @@ class SyntheticConfig:
 
     length: int = 16  # number of symbols per training sequence
     eval_length: int = 0  # 0 = same as `length`; set larger for length generalisation
+    # 0 = every training sequence has `length` symbols; otherwise each step draws its length
+    # uniformly from min_length..length (one length per batch), as Ruoss et al. (2023) train
+    min_length: int = 0
     n_symbols: int = 16  # alphabet size
     n_eval: int = 512  # held-out sequences
     eval_seed: int = 1234  # held-out sequences come from their own seed
@@ -61,6 +64,7 @@ class SyntheticTask(Task):
         s = cfg.synthetic
         self.seed, self.eval_seed = cfg.train.seed, s.eval_seed
         self.n, self.n_eval = s.length, s.n_eval
+        self.min_n = s.min_length or s.length
         self.eval_n = s.eval_length or s.length
         self.S = s.n_symbols
         self.PAD, self.BOS, self.SEP, self.MASK = self.S, self.S + 1, self.S + 2, self.S + 3
@@ -104,6 +108,9 @@ class SyntheticTask(Task):
                 raise ConfigError(f"synthetic.{key} must be positive, got {getattr(s, key)}")
         if s.eval_length < 0:
             raise ConfigError(f"synthetic.eval_length must be >= 0 (0 = same as length), got {s.eval_length}")
+        if not 0 <= s.min_length <= s.length:
+            raise ConfigError(f"synthetic.min_length must be between 0 (off) and synthetic.length={s.length}, "
+                              f"got {s.min_length}")
         if cls.causal is not None and cfg.model.causal != cls.causal:
             mode = "decoder (model.causal=true)" if cls.causal else "encoder (model.causal=false)"
             raise ConfigError(f"task '{cfg.task}' needs a {mode}")
@@ -134,8 +141,9 @@ class SyntheticTask(Task):
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         rng = np.random.default_rng([self.seed, 0, step])
-        idx, targets = self._make(rng, batch_size, self.n)
-        return self._batch(idx, targets, self.n)
+        n = self.n if self.min_n == self.n else int(rng.integers(self.min_n, self.n + 1))
+        idx, targets = self._make(rng, batch_size, n)
+        return self._batch(idx, targets, n)
 
     def eval_set(self, n: int | None = None) -> Batch:
         n = n or self.eval_n

@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = HERE.parent / "docs" / "performance.md"
 README = HERE.parent / "README.md"
-BLOCK_FILES = [README, HERE.parent / "docs" / "dialogue.md"]  # files with <!-- begin NAME --> blocks to refill
+# files with <!-- begin NAME --> blocks to refill
+BLOCK_FILES = [README, HERE.parent / "docs" / "dialogue.md", HERE.parent / "docs" / "results.md"]
 
 # result name -> (script, arguments after --json); one script can save several results (one per
 # dataset); the order is the order of the document
@@ -45,6 +46,7 @@ BENCHMARKS = {
     "dialogue_ablation": ("dialogue_ablation", ["--keep", "runs/dialogue-ablation"]),
     # a run the dialogue ablation kept (run that first)
     "chat_latency": ("chat_latency", ["--run", "runs/dialogue-ablation/token+turn+speaker-1337"]),
+    "study": ("study", []),
 }
 
 
@@ -190,6 +192,63 @@ def _chat_latency(r: dict) -> list[str]:
             f"| {r['max_reply_s'] * 1000:.0f} ms | {r['median_reply_tokens']:.0f} (max {r['max_new_tokens']}) |"]
 
 
+STUDY_PARTS = {"copy": "copy 16 symbols (decoder)", "reverse": "reverse 16 symbols (decoder)",
+               "index": "index: the symbol at a queried position among 8 (bidirectional encoder)",
+               "char": "Tiny Shakespeare, character-level LM (windows of 64 characters)",
+               "copy-long": "copy, randomized learned table trained on lengths 1..16 for 5000 steps",
+               "reverse-long": "reverse, randomized learned table trained on lengths 1..16 for 5000 steps"}
+
+
+def _study_table(rows: list[dict], variants: list[str], key: str, spread: bool = True) -> list[str]:
+    lengths = sorted({(r["factor"], r["length"]) for r in rows})
+    labels = list(dict.fromkeys(r["variant"] + (f" ({r['method']})" if r["method"] else "")
+                                for v in variants for r in sorted(rows, key=lambda r: r["method"])
+                                if r["variant"] == v))
+    lines = ["| variant | " + " | ".join(f"{n} ({f:g}x)" for f, n in lengths) + " |",
+             "|---" * (len(lengths) + 1) + "|"]
+    for lab in labels:
+        cells = []
+        for _, n in lengths:
+            vals = [r[key] for r in rows if r["length"] == n and
+                    r["variant"] + (f" ({r['method']})" if r["method"] else "") == lab]
+            cells.append("" if not vals else f"{statistics.mean(vals):.3f}" +
+                         (f" ± {statistics.pstdev(vals):.3f}" if spread else ""))
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _study(r: dict) -> list[str]:
+    out = [f"{len(r['seeds'])} seeds ({', '.join(map(str, r['seeds']))}); mean ± spread (population standard "
+           f"deviation) over seeds; {r['total_s'] / 60:.0f} minutes of training and evaluation in all. A learned "
+           f"table past its rows is grown by the extend method in brackets; an empty cell is a length the "
+           f"encoding cannot run at without one."]
+    for part, p in r["parts"].items():
+        rows, variants = p["rows"], p["variants"]
+        runs = {(x["variant"], x["seed"]): x["train_s"] for x in rows}
+        out += ["", f"### {STUDY_PARTS.get(part, part)}", "", f"`{p['command']}` ({len(runs)} runs, median "
+                f"{statistics.median(runs.values()):.0f} s each)", ""]
+        if "token_accuracy" in rows[0]:
+            out += ["Token accuracy on held-out sequences, by evaluation length (symbols):", "",
+                    *_study_table(rows, variants, "token_accuracy")]
+            if part != "index":  # one answer token: exact-match is token accuracy there
+                out += ["", "Exact match (every answer token right):", "",
+                        *_study_table(rows, variants, "exact_match")]
+        else:
+            out += ["Validation loss (nats/character), by evaluation window (characters):", "",
+                    *_study_table(rows, variants, "loss")]
+        out += ["", f"![{part}]({p['figure']})"]
+    out += ["", "### How evenly each learned table trained (seed " + str(r["seeds"][0]) + ")", "",
+            "Rows of the table, rows no training step reached, the least reached row's share of steps, and the "
+            "smallest and largest mean gradient norm of a row relative to the median row (`position_stats`).", "",
+            "| part | variant | rows | never reached | least reached | grad min / median | grad max / median |",
+            "|---|---|---|---|---|---|---|"]
+    for part, p in r["parts"].items():
+        for v, s in p["position_stats"].items():
+            out.append(f"| {part} | {v} | {s['rows']} | {s['never']} | {s['least_reached']:.2f} "
+                       f"| {s['grad_min_vs_median']:.2f} | {s['grad_max_vs_median']:.2f} |")
+    return out
+
+
 def _reference_speed(r: dict) -> list[str]:
     return ["| NumPy float64 reference ms | PyTorch ms | ratio |", "|---|---|---|",
             f"| {r['reference_ms']} | {r['torch_ms']} | {r['ratio']}x |"]
@@ -230,6 +289,9 @@ SECTIONS = {
                      "A trained dialogue run (the ablation's token+turn+speaker run, seed 1337) answers a fixed "
                      "script of user turns through the code behind `learnpos chat`, streaming included; seconds "
                      "from the user's line to the end of the reply."),
+    "study": ("The positional-encoding study", _study,
+              "`python benchmarks/study.py`: `learnpos compare` on the probes and the char LM (docs/results.md "
+              "reads it)."),
     "kg_positions": ("What the positions do in KG completion", _kg_positions,
                      "The CoKE-style model with learned, sinusoidal and no positions (coke queries: the direction "
                      "of a query is carried by position only); test split, filtered, both directions."),

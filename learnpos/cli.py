@@ -188,7 +188,7 @@ def cmd_generate(args, overrides) -> int:
 def cmd_inspect(args, overrides) -> int:
     from learnpos.inspection import main as inspect_main
 
-    inspect_main(args.run, args.out)
+    inspect_main(args.run, args.out, args.device)
     return 0
 
 
@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="plots and one self-contained report.html of what a run learned")
     p.add_argument("run", metavar="RUN_DIR", help="a run directory (of any task)")
     p.add_argument("--out", help="where the PNGs and report.html go (default RUN_DIR/inspect)")
+    p.add_argument("--device", default="cpu", help="where the task figures run the model: cpu (default), cuda, auto")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("kg", help="knowledge-graph runs: learnpos kg predict --run DIR --head H --relation R")

@@ -33,6 +33,7 @@ from learnpos.analysis.report import (
 from learnpos.errors import LearnposError, RunDirError
 from learnpos.load import load_run
 from learnpos.runs import BEST_DIR, latest_checkpoint, model_checkpoint, read_metrics
+from learnpos.train import resolve_device
 
 VERIFY_FILE = "verify.json"  # `learnpos verify --json > RUN/verify.json` puts a summary in the report
 
@@ -206,8 +207,8 @@ def _verify(run_dir: Path) -> Section:
     return s
 
 
-def main(run_dir: str, out_dir: str | None = None) -> Path:
+def main(run_dir: str, out_dir: str | None = None, device: str = "cpu") -> Path:
     t0 = time.perf_counter()
-    path = inspect_run(run_dir, out_dir)
+    path = inspect_run(run_dir, out_dir, resolve_device(device))
     print(f"wrote {path} ({len(list(path.parent.glob('*.png')))} plots) in {time.perf_counter() - t0:.1f} s")
     return path

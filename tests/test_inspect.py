@@ -85,6 +85,11 @@ def test_inspect_through_the_cli(tmp_path, capsys):
     assert cli_main(["inspect", str(run)]) == 0
     assert re.search(r"wrote .*report\.html \(7 plots\) in [0-9.]+ s", capsys.readouterr().out)
     assert cli_main(["inspect", str(tmp_path / "nothing")]) == 2
+    assert cli_main(["inspect", str(run), "--device", "auto", "--out", str(tmp_path / "auto")]) == 0
+    assert (tmp_path / "auto" / "report.html").exists()
+    if not torch.cuda.is_available():
+        assert cli_main(["inspect", str(run), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_table_geometry_helpers():

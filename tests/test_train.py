@@ -201,8 +201,8 @@ def test_min_length_draws_one_length_per_step_and_off_changes_nothing():
     from learnpos.errors import ConfigError
     from learnpos.tasks import build_task
 
-    fixed = build_task(load_config("study-copy", {"synthetic.min_length": "0"}))
-    varied = build_task(load_config("study-copy"))  # lengths 1..16 (min_length = 1)
+    fixed = build_task(load_config("study-copy"))
+    varied = build_task(load_config("study-copy", {"synthetic.min_length": "1"}))  # lengths 1..16 (min_length = 1)
     lengths = [varied.train_batch(step, 4).idx.shape[1] for step in range(200)]
     assert {(T - 1) // 2 for T in lengths} == set(range(1, 17))  # copy of n symbols: 2n + 1 tokens
     assert [varied.train_batch(step, 4).idx.shape[1] for step in range(200)] == lengths  # a function of the step

@@ -238,20 +238,26 @@ def draw_curves(records: list[dict], metric: str = "loss") -> bytes | None:
 
 def draw_figure(f: Figure) -> bytes:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     n = len(f.series)
+    many = n > 8 and f.kind != "bar"  # a legend that would cover the axes goes beside them
+    fig, ax = plt.subplots(figsize=(10, max(4.0, 0.2 * n)) if many else (6.4, 3.6), dpi=100)
+    colors = plt.get_cmap("tab10").colors
     for i, (label, ys) in enumerate(f.series.items()):
         if f.kind == "bar":
             width = 0.8 / n
             ax.bar(np.arange(len(f.x)) + (i - (n - 1) / 2) * width, ys, width=width, label=label)
-        else:
-            ax.plot(f.x, ys, marker="." if len(f.x) <= 64 else None, label=label)
+        else:  # past 10 lines, colours repeat with another dash and marker so every line is told apart
+            style = {"color": colors[i % 10], "linestyle": ("-", "--", ":", "-.")[i // 10 % 4]} if many else {}
+            marker = ("o", "s", "^", "x")[i // 10 % 4] if many else "."
+            ax.plot(f.x, ys, marker=marker if len(f.x) <= 64 else None, label=label, **style)
     if f.kind == "bar":
         ax.set_xticks(np.arange(len(f.x)), [str(x) for x in f.x])
     ax.set(xlabel=f.xlabel, ylabel=f.ylabel, title=f.title)
     if f.ylim is not None:
         ax.set_ylim(*f.ylim)
-    if n > 1:
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    elif n > 1:
         ax.legend()
     fig.tight_layout()
     return _png(fig)

@@ -49,6 +49,14 @@ def test_dataset_folder_tar_and_crlf_read_the_same(tmp_path):
         tar.add(plain, arcname="ds")  # members in a subfolder, as release archives have them
     a, b, c = read_splits(plain), read_splits(crlf), read_splits(tmp_path / "ds.tar.gz")
     assert a == b == c and len(a["train"]) == 18
+    shipped = tmp_path / "shipped"  # a folder holding one archive and a README, as FB15k-237 ships
+    shipped.mkdir()
+    (tmp_path / "ds.tar.gz").rename(shipped / "ds.tar.gz")
+    (shipped / "README.txt").write_text("about the data\n", encoding="utf-8")
+    assert read_splits(shipped) == a
+    (shipped / "other.tgz").write_bytes(b"")
+    with pytest.raises(DataError, match=r"has no train.txt but 2 archives \(ds.tar.gz, other.tgz\)"):
+        read_splits(shipped)
 
 
 def test_malformed_lines_name_the_file_and_line(tmp_path):

@@ -1,8 +1,8 @@
 """Knowledge-graph triples: read a dataset, index its entities and relations, know every true
 triple (for filtered ranking).
 
-A dataset is a folder (or a `.tar.gz` of one, read without unpacking) holding `train.txt`,
-`valid.txt` and `test.txt`, one `head<TAB>relation<TAB>tail` triple per line (a trailing
+A dataset is a folder (or a `.tar.gz` of one, read without unpacking, or a folder holding one
+such archive, as FB15k-237 ships) with `train.txt`, `valid.txt` and `test.txt`, one `head<TAB>relation<TAB>tail` triple per line (a trailing
 `\\r` is stripped: some releases ship CRLF). Named datasets `nations`, `kinships` (alias
 `kinship`) and `umls` load from the PyKEEN package when it is installed (it ships them);
 `wn18rr`, `fb15k-237` and any other come from a path.
@@ -54,10 +54,20 @@ def _decode(raw: bytes, source: str) -> str:
         raise DataError(f"{source} is not UTF-8 (invalid byte at offset {e.start})") from None
 
 
+ARCHIVES = (".tar.gz", ".tgz", ".tar")
+
+
 def read_splits(path: str | Path) -> dict[str, list[tuple[str, str, str]]]:
     """The three splits of a dataset folder or `.tar.gz` (members may sit in a subfolder)."""
     path = Path(path)
     texts: dict[str, str] = {}
+    if path.is_dir() and not (path / "train.txt").exists():
+        archives = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(ARCHIVES))
+        if len(archives) == 1:  # a folder as some releases ship it: one archive and a README
+            return read_splits(archives[0])
+        if archives:
+            raise DataError(f"{path} has no train.txt but {len(archives)} archives "
+                            f"({', '.join(a.name for a in archives)}): give --kg.data the one to read")
     if path.is_dir():
         for split in SPLITS:
             f = path / f"{split}.txt"
@@ -65,7 +75,7 @@ def read_splits(path: str | Path) -> dict[str, list[tuple[str, str, str]]]:
                 raise DataError(f"{path} has no {split}.txt; a KG dataset is a folder with train.txt, valid.txt "
                                 f"and test.txt (tab-separated head, relation, tail)")
             texts[split] = _decode(f.read_bytes(), str(f))
-    elif path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+    elif path.is_file() and path.name.endswith(ARCHIVES):
         try:
             with tarfile.open(path) as tar:
                 members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}

@@ -2,9 +2,10 @@
 triple (for filtered ranking).
 
 A dataset is a folder (or a `.tar.gz` of one, read without unpacking, or a folder holding one
-such archive, as FB15k-237 ships) with `train.txt`, `valid.txt` and `test.txt`, one `head<TAB>relation<TAB>tail` triple per line (a trailing
-`\\r` is stripped: some releases ship CRLF). Named datasets `nations`, `kinships` (alias
-`kinship`) and `umls` load from the PyKEEN package when it is installed (it ships them);
+such archive, as FB15k-237 ships) with `train.txt`, `valid.txt` and `test.txt`, one
+`head<TAB>relation<TAB>tail` triple per line (a trailing `\\r` is stripped: some releases ship
+CRLF). Named datasets `nations`, `kinships` (alias `kinship`) and `umls` load from the PyKEEN
+package when it is installed (it ships them);
 `wn18rr`, `fb15k-237` and any other come from a path.
 
 Entities and relations are indexed from the training split. A validation or test triple

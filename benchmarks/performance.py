@@ -199,21 +199,21 @@ STUDY_PARTS = {"copy": "copy 16 symbols (decoder)", "reverse": "reverse 16 symbo
                "reverse-long": "reverse, randomized learned table trained on lengths 1..16 for 5000 steps"}
 
 
-def _study_table(rows: list[dict], variants: list[str], key: str, spread: bool = True) -> list[str]:
+def _study_table(rows: list[dict], variants: list[str], key: str) -> list[str]:
+    """Variant (extend method) x evaluation length: mean ± spread over seeds of `key`, labelled
+    as `learnpos compare` labels its rows (this renderer imports nothing of learnpos)."""
+    def _label(r: dict) -> str:
+        return r["variant"] + (f" ({r['method']})" if r["method"] else "")
+
     lengths = sorted({(r["factor"], r["length"]) for r in rows})
-    labels = list(dict.fromkeys(r["variant"] + (f" ({r['method']})" if r["method"] else "")
-                                for v in variants for r in sorted(rows, key=lambda r: r["method"])
+    labels = list(dict.fromkeys(_label(r) for v in variants for r in sorted(rows, key=lambda r: r["method"])
                                 if r["variant"] == v))
     lines = ["| variant | " + " | ".join(f"{n} ({f:g}x)" for f, n in lengths) + " |",
              "|---" * (len(lengths) + 1) + "|"]
     for lab in labels:
-        cells = []
-        for _, n in lengths:
-            vals = [r[key] for r in rows if r["length"] == n and
-                    r["variant"] + (f" ({r['method']})" if r["method"] else "") == lab]
-            cells.append("" if not vals else f"{statistics.mean(vals):.3f}" +
-                         (f" ± {statistics.pstdev(vals):.3f}" if spread else ""))
-        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        vals = [[r[key] for r in rows if r["length"] == n and _label(r) == lab] for _, n in lengths]
+        lines.append(f"| {lab} | " + " | ".join(
+            f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}" if v else "" for v in vals) + " |")
     return lines
 
 

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import time
 from pathlib import Path
 
 import _common as C
 
 from learnpos.analysis.position_stats import load_position_stats
-from learnpos.compare import VARIANTS, _read_results, run_compare
+from learnpos.compare import VARIANTS, _read_results, run_compare, run_path
 from learnpos.errors import LearnposError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,11 +68,9 @@ def table_stats(run_dir: Path) -> dict | None:
     g = s["grad_norm_mean"].double()
     med = float(g.median())
     nz = s["nonzero_steps"].double()
-    return {"rows": int(g.numel()), "steps": steps, "never": int((nz == 0).sum()),
-            "least_reached": float(nz.min()) / max(1, steps),
+    return {"rows": int(g.numel()), "never": int((nz == 0).sum()), "least_reached": float(nz.min()) / max(1, steps),
             "grad_min_vs_median": float(g.min()) / med if med else 0.0,
-            "grad_max_vs_median": float(g.max()) / med if med else 0.0,
-            "drift_min": float(s["displacement"].min()), "drift_max": float(s["displacement"].max())}
+            "grad_max_vs_median": float(g.max()) / med if med else 0.0}
 
 
 def main() -> None:
@@ -91,17 +88,14 @@ def main() -> None:
         preset, over, variants, lengths = PARTS[part]
         if part == "char":
             over = {**over, "lm.data": args.data}
-        t0 = time.perf_counter()
         run_compare(preset, variants, seeds, [float(f) for f in lengths.split(",")], out / part, over, quiet=True)
         rows = [r for r in _read_results(out / part) if r["variant"] in variants and r["seed"] in seeds]
         png = next((out / part).glob("*_by_length.png"))
         shutil.copyfile(png, FIGURES / f"{part}.png")
-        stats = {v: table_stats(out / part / v.replace("=", "-").replace("+", "-") / f"seed-{seeds[0]}")
-                 for v in variants}
+        stats = {v: table_stats(run_path(out / part, v, seeds[0])) for v in variants}
         parts[part] = {"command": command(part, out, args.seeds), "variants": variants, "rows": rows,
                        "figure": f"results/{part}.png", "position_stats": {k: v for k, v in stats.items() if v},
-                       "train_s_total": round(sum({(r["variant"], r["seed"]): r["train_s"] for r in rows}.values()), 1),
-                       "wall_s": round(time.perf_counter() - t0, 1)}
+                       "train_s_total": round(sum({(r["variant"], r["seed"]): r["train_s"] for r in rows}.values()), 1)}
         total = parts[part]["train_s_total"]
         print(f"{part}: {len(rows)} rows from {len({(r['variant'], r['seed']) for r in rows})} runs, "
               f"{total:.0f} s of training and evaluation", flush=True)

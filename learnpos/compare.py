@@ -71,6 +71,11 @@ def variant_config(preset: str, variant: str, seed: int, out: Path, overrides: d
     return load_config(preset, over)
 
 
+def run_path(out: Path, variant: str, seed: int) -> Path:
+    """The run directory of one variant and seed inside a comparison folder."""
+    return out / variant.replace("=", "-").replace("+", "-") / f"seed-{seed}"
+
+
 def _finished(run_dir: Path, max_iters: int) -> bool:
     if not has_checkpoint(run_dir):
         return False
@@ -126,8 +131,8 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
         raise ConfigError(f"--lengths {','.join(f'{f:g}' for f in factors)} give the evaluation lengths {lengths} "
                           f"(training length {base}): give factors that differ after rounding")
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, preset, overrides)
     done = _read_results(out)
+    _check_settings(out, preset, overrides, has_results=bool(done))
     device = resolve_device(probe.train.device)
     for variant in variants:
         for seed in seeds:
@@ -135,7 +140,7 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
             todo = [f for f in factors if f not in have]
             if not todo:
                 continue
-            run_dir = out / variant.replace("=", "-").replace("+", "-") / f"seed-{seed}"
+            run_dir = run_path(out, variant, seed)
             cfg = variant_config(preset, variant, seed, run_dir, overrides, longest)
             t0 = time.perf_counter()
             try:
@@ -157,13 +162,13 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
                 print(f"{variant}/seed-{seed}: {wall:.0f} s; at length {first['length']} " +
                       ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
     rows = [r for r in done if r["variant"] in variants and r["seed"] in seeds and r["factor"] in factors]
-    return write_outputs(out, preset, rows, variants, factors, failed)
+    return write_outputs(out, preset, rows, variants, factors, failed, overrides)
 
 
 SETTINGS = "compare.json"
 
 
-def _check_settings(out: Path, preset: str, overrides: dict) -> None:
+def _check_settings(out: Path, preset: str, overrides: dict, has_results: bool) -> None:
     """Runs and results in `out` all come from one preset and one set of overrides: a rerun
     with other settings would mix two studies in one table, so it is refused. Variants, seeds
     and lengths may change between reruns (they add rows; they do not change a run)."""
@@ -179,7 +184,7 @@ def _check_settings(out: Path, preset: str, overrides: dict) -> None:
             raise ConfigError(f"{out} holds a comparison made with {_command(before)}, not {_command(settings)}: "
                               f"give another --out (mixing the two would put different models in one table)")
         return
-    if _read_results(out):
+    if has_results:
         raise ConfigError(f"{out} holds results but no {SETTINGS} recording how they were made: give another --out")
     atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
@@ -219,7 +224,7 @@ def _label(r: dict) -> str:
 
 
 def write_outputs(out: Path, preset: str, rows: list[dict], variants: list[str], factors: list[float],
-                  failed: list[tuple[str, int, str]] = ()) -> Path:
+                  failed: list[tuple[str, int, str]] = (), overrides: dict | None = None) -> Path:
     if not rows:
         why = "; ".join(f"{v} seed {s}: {e}" for v, s, e in failed)
         raise ConfigError(f"{out} holds no results" + (f" (every run failed: {why})" if why else ""))
@@ -235,8 +240,7 @@ def write_outputs(out: Path, preset: str, rows: list[dict], variants: list[str],
                 cell[lab, n] = (statistics.mean(vals), statistics.pstdev(vals), len(vals))
     extra = [k for k in ("exact_match",) if k in rows[0]]
     head = "| variant | " + " | ".join(f"{label} @ {n} ({f:g}x)" for f, n in lengths) + " |"
-    over = json.loads((out / SETTINGS).read_text(encoding="utf-8")) if (out / SETTINGS).exists() else {}
-    command = _command({"preset": preset, "overrides": over.get("overrides", {})}).strip("`")
+    command = _command({"preset": preset, "overrides": dict(sorted((overrides or {}).items()))}).strip("`")
     md = [f"`learnpos compare {command}`: {label}, mean ± spread (population standard deviation) over "
           f"{len(seeds)} seed(s) {', '.join(map(str, seeds))}; a learned table shorter than the evaluation is "
           f"grown with the extend method in brackets.", "", head, "|---" * (len(lengths) + 1) + "|"]
@@ -274,7 +278,7 @@ def write_outputs(out: Path, preset: str, rows: list[dict], variants: list[str],
     by_run = {}
     for v in variants:
         for seed in seeds:
-            d = out / v.replace("=", "-").replace("+", "-") / f"seed-{seed}"
+            d = run_path(out, v, seed)
             if d.exists():
                 by_run[f"{v} seed {seed}"] = [r for r in read_metrics(d) if r.get("split") == "val"]
     steps = sorted({r["step"] for rs in by_run.values() for r in rs})

@@ -42,7 +42,9 @@ BENCHMARKS = {
     "kg_positions": ("kg_positions", ["--dataset", "umls"]),
     "kg_vs_pykeen_nations": ("kg_vs_pykeen", ["--dataset", "nations", "--seeds", "1337,1,2", "--epochs", "100"]),
     "kg_vs_pykeen_umls": ("kg_vs_pykeen", ["--dataset", "umls", "--seeds", "1337,1,2", "--epochs", "100"]),
+    "kg_vs_pykeen_kinships": ("kg_vs_pykeen", ["--dataset", "kinships", "--seeds", "1337,1,2", "--epochs", "100"]),
     "kg_large_wn18rr": ("kg_large", ["--dataset", "wn18rr"]),
+    "kg_large_fb15k_237": ("kg_large", ["--dataset", "fb15k-237"]),
     "dialogue_ablation": ("dialogue_ablation", ["--keep", "runs/dialogue-ablation"]),
     # a run the dialogue ablation kept (run that first)
     "chat_latency": ("chat_latency", ["--run", "runs/dialogue-ablation/token+turn+speaker-1337"]),

@@ -101,7 +101,12 @@ class TrainConfig:
     beta2: float = 0.99
     momentum: float = 0.0  # sgd only
     grad_clip: float = 1.0  # 0 = off
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: split over torchrun's processes and grad_accum micro-batches
+    grad_accum: int = 1  # micro-batches per step and process (one gradient all-reduce per step)
+    # A NaN/inf loss or gradient: "stop" (an error; the last checkpoint is kept; checked at each
+    # log and eval, no per-step host sync) or "skip" (checked every step: the batch is dropped,
+    # no update, and the skips are counted in metrics.jsonl)
+    on_nonfinite: str = "stop"
     eval_interval: int = 250
     log_interval: int = 50
     seed: int = 1337
@@ -445,6 +450,7 @@ def validate(cfg: Config) -> None:
     _choice(t.optimizer, ("adamw", "sgd"), "train.optimizer")
     _choice(t.dtype, ("auto", "float32", "bfloat16"), "train.dtype")
     _choice(t.early_stop_mode, ("max", "min"), "train.early_stop_mode")
+    _choice(t.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")
     if t.early_stop_patience < 0:
         raise ConfigError(f"train.early_stop_patience must be >= 0 (0 = never stop early), got {t.early_stop_patience}")
     if t.early_stop_patience and not t.early_stop_metric:
@@ -452,8 +458,8 @@ def validate(cfg: Config) -> None:
                           "(e.g. --train.early_stop_metric=mrr)")
     for key, value in [("model.n_layer", m.n_layer), ("model.n_head", m.n_head), ("model.n_embd", m.n_embd),
                        ("model.positional.max_len", p.max_len), ("train.batch_size", t.batch_size),
-                       ("train.max_iters", t.max_iters), ("train.eval_interval", t.eval_interval),
-                       ("train.log_interval", t.log_interval)]:
+                       ("train.grad_accum", t.grad_accum), ("train.max_iters", t.max_iters),
+                       ("train.eval_interval", t.eval_interval), ("train.log_interval", t.log_interval)]:
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     if m.vocab_size < 0:

@@ -175,8 +175,13 @@ def load_weights(model: torch.nn.Module, folder: Path) -> int:
         return int((f.metadata() or {}).get("step", 0))
 
 
-def save_trainer_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+def save_trainer_state(path: Path, optimizer: torch.optim.Optimizer, step: int,
+                       rng_ranks: list[torch.Tensor] | None = None) -> None:
+    """rng_ranks: the CPU RNG state of every process of a distributed run, in rank order
+    (rank 0's is also `rng_cpu`), so each rank resumes its own dropout stream."""
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+    if rng_ranks is not None:
+        state["rng_ranks"] = rng_ranks
     if torch.cuda.is_available():
         state["rng_cuda"] = torch.cuda.get_rng_state_all()
     torch.save(state, path)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from learnpos.analysis.position_stats import PositionStats
 from learnpos.config import Config, config_diff, load_run_config
+from learnpos.distributed import Dist, check_split, micro_batches, no_sync, wrap_for_training
 from learnpos.errors import ConfigError, RunDirError, TrainingDiverged
 from learnpos.hardware import cpu_has_amx_bf16
 from learnpos.load import build_model
@@ -121,7 +122,7 @@ def _resume_point(run_dir: Path) -> Path | None:
     return None
 
 
-def _load_checkpoint(folder: Path, model, optimizer, device: torch.device) -> int:
+def _load_checkpoint(folder: Path, model, optimizer, device: torch.device, dist: Dist) -> int:
     """Weights, optimizer state and RNG of `folder`; returns its step. The optimizer's
     hyper-parameters (weight decay, betas, momentum: what `load_state_dict` would bring back
     from the checkpoint) are the current config's, so a resumed run trains with what its
@@ -138,7 +139,13 @@ def _load_checkpoint(folder: Path, model, optimizer, device: torch.device) -> in
             raise RunDirError(f"{folder}: parameter group '{group.get('name')}' where this model has "
                               f"'{current.get('name')}'; cannot resume")
         group.update(current)
-    torch.set_rng_state(state["rng_cpu"])
+    ranks = state.get("rng_ranks")
+    if dist.active and (ranks is None or len(ranks) != dist.world):
+        log.warning("%s was saved by %s process(es), this run has %d: the dropout streams of ranks > 0 restart, "
+                    "so the run continues correctly but not bit-identically", folder,
+                    len(ranks) if ranks else 1, dist.world)
+        ranks = None
+    torch.set_rng_state(ranks[dist.rank] if ranks is not None else state["rng_cpu"])
     if "rng_cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state_all(state["rng_cuda"])
     return state["step"]
@@ -150,62 +157,105 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
     resume: continue from the run directory's last checkpoint (bit-exact on CPU).
     stop_after: stop (with a checkpoint) after this many steps of *this* call, as if the
         process were killed there; the schedule still runs to `train.max_iters`.
+
+    Under torchrun every process calls this; see learnpos/distributed.py for how a step is
+    split. Rank 0 alone writes the run directory, prints and evaluates.
     """
     t = cfg.train
     t0 = time.perf_counter()
     device = resolve_device(t.device)
-    t.dtype = resolve_dtype(device, t.dtype)  # saved as chosen: a resumed run keeps its precision
-    autocast = autocast_for(device, t.dtype)
-    torch.manual_seed(t.seed)
-
-    run_dir = Path(t.out_dir)
-    _check_run_dir(run_dir, resume)
-    existed = run_dir.exists()  # and is empty: _check_run_dir refuses anything else for a fresh run
+    dist = Dist.from_env(device.type)
+    device = dist.device(device)
     try:
-        return _train(cfg, run_dir, device, autocast, resume, stop_after, quiet, t0)
-    except BaseException:
-        # A fresh run that fails before its first checkpoint leaves nothing to resume: remove
-        # what it wrote (config, tokenizer, metrics), so the same command can simply run again.
-        if not resume and run_dir.exists() and not has_checkpoint(run_dir):
-            if existed:
-                for child in run_dir.iterdir():
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-            else:
-                shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        check_split(t.batch_size, dist.world, t.grad_accum)
+        t.dtype = resolve_dtype(device, t.dtype)  # saved as chosen: a resumed run keeps its precision
+        autocast = autocast_for(device, t.dtype)
+        torch.manual_seed(t.seed)
+        run_dir = Path(t.out_dir)
+        if not dist.main:
+            return _train(cfg, run_dir, device, autocast, resume, stop_after, True, t0, dist)
+        _check_run_dir(run_dir, resume)
+        existed = run_dir.exists()  # and is empty: _check_run_dir refuses anything else for a fresh run
+        try:
+            return _train(cfg, run_dir, device, autocast, resume, stop_after, quiet, t0, dist)
+        except BaseException:
+            # A fresh run that fails before its first checkpoint leaves nothing to resume: remove
+            # what it wrote (config, tokenizer, metrics), so the same command can simply run again.
+            if not resume and run_dir.exists() and not has_checkpoint(run_dir):
+                if existed:
+                    for child in run_dir.iterdir():
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+                else:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    finally:
+        dist.close()
 
 
-def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: bool, stop_after: int | None,
-           quiet: bool, t0: float) -> TrainResult:
-    t = cfg.train
+def _setup(cfg: Config, run_dir: Path, resume: bool, dist: Dist):
+    """The task (its tokenizer learned once, by rank 0, and read by the other ranks) and the
+    run's config.json. The other ranks wait for rank 0 and fail with its error if it failed."""
+    task, error = None, None
+    if dist.main:
+        try:
+            task = build_task(cfg, run_dir)
+            _resolve_vocab(cfg, task)
+            _write_config(cfg, run_dir, resume)
+        except Exception as e:
+            error = e
+        dist.broadcast(None if error is None else (type(error), str(error)))
+        if error is not None:
+            raise error
+        return task
+    failed = dist.broadcast(None)
+    if failed is not None:
+        kind, message = failed
+        raise (kind if issubclass(kind, Exception) else RuntimeError)(f"rank 0: {message}")
     task = build_task(cfg, run_dir)
+    _resolve_vocab(cfg, task)
+    return task
+
+
+def _resolve_vocab(cfg: Config, task) -> None:
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = task.vocab_size
     elif cfg.model.vocab_size < task.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < the task's {task.vocab_size} tokens; "
                           f"leave it 0 to take it from the task")
-    _write_config(cfg, run_dir, resume)
 
+
+def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: bool, stop_after: int | None,
+           quiet: bool, t0: float, dist: Dist) -> TrainResult:
+    t = cfg.train
+    task = _setup(cfg, run_dir, resume, dist)
     model = build_model(cfg, task).to(device)
     optimizer = build_optimizer(model, t, device.type)
+    if dist.rank > 0:  # each rank its own dropout stream; rank 0 keeps the single-process one
+        torch.manual_seed(t.seed * 1_000_003 + dist.rank)
     step = 0
     folder = _resume_point(run_dir) if resume else None
     if folder is not None:
-        step = _load_checkpoint(folder, model, optimizer, device)
-    history = truncate_metrics(run_dir, step) if resume else []  # also drops a line cut off mid-append
+        step = _load_checkpoint(folder, model, optimizer, device, dist)
+    history = truncate_metrics(run_dir, step) if (resume and dist.main) else []  # drops a line cut mid-append
+    skipped = sum(r.get("skipped", 0) for r in history if r.get("split") == "train")
     best, since_best = _best_so_far(history, t)
     tables = {name: table.weight for name, table in model.learned_tables().items()}
     stats = None
-    if t.position_stats and tables:
+    if t.position_stats and tables and dist.main:
         saved = folder / STATS_FILE if folder is not None else None
         stats = PositionStats.load(saved, tables) if saved is not None and saved.exists() else PositionStats(tables)
     forward = torch.compile(model) if t.compile else model
-    log.info("model: %d parameters (%d without learned tables); %s on %s",
-             model.num_params(), model.num_params(include_tables=False), t.dtype, device)
+    step_loss_fn = wrap_for_training(forward, task, dist, device, task.train_batch(step, t.batch_size))
+    log.info("model: %d parameters (%d without learned tables); %s on %s%s",
+             model.num_params(), model.num_params(include_tables=False), t.dtype, device,
+             f", {dist.world} processes" if dist.active else "")
 
     def checkpoint() -> None:
+        rng = dist.gather(torch.get_rng_state()) if dist.active else None
+        if not dist.main:
+            return
         writers = {MODEL_FILE: lambda p: save_weights(p, model, step),
-                   STATE_FILE: lambda p: save_trainer_state(p, optimizer, step)}
+                   STATE_FILE: lambda p: save_trainer_state(p, optimizer, step, rng)}
         if stats is not None:
             writers[STATS_FILE] = stats.save
         write_checkpoint(run_dir, step, writers)
@@ -218,18 +268,31 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         lr = lr_at(step, t)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = task.train_batch(step, t.batch_size)
+        batch = task.train_batch(step, t.batch_size)  # the global batch, the same on every rank
         model.check_ids(batch.position_ids, batch.extra_ids, batch.idx.shape[1])  # on the host, before the step
-        batch = replace(batch, ids_checked=True).to(device)
-        with autocast():
-            loss = task.loss(forward, batch)
-        loss.backward()
-        if stats is not None:
-            stats.update()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        batch = replace(batch, ids_checked=True)
+        total = task.loss_terms(batch)
+        parts = micro_batches(batch, dist, t.grad_accum)
+        loss = 0.0
+        for i, part in enumerate(parts):
+            weight = task.loss_terms(part) * dist.world / total  # 1.0 for one process, one micro-batch
+            with no_sync(step_loss_fn, last=i == len(parts) - 1), autocast():
+                part_loss = step_loss_fn(part.to(device))
+            (part_loss if weight == 1.0 else part_loss * weight).backward()
+            loss = loss + part_loss.detach() * weight
+        if dist.active:
+            loss = dist.sum(loss) / dist.world  # the global batch's mean loss
+        if t.on_nonfinite == "skip" and not _finite_step(loss, model):
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            log.warning("step %d: non-finite loss or gradient; batch skipped (%d so far)", step + 1, skipped)
+        else:
+            if stats is not None:
+                stats.update()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
 
@@ -238,39 +301,54 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         if not (log_now or eval_now):
             continue
         loss_value = loss.item()  # checked only here (a host sync): NaN is sticky, later losses stay NaN
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"loss is {loss_value} at step {step}; lower train.lr (now {t.lr}) "
-                                   f"or enable train.grad_clip; the last checkpoint in {run_dir} is kept")
-        if log_now:
-            append_metrics(run_dir, {"step": step, "split": "train", "loss": loss_value, "lr": lr,
-                                     "time_s": round(time.perf_counter() - t0, 3)})
+        if not math.isfinite(loss_value) and t.on_nonfinite == "stop":
+            raise TrainingDiverged(f"loss is {loss_value} at step {step}; lower train.lr (now {t.lr}), enable "
+                                   f"train.grad_clip or set train.on_nonfinite=skip; the last checkpoint in "
+                                   f"{run_dir} is kept")
+        if log_now and dist.main:
+            record = {"step": step, "split": "train", "loss": loss_value, "lr": lr,
+                      "time_s": round(time.perf_counter() - t0, 3)}
+            if t.on_nonfinite == "skip":
+                record["skipped"] = skipped
+            append_metrics(run_dir, record)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
         if eval_now:
-            metrics = task.evaluate(model, device, autocast=autocast)
-            append_metrics(run_dir, {"step": step, "split": "val", **metrics})
             stop = False
-            if t.early_stop_metric:
-                value = _metric(metrics, t.early_stop_metric, cfg.task)
-                if best is None or (value > best if t.early_stop_mode == "max" else value < best):
-                    best, since_best = value, 0  # the best weights go first: see _best_so_far
-                    write_checkpoint(run_dir, step, {MODEL_FILE: lambda p, n=step: save_weights(p, model, n)}, BEST_DIR)
-                else:
-                    since_best += 1
-                stop = t.early_stop_patience > 0 and since_best >= t.early_stop_patience
+            if dist.main:
+                metrics = task.evaluate(model, device, autocast=autocast)
+                append_metrics(run_dir, {"step": step, "split": "val", **metrics})
+                if t.early_stop_metric:
+                    value = _metric(metrics, t.early_stop_metric, cfg.task)
+                    if best is None or (value > best if t.early_stop_mode == "max" else value < best):
+                        best, since_best = value, 0  # the best weights go first: see _best_so_far
+                        write_checkpoint(run_dir, step, {MODEL_FILE: lambda p, n=step: save_weights(p, model, n)},
+                                         BEST_DIR)
+                    else:
+                        since_best += 1
+                    stop = t.early_stop_patience > 0 and since_best >= t.early_stop_patience
+            stop = dist.broadcast(stop)  # the other ranks wait here for rank 0's evaluation
             checkpoint()
             if not quiet:
                 bar.write(_summary(step, metrics))
             if stop:
-                log.warning("early stop at step %d: %s has not improved on %.6g for %d evaluations",
-                            step, t.early_stop_metric, best, since_best)
+                if dist.main:
+                    log.warning("early stop at step %d: %s has not improved on %.6g for %d evaluations",
+                                step, t.early_stop_metric, best, since_best)
                 break
     bar.close()
 
-    if step == t.max_iters or (t.early_stop_patience and step < t.max_iters):
+    if dist.main and (step == t.max_iters or (t.early_stop_patience and step < t.max_iters)):
         from learnpos.analysis.plots import save_position_plots
 
         save_position_plots(model, run_dir)
     return TrainResult(run_dir, model, step, metrics, time.perf_counter() - t0)
+
+
+def _finite_step(loss: torch.Tensor, model) -> bool:
+    """Whether this step's loss and every gradient are finite (one host sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]) if grads else loss.new_zeros(1)
+    return bool(torch.isfinite(loss).all() and torch.isfinite(norms).all())
 
 
 def _metric(metrics: dict, name: str, task: str) -> float:

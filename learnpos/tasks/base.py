@@ -17,7 +17,7 @@ from torch import Tensor
 
 from learnpos.config import register_task
 from learnpos.errors import ConfigError
-from learnpos.model import cross_entropy
+from learnpos.model import IGNORE_INDEX, cross_entropy
 
 
 @dataclass
@@ -95,6 +95,12 @@ class Task:
         Default: mean next-token cross-entropy over targets != IGNORE_INDEX."""
         logits = model(batch.idx, **batch.model_inputs()).logits
         return cross_entropy(logits, batch.targets)
+
+    def loss_terms(self, batch: Batch) -> int:
+        """How many terms `loss` averages over (default: targets != IGNORE_INDEX). Distributed
+        training and gradient accumulation weight each micro-batch's mean by its share of these,
+        so the step's gradient is the gradient of the whole batch's mean loss."""
+        return int((batch.targets != IGNORE_INDEX).sum())
 
     def evaluate(self, model, device: torch.device, batch_size: int = 64, autocast=None,
                  length: int | None = None, split: str | None = None) -> dict:

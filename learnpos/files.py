@@ -1,6 +1,6 @@
 """Writing files so that a reader (or a resumed run) never sees half of one.
 
-Bottom layer: imports nothing of learnpos but `errors`, and neither torch nor NumPy.
+Bottom layer: imports nothing of learnpos but `faults`, and neither torch nor NumPy.
 
     atomic_write(path, write)    write to a temp file beside `path`, fsync, rename over it,
                                  fsync the folder: after a crash `path` is the old file or the
@@ -18,6 +18,8 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from learnpos import faults
 
 
 def temp_path_beside(path: Path) -> Path:
@@ -74,8 +76,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def append_line(path: str | Path, line: str) -> None:
     """Append `line` + newline in one write call (a kill can cut at most this last line;
     readers of append-only logs drop a cut-off last line, see `learnpos.runs.read_metrics`)."""
+    data = line.rstrip("\n") + "\n"
     with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
+        if faults.armed("append"):  # a crash test: half the line reaches the disk, then the kill
+            f.write(data[:len(data) // 2])
+            f.flush()
+            faults.die()
+        f.write(data)
         f.flush()
 
 

@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from learnpos import faults
 from learnpos.errors import RunDirError
 from learnpos.files import append_line, atomic_write_text, fsync_dir, fsync_file, sha256_file
 
@@ -81,6 +82,7 @@ def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable
             write(tmp / name)
             fsync_file(tmp / name)
             files[name] = sha256_file(tmp / name)
+            faults.point("checkpoint")  # crash tests: killed with a file written and no manifest
         (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1), encoding="utf-8")
         fsync_file(tmp / MANIFEST_FILE)
         fsync_dir(tmp)

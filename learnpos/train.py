@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from learnpos import faults
 from learnpos.analysis.position_stats import PositionStats
 from learnpos.config import Config, config_diff, load_run_config
 from learnpos.distributed import Dist, check_split, micro_batches, no_sync, wrap_for_training
@@ -108,15 +109,18 @@ def _write_config(cfg: Config, run_dir: Path, resume: bool) -> None:
     write_config(run_dir, cfg.to_json() + "\n")
 
 
-def _resume_point(run_dir: Path) -> Path | None:
+def _resume_point(run_dir: Path, t) -> Path | None:
     """The checkpoint to resume from; None for a run that stopped before its first checkpoint
-    (it starts again at step 0). A run with progress but no checkpoint is refused."""
+    was complete (killed in its first steps, evaluation or checkpoint write: it starts again
+    at step 0, which gives the same run since every batch is a function of the step). A run
+    whose log goes past its first checkpoint but has none left is refused."""
     if has_checkpoint(run_dir):
         return latest_checkpoint(run_dir)
     if (run_dir / MODEL_FILE).exists():
         raise RunDirError(f"{run_dir} was made by an older learnpos ({MODEL_FILE} at the top, no checkpoints/); "
                           f"this version cannot resume it: train it again")
-    if any(r.get("step", 0) > 0 for r in read_metrics(run_dir)):
+    first = min(t.eval_interval, t.max_iters)  # where the first checkpoint is written
+    if any(r.get("step", 0) > first for r in read_metrics(run_dir)):
         raise RunDirError(f"cannot resume {run_dir}: its metrics.jsonl records training steps but no checkpoint "
                           f"is left (checkpoints/ was removed?); train it again in a new directory")
     return None
@@ -233,7 +237,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
     if dist.rank > 0:  # each rank its own dropout stream; rank 0 keeps the single-process one
         torch.manual_seed(t.seed * 1_000_003 + dist.rank)
     step = 0
-    folder = _resume_point(run_dir) if resume else None
+    folder = _resume_point(run_dir, t) if resume else None
     if folder is not None:
         step = _load_checkpoint(folder, model, optimizer, device, dist)
     history = truncate_metrics(run_dir, step) if (resume and dist.main) else []  # drops a line cut mid-append
@@ -316,6 +320,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
             stop = False
             if dist.main:
                 metrics = task.evaluate(model, device, autocast=autocast)
+                faults.point("eval")  # crash tests: killed with an evaluation done but not logged
                 append_metrics(run_dir, {"step": step, "split": "val", **metrics})
                 if t.early_stop_metric:
                     value = _metric(metrics, t.early_stop_metric, cfg.task)

@@ -196,11 +196,15 @@ def test_resume_trains_with_the_configs_optimizer_settings(tmp_path):
 
 
 def test_resume_without_a_checkpoint(tmp_path):
-    """A run killed before its first checkpoint starts again at step 0; a run whose
-    checkpoints are gone, or one in the old layout, is refused instead of silently restarted."""
-    over = {**FAST, "train.max_iters": "20", "train.out_dir": str(tmp_path)}
+    """A run killed before its first checkpoint was complete starts again at step 0; a run
+    whose checkpoints are gone, or one in the old layout, is refused instead of silently
+    restarted."""
+    over = {**FAST, "train.max_iters": "30", "train.out_dir": str(tmp_path)}
     train(load_config("demo", over), quiet=True, stop_after=10)
-    shutil.rmtree(tmp_path / "checkpoints")
+    shutil.rmtree(tmp_path / "checkpoints")  # as if killed writing the first one: the log stops at step 10
+    assert train(load_config("demo", over), resume=True, quiet=True, stop_after=20).step == 20
+    assert [r["step"] for r in read_metrics(tmp_path) if r["split"] == "val"] == [10, 20]
+    shutil.rmtree(tmp_path / "checkpoints")  # now the log is past the first checkpoint
     with pytest.raises(RunDirError, match="records training steps but no checkpoint"):
         train(load_config("demo", over), resume=True, quiet=True)
     assert (tmp_path / "metrics.jsonl").read_text()  # nothing was thrown away
@@ -209,7 +213,7 @@ def test_resume_without_a_checkpoint(tmp_path):
     with pytest.raises(RunDirError, match="made by an older learnpos"):
         train(load_config("demo", over), resume=True, quiet=True)
     (tmp_path / "model.safetensors").unlink()
-    assert train(load_config("demo", over), resume=True, quiet=True).step == 20  # killed before step 10: redo
+    assert train(load_config("demo", over), resume=True, quiet=True).step == 30  # killed before step 10: redo
 
 
 def test_a_fresh_run_that_fails_early_leaves_nothing_behind(tmp_path):

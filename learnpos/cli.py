@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -106,13 +107,36 @@ def cmd_train(args, overrides) -> int:
         if value:  # shorthands for the task's own section: --data PATH = --lm.data=PATH or --kg.data=PATH
             set_override(cfg, _task_key(cfg, field, flag), value)
     validate(cfg)
-    result = train(cfg, resume=bool(args.resume), quiet=args.quiet)
+    worker = os.environ.get("RANK", "0") != "0"  # a torchrun process other than rank 0: it prints nothing
+    result = train(cfg, resume=bool(args.resume), quiet=args.quiet or worker)
     m = {k: v for k, v in result.metrics.items() if not isinstance(v, list)}
+    if worker:
+        return 0
     if not args.quiet:
         print(f"done: step {result.step} in {result.wall_s:.1f} s; run dir {result.run_dir}")
     if args.json:
         _emit_json({"task": cfg.task, "step": result.step, **m, "wall_s": round(result.wall_s, 2),
                     "run_dir": str(result.run_dir)})
+    return 0
+
+
+def cmd_export_hf(args, overrides) -> int:
+    from learnpos.hf import export_hf
+
+    out = export_hf(args.run, args.out)
+    print(f"wrote {out} (GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained read it)")
+    return 0
+
+
+def cmd_import_hf(args, overrides) -> int:
+    from learnpos.hf import import_hf
+
+    if args.data:
+        overrides = {**overrides, "lm.data": args.data}
+    run = import_hf(args.hf_dir, args.run, overrides)
+    hint = f"learnpos train --resume {run} --train.max_iters=N" if args.data else \
+        f"learnpos import-hf {args.hf_dir} NEW_DIR --data TEXT (to fine-tune)"
+    print(f"wrote run {run}: try learnpos generate --run {run} --prompt \"...\", or {hint}")
     return 0
 
 
@@ -364,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_kg)
+
+    p = sub.add_parser("export-hf", help="write a learned-position LM run as an HF GPT2LMHeadModel directory")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("out", metavar="OUT_DIR", help="a new directory")
+    p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("import-hf", help="make a learnpos run from a local HF GPT-2 directory (safetensors + "
+                                         "tokenizer.json); config overrides apply, e.g. --lm.block_size=128")
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("run", metavar="RUN_DIR", help="a new run directory")
+    p.add_argument("--data", help="text to fine-tune and evaluate on (lm.data)")
+    p.set_defaults(func=cmd_import_hf)
 
     p = sub.add_parser("data", help="download a public corpus: learnpos data fetch tinyshakespeare|wikitext-2")
     p.add_argument("action", choices=["fetch"])

@@ -32,6 +32,7 @@ from typing import Any
 import tomllib
 
 from learnpos.errors import ConfigError
+from learnpos.files import loads_json
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -192,9 +193,9 @@ def register_task(name: str, section: str | None = None, section_cls: type | Non
 
 def new_config(task: str) -> Config:
     """Defaults for `task`: the model and train defaults plus the task's own section."""
-    if task not in TASK_SPECS:
+    if not isinstance(task, str) or task not in TASK_SPECS:
         known = ", ".join(TASK_SPECS) or "none registered: import learnpos.tasks (or your task's module) first"
-        raise ConfigError(f"task='{task}' is not one of: {known}")
+        raise ConfigError(f"task={task!r} is not one of: {known}")
     return Config(task=task)
 
 
@@ -220,7 +221,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         (item,) = typing.get_args(typ)
         if isinstance(value, str):
             try:
-                value = json.loads(value)
+                value = loads_json(value)
             except json.JSONDecodeError:
                 raise ConfigError(f"{key} must be a JSON list, e.g. --{key}='[{{\"name\": \"turn\", "
                                   f"\"rows\": 16}}]', got {value!r}") from None
@@ -405,9 +406,12 @@ def load_config(preset: str | None = None, overrides: dict[str, str] | None = No
 
 def load_run_config(path: str | Path) -> Config:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = loads_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not a readable config ({e}); is it a learnpos run directory?") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a config (a JSON {type(data).__name__}, not an object); is it a learnpos "
+                          f"run directory?")
     cfg = from_dict(data, skip_other_tasks=True)
     validate(cfg)
     return cfg

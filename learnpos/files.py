@@ -9,11 +9,14 @@ Bottom layer: imports nothing of learnpos but `faults`, and neither torch nor Nu
     fsync_dir                    make a rename or a new entry in a folder durable
     sha256_file                  a checksum, for manifests of checkpoint folders
     append_line                  one line appended to a log in a single write
+    loads_json                   json.loads that refuses duplicate keys (which json.loads
+                                 would resolve silently, keeping the last)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -92,3 +95,17 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise json.JSONDecodeError(f"duplicate key {dupes[0]!r}", "", 0)
+    return dict(pairs)
+
+
+def loads_json(text: str):
+    """json.loads, except that an object with a key twice is a JSONDecodeError ("duplicate
+    key 'x'") instead of silently keeping the last value."""
+    return json.loads(text, object_pairs_hook=_unique_keys)

@@ -193,7 +193,16 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
     path = Path(folder) / STATE_FILE
     if not path.exists():
         raise RunDirError(f"cannot resume: {path} is missing")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only: tensors and plain containers; a pickle that would run code is refused
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        blocked = [line for line in str(e).splitlines() if "GLOBAL" in line]
+        raise RunDirError(f"{path} cannot be read as trainer state ({(blocked or [reason])[0].strip()}); "
+                          f"it was not written by learnpos, or is damaged: resume from another checkpoint") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise RunDirError(f"{path} is not a learnpos trainer state (no step); resume from another checkpoint")
+    return state
 
 
 # ----------------------------------------------------------------------------- config

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from learnpos.errors import DataError
+from learnpos.files import loads_json
 
 SPLITS = ("train", "valid", "test")
 EOU = "__eou__"
@@ -79,7 +81,7 @@ def _read_dailydialog_split(folder: Path, split: str) -> tuple[str, str] | None:
                 if found is None:
                     raise DataError(f"{archive} holds no {member} (members: {', '.join(names[:5])}...)")
                 return _decode(z.read(found), source), source
-        except (zipfile.BadZipFile, EOFError, OSError) as e:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
             raise DataError(f"{archive} is not a readable zip ({e}); download it again") from None
     return None
 
@@ -111,9 +113,10 @@ def _parse_jsonl(text: str, source: str, speakers: dict[str, int], grow: bool) -
             continue
         where = f"{source} line {i}"
         try:
-            obj = json.loads(line)
+            obj = loads_json(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+            at = f" at column {e.colno}" if e.doc else ""
+            raise DataError(f"{where}: not JSON ({e.msg}{at})") from None
         turns = obj.get("turns") if isinstance(obj, dict) else None
         if not isinstance(turns, list):
             raise DataError(f'{where}: expected {{"turns": [{{"speaker": ..., "text": ...}}, ...]}}')

@@ -131,12 +131,29 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.exists():
         raise DataError(f"no tokenizer at {path}")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not a tokenizer file (not UTF-8 JSON: {_first_line(e)}); restore it from "
+                        f"the run it came from") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not a tokenizer file (a JSON {type(data).__name__}, not an object)")
     if data.get("learnpos_tokenizer") == "char":
-        return CharTokenizer(data["chars"])
+        chars = data.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars) \
+                or len(set(chars)) != len(chars):
+            raise DataError(f"{path}: a character tokenizer's 'chars' must be a list of distinct single characters")
+        return CharTokenizer(chars)
     from tokenizers import Tokenizer as HFTokenizer
 
-    return BPETokenizer(HFTokenizer.from_file(str(path)))
+    try:
+        return BPETokenizer(HFTokenizer.from_file(str(path)))
+    except Exception as e:  # the Rust library raises plain Exceptions with multi-line messages
+        raise DataError(f"{path} is not a tokenizer file the tokenizers library can read ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 class StreamDecoder:

@@ -1,12 +1,12 @@
 """The import rules of the package (README, Design): layers without cycles.
 
-    bottom   errors, files              import nothing of learnpos (but errors), no torch
+    bottom   errors, faults, files      import nothing of learnpos (but errors, faults), no torch
              config                     imports no task, no model, no torch
     data     data.*                     the bottom only (no model, no torch in tokenizers)
     model    positional, attention, model, generate, reference, hardware
-    library  optim, runs, verify, analysis
+    library  optim, runs, distributed, verify, analysis
     tasks    tasks.*                    above the model; the library never imports them
-    top      load, train, chat, inspection, cli
+    top      load, train, chat, inspection, compare, hf, cli
 Every import is read from the source (also those inside functions), so a lazy import
 cannot hide a cycle.
 """
@@ -94,11 +94,12 @@ def test_cycle_finder_finds_a_cycle():  # the rule above can fail
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-LAYER = {"learnpos.errors": 0, "learnpos.files": 0, "learnpos.config": 1, "learnpos.hardware": 1,
+LAYER = {"learnpos.errors": 0, "learnpos.faults": 0, "learnpos.files": 0, "learnpos.config": 1, "learnpos.hardware": 1,
          "learnpos.data": 2, "learnpos.reference": 2, "learnpos.positional": 3, "learnpos.attention": 3,
-         "learnpos.model": 4, "learnpos.generate": 4, "learnpos.optim": 5, "learnpos.runs": 5,
+         "learnpos.model": 4, "learnpos.generate": 4, "learnpos.optim": 5, "learnpos.runs": 5, "learnpos.distributed": 5,
          "learnpos.verify": 6, "learnpos.analysis": 6, "learnpos.tasks": 7, "learnpos.load": 8,
-         "learnpos.train": 9, "learnpos.chat": 9, "learnpos.inspection": 9, "learnpos.compare": 9, "learnpos.cli": 10,
+         "learnpos.train": 9, "learnpos.chat": 9, "learnpos.inspection": 9, "learnpos.compare": 9, "learnpos.hf": 9,
+         "learnpos.cli": 10,
          "learnpos.__main__": 11}
 
 
@@ -120,7 +121,7 @@ def test_every_import_points_down(graph):
 
 
 @pytest.mark.parametrize("module", ["learnpos.config", "learnpos.data.tokenizers", "learnpos.files",
-                                    "learnpos.errors", "learnpos.data.text"])
+                                    "learnpos.errors", "learnpos.faults", "learnpos.data.text"])
 def test_bottom_modules_import_neither_the_model_nor_torch(module):
     code = (f"import sys, {module}; bad = [m for m in ('torch', 'learnpos.model', 'learnpos.tasks') "
             f"if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")

@@ -534,9 +534,9 @@ def _validate_tables(tables: list[TableConfig]) -> None:
 
 # Attribute names of torch.nn.ModuleDict, written out so this module needs no torch import
 # (tests/test_tables.py checks the list against torch's).
-_MODULE_ATTRIBUTES = frozenset((
-    "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "clear",
-    "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer",
+_MODULE_ATTRIBUTES = frozenset((  # smart_apply: what transformers adds to nn.Module once imported
+    "smart_apply", "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children",
+    "clear", "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer",
     "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "items", "keys", "load_state_dict",
     "modules", "mtia", "named_buffers", "named_children", "named_modules", "named_parameters", "parameters",
     "pop", "register_backward_hook", "register_buffer", "register_forward_hook", "register_forward_pre_hook",

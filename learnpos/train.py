@@ -170,6 +170,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
     device = resolve_device(t.device)
     dist = Dist.from_env(device.type)
     device = dist.device(device)
+    if not dist.main:  # rank 0 reports (data warnings, early stops); the others would repeat it
+        logging.getLogger("learnpos").setLevel(logging.ERROR)
     try:
         check_split(t.batch_size, dist.world, t.grad_accum)
         t.dtype = resolve_dtype(device, t.dtype)  # saved as chosen: a resumed run keeps its precision

@@ -65,10 +65,10 @@ def test_a_checkpoint_is_one_atomic_unit(tmp_path, monkeypatch):
     cfg = load_config("demo", {**over, "train.out_dir": str(tmp_path / "cut")})
     real = runs.save_trainer_state
 
-    def dies_at_step_20(path, optimizer, step):
+    def dies_at_step_20(path, optimizer, step, *rest):
         if step == 20:
             raise KeyboardInterrupt("killed while saving")
-        real(path, optimizer, step)
+        real(path, optimizer, step, *rest)
 
     monkeypatch.setattr("learnpos.train.save_trainer_state", dies_at_step_20)
     with pytest.raises(KeyboardInterrupt):

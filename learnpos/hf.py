@@ -133,6 +133,9 @@ def export_hf(run_dir: str | Path, out: str | Path) -> Path:
         raise RunDirError(f"{out} already exists and is not empty; choose a new directory for the export")
     model, cfg, task = load_run(run_dir)
     exportable(cfg, model)
+    quiet = getattr(getattr(transformers.utils, "logging", None), "disable_progress_bar", None)
+    if quiet is not None:
+        quiet()  # no "Writing model shards" bar on stderr after the command's own line
     hf = transformers.GPT2LMHeadModel(gpt2_config(cfg, transformers))
     missing, unexpected = hf.load_state_dict(gpt2_state_dict(model), strict=False)
     if unexpected or [k for k in missing if not k.endswith(".attn.bias") and k != "lm_head.weight"]:

@@ -118,7 +118,9 @@ def split_rows(batch, start: int, stop: int):
 
 def micro_batches(batch, dist: Dist, grad_accum: int) -> list:
     """This rank's micro-batches of the global batch: its contiguous share of the rows, in
-    `grad_accum` equal parts."""
+    `grad_accum` equal parts (the batch itself for one process and one part)."""
+    if dist.world == 1 and grad_accum == 1:
+        return [batch]
     B = batch.idx.shape[0]
     share = B // dist.world
     size = share // grad_accum
@@ -160,11 +162,12 @@ def _unused_parameters(model: nn.Module, task, batch, device: torch.device) -> l
 
 def wrap_for_training(forward: nn.Module, task, dist: Dist, device: torch.device, probe_batch):
     """`loss(batch)` for the training step: the task's loss of `forward` (the model, or its
-    compiled form), under DistributedDataParallel in a distributed run."""
+    compiled form), under DistributedDataParallel in a distributed run. `probe_batch()` gives
+    a batch to find unused parameters with (called in a distributed run only)."""
     if not dist.active:
         return lambda batch: task.loss(forward, batch)
     from torch.nn.parallel import DistributedDataParallel
 
-    unused = _unused_parameters(forward, task, probe_batch, device)
+    unused = _unused_parameters(forward, task, probe_batch(), device)
     return DistributedDataParallel(_TaskLoss(forward, task), device_ids=[dist.local_rank] if device.type == "cuda"
                                    else None, find_unused_parameters=bool(unused))

@@ -24,3 +24,9 @@ class RunDirError(LearnposError):
 
 class TrainingDiverged(LearnposError):
     """The loss became NaN or infinite."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (libraries raise multi-line ones), for
+    wrapping it in a one-line LearnposError."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

@@ -115,7 +115,7 @@ def _hf_tokenizer(tokenizer, transformers):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     if tokenizer.kind == "bpe":
-        tok = Tokenizer.from_str(tokenizer.tok.to_str())
+        tok = Tokenizer.from_str(tokenizer.tok.to_str())  # a copy: the wrapper may set padding on it
     else:
         unk = "\ufffd" if "\ufffd" not in tokenizer.index else "\ufffe"
         vocab = {**tokenizer.index, unk: len(tokenizer.chars)}  # WordLevel needs an unknown token

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from learnpos import faults
-from learnpos.errors import RunDirError
+from learnpos.errors import RunDirError, first_line
 from learnpos.files import append_line, atomic_write_text, fsync_dir, fsync_file, sha256_file
 
 log = logging.getLogger(__name__)
@@ -196,9 +196,8 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
     try:  # weights_only: tensors and plain containers; a pickle that would run code is refused
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-        blocked = [line for line in str(e).splitlines() if "GLOBAL" in line]
-        raise RunDirError(f"{path} cannot be read as trainer state ({(blocked or [reason])[0].strip()}); "
+        blocked = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]  # what weights_only refused
+        raise RunDirError(f"{path} cannot be read as trainer state ({blocked[0] if blocked else first_line(e)}); "
                           f"it was not written by learnpos, or is damaged: resume from another checkpoint") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise RunDirError(f"{path} is not a learnpos trainer state (no step); resume from another checkpoint")

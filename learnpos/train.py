@@ -17,7 +17,7 @@ from learnpos import faults
 from learnpos.analysis.position_stats import PositionStats
 from learnpos.config import Config, config_diff, load_run_config
 from learnpos.distributed import Dist, check_split, micro_batches, no_sync, wrap_for_training
-from learnpos.errors import ConfigError, RunDirError, TrainingDiverged
+from learnpos.errors import ConfigError, LearnposError, RunDirError, TrainingDiverged
 from learnpos.hardware import cpu_has_amx_bf16
 from learnpos.load import build_model
 from learnpos.model import GPT
@@ -216,7 +216,7 @@ def _setup(cfg: Config, run_dir: Path, resume: bool, dist: Dist):
     failed = dist.broadcast(None)
     if failed is not None:
         kind, message = failed
-        raise (kind if issubclass(kind, Exception) else RuntimeError)(f"rank 0: {message}")
+        raise (kind if issubclass(kind, LearnposError) else RuntimeError)(f"rank 0: {message}")
     task = build_task(cfg, run_dir)
     _resolve_vocab(cfg, task)
     return task
@@ -251,7 +251,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         saved = folder / STATS_FILE if folder is not None else None
         stats = PositionStats.load(saved, tables) if saved is not None and saved.exists() else PositionStats(tables)
     forward = torch.compile(model) if t.compile else model
-    step_loss_fn = wrap_for_training(forward, task, dist, device, task.train_batch(step, t.batch_size))
+    step_loss_fn = wrap_for_training(forward, task, dist, device, lambda: task.train_batch(step, t.batch_size))
     log.info("model: %d parameters (%d without learned tables); %s on %s%s",
              model.num_params(), model.num_params(include_tables=False), t.dtype, device,
              f", {dist.world} processes" if dist.active else "")
@@ -277,15 +277,22 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         batch = task.train_batch(step, t.batch_size)  # the global batch, the same on every rank
         model.check_ids(batch.position_ids, batch.extra_ids, batch.idx.shape[1])  # on the host, before the step
         batch = replace(batch, ids_checked=True)
-        total = task.loss_terms(batch)
         parts = micro_batches(batch, dist, t.grad_accum)
-        loss = 0.0
-        for i, part in enumerate(parts):
-            weight = task.loss_terms(part) * dist.world / total  # 1.0 for one process, one micro-batch
-            with no_sync(step_loss_fn, last=i == len(parts) - 1), autocast():
-                part_loss = step_loss_fn(part.to(device))
-            (part_loss if weight == 1.0 else part_loss * weight).backward()
-            loss = loss + part_loss.detach() * weight
+        if len(parts) == 1 and not dist.active:  # the common case: one micro-batch, the loss as it is
+            with autocast():
+                loss = step_loss_fn(parts[0].to(device))
+            loss.backward()
+            loss = loss.detach()
+        else:
+            total = task.loss_terms(batch)
+            losses = []
+            for i, part in enumerate(parts):
+                weight = task.loss_terms(part) * dist.world / total  # its share of the batch's loss terms
+                with no_sync(step_loss_fn, last=i == len(parts) - 1), autocast():
+                    part_loss = step_loss_fn(part.to(device)) * weight
+                part_loss.backward()
+                losses.append(part_loss.detach())
+            loss = torch.stack(losses).sum()
         if dist.active:
             loss = dist.sum(loss) / dist.world  # the global batch's mean loss
         if t.on_nonfinite == "skip" and not _finite_step(loss, model):

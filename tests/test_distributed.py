@@ -105,15 +105,19 @@ def test_micro_batches_are_weighted_by_their_targets(tmp_path):
     assert len(set(counts.tolist())) > 1, "the fixture must give rows of different response lengths"
     from learnpos.distributed import split_rows
 
-    naive = sum(task.loss(model, split_rows(batch, i, i + 1)) for i in range(4)) / 4
-    naive.backward()
-    naive_step = {n: p.detach() - 1.0 * p.grad for n, p in model.named_parameters() if p.grad is not None}
+    def sgd_step(loss) -> dict[str, torch.Tensor]:  # the weights after one SGD step (lr 1) on `loss`
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.detach() - 1.0 * p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    whole = sgd_step(task.loss(model, batch))  # the same init as the runs: equal to moved["1"] below
+    naive = sgd_step(sum(task.loss(model, split_rows(batch, i, i + 1)) for i in range(4)) / 4)
+    differ = lambda a, b: max((a[k] - b[k]).abs().max().item() for k in naive)  # noqa: E731
 
     # float32 sums over micro-batches instead of one batch: ~1e-7 relative per gradient element,
     # times lr 1.0; the mean of means differs from the exact weighting by ~1e-3 here
-    gap = max((moved["1"][k] - moved["4"][k]).abs().max().item() for k in naive_step)
-    naive_gap = max((moved["1"][k] - naive_step[k]).abs().max().item() for k in naive_step)
-    assert gap < 1e-6 < naive_gap / 100, (gap, naive_gap)
+    assert differ(moved["1"], whole) < 1e-6  # this reconstruction is the runs' step
+    assert differ(moved["1"], moved["4"]) < 1e-6 < differ(moved["1"], naive) / 100
 
 
 def test_a_batch_that_does_not_split_is_refused(tmp_path):

@@ -54,18 +54,25 @@ def _work_dir() -> Path:
 # ----------------------------------------------------------------------------- loaders
 
 
+def _read_or_refuse(name: str, raw: bytes, loader):
+    """`loader(path)` of a file `name` holding `raw`: its result, or None after a one-line refusal."""
+    d = _work_dir()
+    (d / name).write_bytes(raw)
+    try:
+        return loader(d / name)
+    except LearnposError as e:
+        _one_line(e)
+        return None
+    finally:
+        shutil.rmtree(d)
+
+
 @FUZZ
 @given(raw=blobs)
 def test_text_loader(raw):
-    d = _work_dir()
-    (d / "input.txt").write_bytes(raw)
-    try:
-        text, _ = read_text(d / "input.txt")
-        assert text == raw.decode("utf-8") and text.strip()  # read exactly as written, or refused
-    except LearnposError as e:
-        _one_line(e)
-    finally:
-        shutil.rmtree(d)
+    read = _read_or_refuse("input.txt", raw, read_text)
+    if read is not None:
+        assert read[0] == raw.decode("utf-8") and read[0].strip()  # read exactly as written, or refused
 
 
 KG_LINES = st.lists(st.one_of(
@@ -167,27 +174,15 @@ def test_config_overrides(over):
                                                       st.dictionaries(st.text(max_size=8), st.integers()))
                                             ).map(lambda d: json.dumps(d).encode())))
 def test_run_config_file(raw):
-    d = _work_dir()
-    (d / "config.json").write_bytes(raw)
-    try:
-        load_run_config(d / "config.json")
-    except LearnposError as e:
-        _one_line(e)
-    finally:
-        shutil.rmtree(d)
+    cfg = _read_or_refuse("config.json", raw, load_run_config)
+    assert cfg is None or isinstance(cfg.task, str)
 
 
 @FUZZ
 @given(raw=blobs)
 def test_tokenizer_file(raw):
-    d = _work_dir()
-    (d / "tokenizer.json").write_bytes(raw)
-    try:
-        load_tokenizer(d / "tokenizer.json")
-    except LearnposError as e:
-        _one_line(e)
-    finally:
-        shutil.rmtree(d)
+    tok = _read_or_refuse("tokenizer.json", raw, load_tokenizer)
+    assert tok is None or tok.vocab_size >= 0
 
 
 @pytest.fixture(scope="module")

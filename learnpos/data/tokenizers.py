@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from learnpos.errors import DataError
+from learnpos.errors import DataError, first_line
 from learnpos.files import atomic_write, atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -134,7 +134,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is not a tokenizer file (not UTF-8 JSON: {_first_line(e)}); restore it from "
+        raise DataError(f"{path} is not a tokenizer file (not UTF-8 JSON: {first_line(e)}); restore it from "
                         f"the run it came from") from None
     if not isinstance(data, dict):
         raise DataError(f"{path} is not a tokenizer file (a JSON {type(data).__name__}, not an object)")
@@ -149,11 +149,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         return BPETokenizer(HFTokenizer.from_file(str(path)))
     except Exception as e:  # the Rust library raises plain Exceptions with multi-line messages
-        raise DataError(f"{path} is not a tokenizer file the tokenizers library can read ({_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{path} is not a tokenizer file the tokenizers library can read ({first_line(e)})") from None
 
 
 class StreamDecoder:

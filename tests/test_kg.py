@@ -220,6 +220,59 @@ def test_coke_queries_differ_only_by_position():
     assert task.vocab_size == task.E + task.R + 1
 
 
+def test_query_targets_spread_each_query_over_all_its_answers(tmp_path):
+    """kg.targets=query: each distinct query is one example per epoch and its loss is the
+    cross-entropy against all its training answers (recomputed here by the definition, a loop
+    over queries); where every query has one answer it equals the triple loss exactly."""
+    from learnpos.load import build_model
+    from learnpos.tasks import build_task
+
+    tri = [("a", "r", "b"), ("a", "r", "c"), ("a", "r", "d"), ("b", "r", "c"), ("c", "s", "a"), ("d", "s", "a")]
+    data = write_dataset(tmp_path / "g", tri, tri[:2], tri[2:4])
+    over = {"kg.data": str(data), "kg.dataset": "g", "kg.targets": "query", "model.n_layer": "1",
+            "model.n_embd": "16", "model.n_head": "2", "kg.label_smoothing": "0.3"}
+    cfg = load_config("kg-umls", over)
+    task = build_task(cfg)
+    cfg.model.vocab_size = task.vocab_size
+    idx, rows = task._examples()
+    # tails: (a,r) {b,c,d}, (b,r) {c}, (c,s) {a}, (d,s) {a}; heads: (r,b) {a}, (r,c) {a,b}, (r,d) {a}, (s,a) {c,d}
+    assert len(idx) == 8 and sorted(np.diff(task._answer_offsets.numpy()).tolist()) == [1, 1, 1, 1, 1, 2, 2, 3]
+    batch = task.train_batch(0, 8)
+    assert sorted(batch.targets[batch.idx == task.MASK].tolist()) == list(range(8))  # each query once an epoch
+    torch.manual_seed(0)
+    model = build_model(cfg, task).eval()
+    loss = task.loss(model, batch)
+    logp = torch.log_softmax(task.scores(model, batch.idx).float(), -1)
+    expected = []
+    for row, q in enumerate(batch.targets[batch.idx == task.MASK].tolist()):
+        answers = task._answer_ids[task._answer_offsets[q]:task._answer_offsets[q + 1]]
+        expected.append(-0.7 * logp[row, answers].mean() - 0.3 * logp[row].mean())
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-6)
+    # each distinct query's answers are exactly its training answers
+    for q, x in enumerate(idx):
+        answers = set(task._answer_ids[task._answer_offsets[q]:task._answer_offsets[q + 1]].tolist())
+        tails, heads = task.queries(task.data.train, "tail"), task.queries(task.data.train, "head")
+        both = np.concatenate([tails[0], heads[0]]), np.concatenate([tails[1], heads[1]])
+        assert answers == set(both[1][(both[0] == x).all(1)].tolist())
+
+    single = [("a", "r", "b"), ("c", "s", "d")]  # every query has one answer: the two losses agree
+    data = write_dataset(tmp_path / "one", single, single[:1], single[1:])
+    for targets in ("query", "triple"):
+        cfg = load_config("kg-umls", {**over, "kg.data": str(data), "kg.targets": targets})
+        task = build_task(cfg)
+        cfg.model.vocab_size = task.vocab_size
+        torch.manual_seed(0)
+        model = build_model(cfg, task).eval()
+        idx, _ = task._examples()
+        batch = task.train_batch(0, len(idx))
+        order = np.lexsort(batch.idx.numpy().T[::-1])  # the same queries in the same order for both
+        batch = type(batch)(batch.idx[order], batch.targets[order])
+        if targets == "query":
+            query_loss = task.loss(model, batch).item()
+        else:
+            assert task.loss(model, batch).item() == pytest.approx(query_loss, rel=1e-6)
+
+
 def cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "learnpos.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
@@ -265,6 +318,8 @@ def test_kg_config_errors():
         load_config("kg-umls", {"model.causal": "true"})
     with pytest.raises(ConfigError, match="kg.queries='both' is not one of: coke, reciprocal"):
         load_config("kg-umls", {"kg.queries": "both"})
+    with pytest.raises(ConfigError, match="kg.targets='all' is not one of: triple, query"):
+        load_config("kg-umls", {"kg.targets": "all"})
 
 
 def test_train_dataset_from_the_cli(tmp_path):

@@ -9,6 +9,15 @@ entities at the MASK token:
     kg.queries = reciprocal  [h, r, MASK] -> t  and  [t, r^-1, MASK] -> h (inverse relations,
                              Lacroix et al. 2018): the answer is always at position 2
 
+What one training example is (`kg.targets`):
+
+    kg.targets = triple      one example per training triple and direction, one answer
+                             (CoKE): a query with k answers is seen k times per epoch
+    kg.targets = query       one example per distinct query, its target spread evenly over
+                             all k of its training answers (the 1-N multi-label training of
+                             ConvE/TuckER, PyKEEN's LCWA with cross-entropy): fewer, cheaper
+                             epochs with less noisy gradients on dense graphs
+
 Vocabulary: entities 0..E-1, relations E..E+R-1, inverse relations (reciprocal only), MASK.
 The model is the library's GPT in encoder mode (model.causal=false); the task owns its head
 (`EntityHead`: dense + GELU + LayerNorm on the MASK state, then scores against the entity
@@ -44,6 +53,7 @@ from learnpos.tasks.base import Batch, EpochOrder, Task, register
 log = logging.getLogger(__name__)
 
 QUERY_KINDS = ("coke", "reciprocal")
+TARGET_KINDS = ("triple", "query")
 
 
 @dataclass
@@ -53,6 +63,7 @@ class KGConfig:
     dataset: str = "umls"  # nations | kinships | umls (from PyKEEN if installed) | any name with kg.data
     data: str = ""  # a folder or .tar.gz with train/valid/test.txt; "" = PyKEEN's copy of the dataset
     queries: str = "coke"  # coke | reciprocal
+    targets: str = "triple"  # triple (an example per triple) | query (an example per distinct query, all its answers)
     label_smoothing: float = 0.1
     eval_split: str = "valid"  # the split evaluated during training (early stopping reads it)
     eval_batch_size: int = 256  # queries scored at once in evaluation
@@ -106,6 +117,8 @@ class KGTask(Task):
             raise ConfigError("task 'kg' needs a bidirectional encoder: set --model.causal=false")
         if m.positional.kind == "learned" and m.positional.max_len < 3:
             raise ConfigError("task 'kg' reads 3-token queries: set --model.positional.max_len=3 (or more)")
+        if kg.targets not in TARGET_KINDS:
+            raise ConfigError(f"kg.targets='{kg.targets}' is not one of: {', '.join(TARGET_KINDS)}")
         if not 0 <= kg.label_smoothing < 1:
             raise ConfigError(f"kg.label_smoothing must be in [0, 1), got {kg.label_smoothing}")
         if kg.eval_split not in SPLITS or kg.eval_batch_size <= 0:
@@ -126,13 +139,28 @@ class KGTask(Task):
         return np.stack([mask, r, t], 1), h
 
     def _examples(self) -> tuple[np.ndarray, np.ndarray]:
+        """(idx (N, 3), answers (N,)) of the training examples. kg.targets=triple: a query per
+        triple and direction, its answer an entity id. kg.targets=query: each distinct query
+        once, its "answer" the query's row in the answer table (`_answer_offsets`, `_answer_ids`:
+        its training answers are _answer_ids[offsets[q]:offsets[q + 1]])."""
         if not hasattr(self, "_train_examples"):
             tails, heads = self.queries(self.data.train, "tail"), self.queries(self.data.train, "head")
-            self._train_examples = (np.concatenate([tails[0], heads[0]]), np.concatenate([tails[1], heads[1]]))
+            idx, answers = np.concatenate([tails[0], heads[0]]), np.concatenate([tails[1], heads[1]])
+            if self.kg.targets == "query":
+                # sort by (query, answer): a query's answers become one contiguous run
+                order = np.lexsort((answers, idx[:, 2], idx[:, 1], idx[:, 0]))
+                idx, answers = idx[order], answers[order]
+                first = np.ones(len(idx), dtype=bool)
+                first[1:] = (idx[1:] != idx[:-1]).any(1)
+                starts = np.flatnonzero(first)
+                self._answer_offsets = torch.from_numpy(np.append(starts, len(idx)))
+                self._answer_ids = torch.from_numpy(answers)
+                idx, answers = idx[starts], np.arange(len(starts))
+            self._train_examples = (idx, answers)
         return self._train_examples
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
-        """Every query once per epoch in a seeded order (epoch e's permutation from (seed, e))."""
+        """Every example once per epoch in a seeded order (epoch e's permutation from (seed, e))."""
         idx, answers = self._examples()
         picks = self.epochs.picks(step, batch_size, len(idx))
         x = torch.from_numpy(idx[picks])
@@ -148,9 +176,28 @@ class KGTask(Task):
         return head(at_mask, model.tok_emb.weight[:self.E].to(at_mask.dtype))
 
     def loss(self, model, batch: Batch) -> Tensor:
-        scores = self.scores(model, batch.idx)
+        scores = self.scores(model, batch.idx).float()
         answers = batch.targets[batch.idx == self.MASK]
-        return F.cross_entropy(scores.float(), answers, label_smoothing=self.kg.label_smoothing)
+        if self.kg.targets == "triple":
+            return F.cross_entropy(scores, answers, label_smoothing=self.kg.label_smoothing)
+        return self._multi_answer_loss(scores, answers)
+
+    def _multi_answer_loss(self, scores: Tensor, queries: Tensor) -> Tensor:
+        """Cross-entropy against each query's answers, the target mass (1 - eps) spread evenly
+        over its k answers and eps over all entities (label smoothing as F.cross_entropy
+        defines it): with k = 1 this is exactly the triple loss."""
+        self._examples()  # the answer table
+        device = queries.device
+        offsets = self._answer_offsets.to(device)
+        start, count = offsets[queries], offsets[queries + 1] - offsets[queries]
+        rows = torch.repeat_interleave(torch.arange(len(queries), device=device), count)  # a row per answer
+        within = torch.arange(len(rows), device=device) - torch.repeat_interleave(count.cumsum(0) - count, count)
+        cols = self._answer_ids.to(device)[start[rows] + within]  # the answer's entity id
+        logp = F.log_softmax(scores, dim=-1)
+        nll = torch.zeros(len(queries), device=scores.device).index_add_(0, rows, logp[rows, cols]).neg_() / count
+        eps = self.kg.label_smoothing
+        per_query = (1 - eps) * nll - eps * logp.mean(-1) if eps else nll
+        return per_query.mean()
 
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()

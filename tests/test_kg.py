@@ -208,16 +208,20 @@ def test_inspect_report_of_a_kg_run_shows_metrics_by_direction(toy_run):
 
 
 def test_coke_queries_differ_only_by_position():
+    from learnpos.tasks import build_task  # registers the tasks before the preset is read
+
     cfg = load_config("kg-umls", {"kg.data": str(SHARED / "umls")}) if (SHARED / "umls").exists() else None
     if cfg is None:
         pytest.skip("needs ../shared/data")
-    from learnpos.tasks import build_task
-
     task = build_task(cfg)
     tail, _ = task.queries(task.data.test[:1], "tail")
     head, _ = task.queries(task.data.test[:1], "head")
     assert tail[0, 2] == head[0, 0] == task.MASK and tail[0, 1] == head[0, 1]
     assert task.vocab_size == task.E + task.R + 1
+    # the figures docs/usage.md gives for kg.targets: 10,432 triple queries, 1,560 distinct ones
+    assert len(task._examples()[0]) == 2 * len(task.data.train) == 10432
+    cfg.kg.targets = "query"
+    assert len(build_task(cfg)._examples()[0]) == 1560
 
 
 def test_query_targets_spread_each_query_over_all_its_answers(tmp_path):

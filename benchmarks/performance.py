@@ -42,7 +42,10 @@ BENCHMARKS = {
     "kg_positions": ("kg_positions", ["--dataset", "umls"]),
     "kg_vs_pykeen_nations": ("kg_vs_pykeen", ["--dataset", "nations", "--seeds", "1337,1,2", "--epochs", "100"]),
     "kg_vs_pykeen_umls": ("kg_vs_pykeen", ["--dataset", "umls", "--seeds", "1337,1,2", "--epochs", "100"]),
-    "kg_vs_pykeen_kinships": ("kg_vs_pykeen", ["--dataset", "kinships", "--seeds", "1337,1,2", "--epochs", "100"]),
+    # Kinship: the two strongest of the five recipes there (all five, 3 seeds, at ed460c2: TuckER 0.881,
+    # ComplEx-N3 0.870, ConvE 0.794, RotatE 0.706, DistMult-N3 0.604), which keeps the run near 25 minutes
+    "kg_vs_pykeen_kinships": ("kg_vs_pykeen", ["--dataset", "kinships", "--seeds", "1337,1,2", "--epochs", "100",
+                                               "--models", "TuckER,ComplEx-N3"]),
     "kg_large_wn18rr": ("kg_large", ["--dataset", "wn18rr"]),
     "kg_large_fb15k_237": ("kg_large", ["--dataset", "fb15k-237"]),
     "dialogue_ablation": ("dialogue_ablation", ["--keep", "runs/dialogue-ablation"]),

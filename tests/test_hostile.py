@@ -275,6 +275,10 @@ def _command_cases(tmp: Path, run: Path) -> list[tuple[list[str], str]]:
     (tmp / "dd").mkdir()
     for split in ("train", "validation", "test"):
         (tmp / "dd" / f"{split}.zip").write_bytes(b"PK\x03\x04" + b"\0" * 20)
+    for name, raw in (("kg-latin1", b"caf\xe9\tr\tb\n"), ("dlg-binary", b'{"turns": []}\0\n')):
+        (tmp / name).mkdir()
+        for split in ("train", "valid", "test"):
+            (tmp / name / f"{split}.{'txt' if name.startswith('kg') else 'jsonl'}").write_bytes(raw)
     (tmp / "notrun").mkdir()
     (tmp / "broken-run").mkdir()
     (tmp / "broken-run" / "config.json").write_text("{", encoding="utf-8")
@@ -297,6 +301,10 @@ def _command_cases(tmp: Path, run: Path) -> list[tuple[list[str], str]]:
         (["train", "--preset", "kg-umls", "--data", str(tmp / "kg"), f"--train.out_dir={out}"], "line 1"),
         (["train", "--preset", "dailydialog", "--data", str(tmp / "dlg"), f"--train.out_dir={out}"], "line 1"),
         (["train", "--preset", "dailydialog", "--data", str(tmp / "dd"), f"--train.out_dir={out}"], "zip"),
+        (["train", "--preset", "kg-umls", "--data", str(tmp / "kg-latin1"), f"--train.out_dir={out}"],
+         "train.txt is not UTF-8"),
+        (["train", "--preset", "dailydialog", "--data", str(tmp / "dlg-binary"), f"--train.out_dir={out}"],
+         "train.jsonl looks binary"),
         (["train", "--train.lr=abc", f"--train.out_dir={out}"], "train.lr"),
         (["train", "--model.n_head=3", f"--train.out_dir={out}"], "n_head"),
         (["train", "--nosuch.key=1", f"--train.out_dir={out}"], "nosuch"),

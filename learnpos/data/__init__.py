@@ -1,1 +1,1 @@
-"""Data: text corpora and tokenizers (KG triples and dialogues come later)."""
+"""Data: text corpora, tokenizers, knowledge-graph triples and dialogues."""

@@ -26,6 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from learnpos.data.text import decode_utf8
 from learnpos.errors import DataError
 from learnpos.files import loads_json
 
@@ -55,22 +56,13 @@ class DialogueData:
         return self.splits[name]
 
 
-def _decode(raw: bytes, source: str) -> str:
-    if b"\0" in raw:
-        raise DataError(f"{source} looks binary (it contains NUL bytes); give UTF-8 text")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{source} is not UTF-8 (invalid byte at offset {e.start})") from None
-
-
 def _read_dailydialog_split(folder: Path, split: str) -> tuple[str, str] | None:
     """(text, source) of one DailyDialog split, from the plain file or from its zip."""
     name = _DAILYDIALOG[split]
     member = f"{name}/dialogues_{name}.txt"
     plain = folder / member
     if plain.is_file():
-        return _decode(plain.read_bytes(), str(plain)), str(plain)
+        return decode_utf8(plain.read_bytes(), str(plain)), str(plain)
     archive = folder / f"{name}.zip"
     if archive.is_file():
         source = f"{archive}!{member}"
@@ -80,7 +72,7 @@ def _read_dailydialog_split(folder: Path, split: str) -> tuple[str, str] | None:
                 found = next((n for n in names if n == member or n.endswith("/" + member)), None)
                 if found is None:
                     raise DataError(f"{archive} holds no {member} (members: {', '.join(names[:5])}...)")
-                return _decode(z.read(found), source), source
+                return decode_utf8(z.read(found), source), source
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
             raise DataError(f"{archive} is not a readable zip ({e}); download it again") from None
     return None
@@ -158,7 +150,7 @@ def load_dialogues(path: str | Path) -> DialogueData:
             if file is None:
                 raise DataError(f"{folder} has no {' or '.join(_JSONL[split])} (JSONL layout: train.jsonl, "
                                 f"valid.jsonl, test.jsonl)")
-            splits[split] = _parse_jsonl(_decode(file.read_bytes(), str(file)), str(file), speakers,
+            splits[split] = _parse_jsonl(decode_utf8(file.read_bytes(), str(file)), str(file), speakers,
                                          grow=split == "train")
         names, layout = list(speakers), "jsonl"
     else:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from learnpos.data.text import decode_utf8
 from learnpos.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -46,16 +47,8 @@ def _parse(text: str, source: str) -> list[tuple[str, str, str]]:
     return triples
 
 
-def _decode(raw: bytes, source: str) -> str:
-    if b"\0" in raw:
-        raise DataError(f"{source} looks binary (it contains NUL bytes); give tab-separated text")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{source} is not UTF-8 (invalid byte at offset {e.start})") from None
-
-
 ARCHIVES = (".tar.gz", ".tgz", ".tar")
+TSV = "tab-separated UTF-8 text"  # what a split file must be
 
 
 def read_splits(path: str | Path) -> dict[str, list[tuple[str, str, str]]]:
@@ -75,7 +68,7 @@ def read_splits(path: str | Path) -> dict[str, list[tuple[str, str, str]]]:
             if not f.exists():
                 raise DataError(f"{path} has no {split}.txt; a KG dataset is a folder with train.txt, valid.txt "
                                 f"and test.txt (tab-separated head, relation, tail)")
-            texts[split] = _decode(f.read_bytes(), str(f))
+            texts[split] = decode_utf8(f.read_bytes(), str(f), TSV)
     elif path.is_file() and path.name.endswith(ARCHIVES):
         try:
             with tarfile.open(path) as tar:
@@ -83,7 +76,8 @@ def read_splits(path: str | Path) -> dict[str, list[tuple[str, str, str]]]:
                 for split in SPLITS:
                     if f"{split}.txt" not in members:
                         raise DataError(f"{path} has no {split}.txt member")
-                    texts[split] = _decode(tar.extractfile(members[f"{split}.txt"]).read(), f"{path}!{split}.txt")
+                    raw = tar.extractfile(members[f"{split}.txt"]).read()
+                    texts[split] = decode_utf8(raw, f"{path}!{split}.txt", TSV)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise DataError(f"{path} is not a readable tar archive ({e})") from None
     else:

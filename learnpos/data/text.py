@@ -33,6 +33,18 @@ def _files(path: Path) -> list[Path]:
                     f"(or fetch one: learnpos data fetch tinyshakespeare)")
 
 
+def decode_utf8(raw: bytes, source: str, wanted: str = "UTF-8 text") -> str:
+    """`raw` as text, or a DataError naming `source` when it is binary or not UTF-8 (every
+    reader of user data decodes through here, so they refuse bad bytes alike)."""
+    if b"\0" in raw:
+        raise DataError(f"{source} looks binary (it contains NUL bytes); give {wanted}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source} is not UTF-8 (invalid byte at offset {e.start}); convert it first, "
+                        f"e.g. iconv -f latin1 -t utf-8") from None
+
+
 def read_text(path: str | Path) -> tuple[str, str]:
     """All text under `path` (a file, or every file under a folder in sorted order, joined by
     newlines) and a sha256 of the bytes read. Rejects empty, binary and non-UTF-8 input."""
@@ -42,13 +54,7 @@ def read_text(path: str | Path) -> tuple[str, str]:
     for f in _files(path):
         raw = f.read_bytes()
         digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0" + raw)
-        if b"\0" in raw:
-            raise DataError(f"{f} looks binary (it contains NUL bytes); give a UTF-8 text file")
-        try:
-            parts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{f} is not UTF-8 (invalid byte at offset {e.start}); convert it first, "
-                            f"e.g. iconv -f latin1 -t utf-8") from None
+        parts.append(decode_utf8(raw, str(f), "a UTF-8 text file"))
     text = "\n".join(parts)
     if not text.strip():
         raise DataError(f"{path} holds no text (empty or whitespace only)")

@@ -232,6 +232,27 @@ def test_a_missing_tokenizer_is_an_error_not_a_new_one(tmp_path):
     assert not (run / "tokenizer.json").exists()
 
 
+def test_run_tokenizer_learns_once_keeps_it_with_the_run_and_never_guesses_for_a_trained_run(tmp_path):
+    """The one place LM and dialogue runs get their tokenizer from (learnpos.tasks.base)."""
+    from learnpos.tasks.base import run_tokenizer
+
+    asked = []
+
+    def text():
+        asked.append(1)
+        return "abcab"
+
+    new = run_tokenizer(tmp_path / "new", "char", 0, text)
+    again = run_tokenizer(tmp_path / "new", "char", 0, lambda: "something else entirely")
+    assert asked == [1] and (tmp_path / "new" / "tokenizer.json").exists()
+    assert again.encode("cab") == new.encode("cab") and again.vocab_size == new.vocab_size == 3
+    run = tiny_lm(tmp_path)
+    (run / "tokenizer.json").unlink()
+    with pytest.raises(RunDirError, match="tokenizer.json is missing"):
+        run_tokenizer(run, "char", 0, text)
+    assert asked == [1] and not (run / "tokenizer.json").exists()
+
+
 def test_a_padded_vocabulary_never_samples_ids_the_tokenizer_lacks(tmp_path):
     from learnpos.load import load_run
 

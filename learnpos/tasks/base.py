@@ -8,7 +8,9 @@ cross-entropy over the model's vocabulary head, with `IGNORE_INDEX` targets skip
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,8 +18,10 @@ import torch.nn as nn
 from torch import Tensor
 
 from learnpos.config import register_task
-from learnpos.errors import ConfigError
+from learnpos.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
+from learnpos.errors import ConfigError, RunDirError
 from learnpos.model import IGNORE_INDEX, cross_entropy
+from learnpos.runs import has_checkpoint
 
 
 @dataclass
@@ -146,6 +150,22 @@ class EpochOrder:
 
 
 TASKS: dict[str, type[Task]] = {}  # task name -> class, filled by `register`
+
+
+def run_tokenizer(run_dir: Path, kind: str, vocab_size: int, training_text: Callable[[], str]) -> Tokenizer:
+    """The tokenizer of the run in `run_dir`: its saved file, or for a new run one of `kind`
+    learned from `training_text()` and saved there. A trained run whose file is gone is refused:
+    its token ids mean nothing without it, so never guess one."""
+    tok_file = run_dir / TOKENIZER_FILE
+    if tok_file.exists():
+        return load_tokenizer(tok_file)
+    if has_checkpoint(run_dir):
+        raise RunDirError(f"{tok_file} is missing but {run_dir} holds a trained model; its token ids "
+                          f"mean nothing without it: restore the file (or train again)")
+    tokenizer = train_tokenizer(kind, training_text(), vocab_size)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(tok_file)
+    return tokenizer
 
 
 def register(task_cls: type[Task]) -> type[Task]:

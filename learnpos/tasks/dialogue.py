@@ -43,12 +43,12 @@ from torch import Tensor
 
 from learnpos.analysis.report import Figure
 from learnpos.data.dialogue import SPLITS, DialogueData, Turn, load_dialogues
-from learnpos.data.tokenizers import TOKENIZER_FILE, StreamDecoder, load_tokenizer, train_tokenizer
+from learnpos.data.tokenizers import StreamDecoder
 from learnpos.errors import ConfigError, DataError, RunDirError
 from learnpos.files import atomic_write_text
 from learnpos.model import IGNORE_INDEX
 from learnpos.runs import has_checkpoint
-from learnpos.tasks.base import Batch, EpochOrder, Task, register
+from learnpos.tasks.base import Batch, EpochOrder, Task, register, run_tokenizer
 
 log = logging.getLogger(__name__)
 SPEAKERS_FILE = "speakers.json"
@@ -118,23 +118,17 @@ class DialogueTask(Task):
         self._data: DialogueData | None = None
         self._examples: dict[str, Examples] = {}
         self.speaker_rows = next((t.rows for t in cfg.model.tables if t.name == "speaker"), None)
-        tok_file = self.run_dir / TOKENIZER_FILE
-        if tok_file.exists():
-            self.tokenizer = load_tokenizer(tok_file)
-        elif has_checkpoint(self.run_dir):
-            raise RunDirError(f"{tok_file} is missing but {self.run_dir} holds a trained model; its token ids "
-                              f"mean nothing without it: restore the file (or train again)")
-        else:
-            # BPE learns from the training text only (bytes cover any other text); a character
-            # tokenizer sees every split, as for task lm, so no held-out character is dropped
-            splits = ("train",) if self.dlg.tokenizer == "bpe" else SPLITS
-            text = "\n".join(t.text for split in splits for d in self.data.split(split) for t in d)
-            self.tokenizer = train_tokenizer(self.dlg.tokenizer, text, self.dlg.bpe_vocab_size)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.tokenizer.save(tok_file)
+        self.tokenizer = run_tokenizer(self.run_dir, self.dlg.tokenizer, self.dlg.bpe_vocab_size,
+                                       self._tokenizer_text)
         self.speakers  # noqa: B018  (a new run writes speakers.json next to its tokenizer)
         self.EOU = self.tokenizer.vocab_size
         self.vocab_size = self.EOU + 1
+
+    def _tokenizer_text(self) -> str:
+        # BPE learns from the training text only (bytes cover any other text); a character
+        # tokenizer sees every split, as for task lm, so no held-out character is dropped
+        splits = ("train",) if self.dlg.tokenizer == "bpe" else SPLITS
+        return "\n".join(t.text for split in splits for d in self.data.split(split) for t in d)
 
     @classmethod
     def check_config(cls, cfg) -> None:

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 from learnpos.analysis.report import Figure
 from learnpos.data.text import TokenData, load_corpus, tokenize_cached
-from learnpos.data.tokenizers import TOKENIZER_FILE, StreamDecoder, load_tokenizer, train_tokenizer
-from learnpos.errors import ConfigError, DataError, PositionOutOfRange, RunDirError
+from learnpos.data.tokenizers import TOKENIZER_FILE, StreamDecoder
+from learnpos.errors import ConfigError, DataError, PositionOutOfRange
 from learnpos.files import atomic_write_text
-from learnpos.runs import has_checkpoint
-from learnpos.tasks.base import Batch, Task, register
+from learnpos.tasks.base import Batch, Task, register, run_tokenizer
 
 LOSS_BY_POSITION_FILE = "loss_by_position.json"
 
@@ -53,23 +52,17 @@ class LMTask(Task):
         self.lm, self.seed, self.T = cfg.lm, cfg.train.seed, cfg.lm.block_size
         self.run_dir = Path(run_dir if run_dir is not None else cfg.train.out_dir)
         self._data: TokenData | None = None
-        tok_file = self.run_dir / TOKENIZER_FILE
-        if tok_file.exists():
-            self.tokenizer = load_tokenizer(tok_file)
-        elif has_checkpoint(self.run_dir):  # a trained model without its tokenizer: never guess one
-            raise RunDirError(f"{tok_file} is missing but {self.run_dir} holds a trained model; its token ids "
-                              f"mean nothing without it: restore the file (or train again)")
-        else:  # a new run: learn the tokenizer from the training text and keep it with the run
-            corpus = self._corpus()
-            text = corpus.train_text + corpus.val_text if self.lm.tokenizer == "char" else corpus.train_text
-            self.tokenizer = train_tokenizer(self.lm.tokenizer, text, self.lm.bpe_vocab_size)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.tokenizer.save(tok_file)
+        self.tokenizer = run_tokenizer(self.run_dir, self.lm.tokenizer, self.lm.bpe_vocab_size, self._tokenizer_text)
         self.vocab_size = self.tokenizer.vocab_size
 
     @classmethod
     def train_length(cls, cfg) -> int:
         return cfg.lm.block_size
+
+    def _tokenizer_text(self) -> str:
+        # a character tokenizer sees the validation text too, so no held-out character is dropped
+        corpus = self._corpus()
+        return corpus.train_text + corpus.val_text if self.lm.tokenizer == "char" else corpus.train_text
 
     @classmethod
     def check_config(cls, cfg) -> None:

@@ -132,6 +132,24 @@ def has_checkpoint(run_dir: str | Path, kind: str = CHECKPOINTS_DIR) -> bool:
     return bool(checkpoint_dirs(run_dir, kind))
 
 
+def kept_with_run(run_dir: str | Path, name: str, means: str, load: Callable[[Path], Any],
+                  make: Callable[[], Any], save: Callable[[Any, Path], None]) -> Any:
+    """What a run keeps in `run_dir/name` (its tokenizer, its speaker names): loaded from the
+    file, or for a new run made and saved there. A trained run whose file is gone is refused,
+    never remade: its `means` (e.g. "token ids") mean nothing without it."""
+    run_dir = Path(run_dir)
+    file = run_dir / name
+    if file.exists():
+        return load(file)
+    if has_checkpoint(run_dir):
+        raise RunDirError(f"{file} is missing but {run_dir} holds a trained model; its {means} mean "
+                          f"nothing without it: restore the file (or train again)")
+    value = make()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save(value, file)
+    return value
+
+
 def model_checkpoint(run_dir: str | Path) -> Path:
     """The weights a finished run is used with: the best evaluation's (`best/`, written when
     train.early_stop_metric is set), else the latest checkpoint."""

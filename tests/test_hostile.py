@@ -275,10 +275,10 @@ def _command_cases(tmp: Path, run: Path) -> list[tuple[list[str], str]]:
     (tmp / "dd").mkdir()
     for split in ("train", "validation", "test"):
         (tmp / "dd" / f"{split}.zip").write_bytes(b"PK\x03\x04" + b"\0" * 20)
-    for name, raw in (("kg-latin1", b"caf\xe9\tr\tb\n"), ("dlg-binary", b'{"turns": []}\0\n')):
+    for name, ext, raw in (("kg-latin1", "txt", b"caf\xe9\tr\tb\n"), ("dlg-binary", "jsonl", b'{"turns": []}\0\n')):
         (tmp / name).mkdir()
         for split in ("train", "valid", "test"):
-            (tmp / name / f"{split}.{'txt' if name.startswith('kg') else 'jsonl'}").write_bytes(raw)
+            (tmp / name / f"{split}.{ext}").write_bytes(raw)
     (tmp / "notrun").mkdir()
     (tmp / "broken-run").mkdir()
     (tmp / "broken-run" / "config.json").write_text("{", encoding="utf-8")

@@ -232,25 +232,22 @@ def test_a_missing_tokenizer_is_an_error_not_a_new_one(tmp_path):
     assert not (run / "tokenizer.json").exists()
 
 
-def test_run_tokenizer_learns_once_keeps_it_with_the_run_and_never_guesses_for_a_trained_run(tmp_path):
-    """The one place LM and dialogue runs get their tokenizer from (learnpos.tasks.base)."""
-    from learnpos.tasks.base import run_tokenizer
+def test_what_a_run_keeps_is_made_once_then_loaded_and_never_remade_for_a_trained_run(tmp_path):
+    """runs.kept_with_run: how LM and dialogue runs keep their tokenizer and speaker names."""
+    from learnpos.runs import kept_with_run
 
-    asked = []
+    made = []
 
-    def text():
-        asked.append(1)
-        return "abcab"
+    def keep(run_dir, value):
+        return kept_with_run(run_dir, "names.json", "name ids", lambda f: json.loads(f.read_text()),
+                             lambda: made.append(value) or value, lambda v, f: f.write_text(json.dumps(v)))
 
-    new = run_tokenizer(tmp_path / "new", "char", 0, text)
-    again = run_tokenizer(tmp_path / "new", "char", 0, lambda: "something else entirely")
-    assert asked == [1] and (tmp_path / "new" / "tokenizer.json").exists()
-    assert again.encode("cab") == new.encode("cab") and again.vocab_size == new.vocab_size == 3
+    assert keep(tmp_path / "new", ["a", "b"]) == ["a", "b"] and made == [["a", "b"]]
+    assert keep(tmp_path / "new", ["other"]) == ["a", "b"] and made == [["a", "b"]]  # loaded, not remade
     run = tiny_lm(tmp_path)
-    (run / "tokenizer.json").unlink()
-    with pytest.raises(RunDirError, match="tokenizer.json is missing"):
-        run_tokenizer(run, "char", 0, text)
-    assert asked == [1] and not (run / "tokenizer.json").exists()
+    with pytest.raises(RunDirError, match="names.json is missing .* its name ids mean nothing"):
+        keep(run, ["guess"])
+    assert made == [["a", "b"]] and not (run / "names.json").exists()
 
 
 def test_a_padded_vocabulary_never_samples_ids_the_tokenizer_lacks(tmp_path):

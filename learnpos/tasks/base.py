@@ -19,9 +19,9 @@ from torch import Tensor
 
 from learnpos.config import register_task
 from learnpos.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
-from learnpos.errors import ConfigError, RunDirError
+from learnpos.errors import ConfigError
 from learnpos.model import IGNORE_INDEX, cross_entropy
-from learnpos.runs import has_checkpoint
+from learnpos.runs import kept_with_run
 
 
 @dataclass
@@ -153,19 +153,10 @@ TASKS: dict[str, type[Task]] = {}  # task name -> class, filled by `register`
 
 
 def run_tokenizer(run_dir: Path, kind: str, vocab_size: int, training_text: Callable[[], str]) -> Tokenizer:
-    """The tokenizer of the run in `run_dir`: its saved file, or for a new run one of `kind`
-    learned from `training_text()` and saved there. A trained run whose file is gone is refused:
-    its token ids mean nothing without it, so never guess one."""
-    tok_file = run_dir / TOKENIZER_FILE
-    if tok_file.exists():
-        return load_tokenizer(tok_file)
-    if has_checkpoint(run_dir):
-        raise RunDirError(f"{tok_file} is missing but {run_dir} holds a trained model; its token ids "
-                          f"mean nothing without it: restore the file (or train again)")
-    tokenizer = train_tokenizer(kind, training_text(), vocab_size)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(tok_file)
-    return tokenizer
+    """The run's tokenizer: its saved file, or for a new run one of `kind` learned from
+    `training_text()` and kept with the run (`runs.kept_with_run`)."""
+    return kept_with_run(run_dir, TOKENIZER_FILE, "token ids", load_tokenizer,
+                         lambda: train_tokenizer(kind, training_text(), vocab_size), lambda tok, file: tok.save(file))
 
 
 def register(task_cls: type[Task]) -> type[Task]:

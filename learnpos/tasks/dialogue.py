@@ -44,10 +44,10 @@ from torch import Tensor
 from learnpos.analysis.report import Figure
 from learnpos.data.dialogue import SPLITS, DialogueData, Turn, load_dialogues
 from learnpos.data.tokenizers import StreamDecoder
-from learnpos.errors import ConfigError, DataError, RunDirError
+from learnpos.errors import ConfigError, DataError
 from learnpos.files import atomic_write_text
 from learnpos.model import IGNORE_INDEX
-from learnpos.runs import has_checkpoint
+from learnpos.runs import kept_with_run
 from learnpos.tasks.base import Batch, EpochOrder, Task, register, run_tokenizer
 
 log = logging.getLogger(__name__)
@@ -412,16 +412,9 @@ class DialogueTask(Task):
     def speakers(self) -> list[str]:
         """Speaker names in id order, kept with the run (speakers.json) so a trained run
         chats without its data."""
-        file = self.run_dir / SPEAKERS_FILE
-        if file.exists():
-            return json.loads(file.read_text(encoding="utf-8"))
-        if has_checkpoint(self.run_dir):
-            raise RunDirError(f"{file} is missing but {self.run_dir} holds a trained model; its speaker ids mean "
-                              f"nothing without it: restore the file (or train again)")
-        names = self.data.speakers
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(file, json.dumps(names, ensure_ascii=False) + "\n")
-        return names
+        return kept_with_run(self.run_dir, SPEAKERS_FILE, "speaker ids",
+                             lambda file: json.loads(file.read_text(encoding="utf-8")), lambda: self.data.speakers,
+                             lambda names, file: atomic_write_text(file, json.dumps(names, ensure_ascii=False) + "\n"))
 
     def speaker_id(self, name: str) -> int:
         names = self.speakers

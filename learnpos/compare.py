@@ -100,7 +100,7 @@ def evaluate_lengths(run_dir: Path, factors: list[float], device) -> list[dict]:
                 grown = copy.deepcopy(model)
                 grown.extend_positions(need, method)
                 rows.append({"factor": f, "length": n, "method": method,
-                             **_scalars(task.evaluate(grown, device, autocast=autocast, length=n))})
+                             **_scalars(task.evaluate(grown, device, autocast=autocast, length=n, tag=method))})
         else:
             rows.append({"factor": f, "length": n, "method": "",
                          **_scalars(task.evaluate(model, device, autocast=autocast, length=n))})

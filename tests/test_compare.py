@@ -115,3 +115,24 @@ def test_a_rerun_with_other_settings_is_refused_rather_than_mixed(tmp_path, call
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
     compare.run_compare("demo", ["rope"], [1, 2], [1, 2], out, FAST, quiet=True)  # more seeds: same study
     assert len(calls) == 1
+
+
+def test_each_grown_lm_table_keeps_its_own_loss_by_position_file(tmp_path):
+    """An LM run evaluated past its table, once per extend method: each method's per-position
+    losses land in their own file (they used to overwrite each other in loss_by_position_64.json),
+    and each file's mean is the loss reported in that method's row."""
+    (tmp_path / "text.txt").write_text("to be or not to be, that is the question. " * 300, encoding="utf-8")
+    lm = {"lm.data": str(tmp_path / "text.txt"), "lm.block_size": "32", "model.positional.max_len": "32",
+          "train.max_iters": "6", "train.eval_interval": "6", "train.warmup_iters": "0", "model.n_layer": "1",
+          "model.n_embd": "32", "model.n_head": "2"}
+    out = tmp_path / "cmp"
+    compare.run_compare("shakespeare-char", ["learned"], [1], [2], out, lm, quiet=True)
+    rows = json.loads((out / "results.jsonl").read_text().splitlines()[0])["rows"]
+    assert sorted(r["method"] for r in rows) == sorted(compare.EXTEND_METHODS)
+    run = compare.run_path(out, "learned", 1)
+    for r in rows:
+        by_pos = json.loads((run / f"loss_by_position_64_{r['method']}.json").read_text())
+        # the file keeps 6 decimals: its mean is within 5e-7 of the row, far inside rel=1e-5 of a loss near 3
+        assert len(by_pos) == 64 and sum(by_pos) / 64 == pytest.approx(r["loss"], rel=1e-5)
+    assert not (run / "loss_by_position_64.json").exists()  # no untagged file a grown copy could have written
+    assert len({r["loss"] for r in rows}) == 3  # the methods really are different models

@@ -107,10 +107,13 @@ class Task:
         return int((batch.targets != IGNORE_INDEX).sum())
 
     def evaluate(self, model, device: torch.device, batch_size: int = 64, autocast=None,
-                 length: int | None = None, split: str | None = None) -> dict:
+                 length: int | None = None, split: str | None = None, tag: str = "") -> dict:
         """Held-out metrics, including `loss`. `length`: evaluate on sequences of another
         length where the task has that notion (raise ConfigError where it cannot). `split`:
-        one of `splits` (None = the first)."""
+        one of `splits` (None = the first). `tag`: names a model that is not the run's own
+        (`learnpos compare` evaluates copies with the table grown by each extend method, tagged
+        with the method): every file the evaluation writes into the run carries it in its name,
+        so evaluations of different models never overwrite each other."""
         raise NotImplementedError
 
     def figures(self, model, device: torch.device) -> list:

@@ -27,6 +27,12 @@ from learnpos.tasks.base import Batch, Task, register, run_tokenizer
 LOSS_BY_POSITION_FILE = "loss_by_position.json"
 
 
+def loss_by_position_file(length: int | None = None, tag: str = "") -> str:
+    """The file `evaluate` writes into the run: loss_by_position.json at the training length,
+    loss_by_position_<length>.json at another, with `_<tag>` before .json for a tagged model."""
+    return "loss_by_position" + (f"_{length}" if length else "") + (f"_{tag}" if tag else "") + ".json"
+
+
 @dataclass
 class LMConfig:
     """Language modelling on any UTF-8 text (task = "lm"): `cfg.lm`."""
@@ -116,7 +122,7 @@ class LMTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int = 64, autocast=None, length: int | None = None,
-                 split: str | None = None) -> dict:
+                 split: str | None = None, tag: str = "") -> dict:
         """Loss over windows of `length` tokens (default lm.block_size). Past a learned table
         there is nothing to look up: `length` > max_len is a ConfigError naming the remedies."""
         T = length or self.T
@@ -129,7 +135,7 @@ class LMTask(Task):
         loss_by_pos = self._loss_by_position(model, device, T, starts, batch_size, autocast)
         loss = float(loss_by_pos.mean())
         tokens_per_char = self.data.val.size / self.data.val_chars
-        name = LOSS_BY_POSITION_FILE if T == self.T else f"loss_by_position_{T}.json"
+        name = loss_by_position_file(T if T != self.T else None, tag)
         atomic_write_text(self.run_dir / name, "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
         return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2) * tokens_per_char,
                 "eval_tokens": len(starts) * T}

@@ -431,7 +431,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"'{args.command}' takes no config overrides (got {', '.join(overrides)})")
         return args.func(args, overrides)
     except LearnposError as e:
-        print(f"learnpos {args.command}: error: {e}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))  # torchrun starts one process per rank
+        if rank == 0:
+            print(f"learnpos {args.command}: error: {e}", file=sys.stderr)
+        elif not isinstance(e, ConfigError | DataError):  # those come from the input every rank reads alike
+            print(f"learnpos {args.command} (rank {rank}): error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"learnpos {args.command}: interrupted", file=sys.stderr)

@@ -89,6 +89,26 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+
+def test_under_torchrun_a_bad_input_is_reported_once_by_rank_0(tmp_path, monkeypatch, capsys):
+    """torchrun starts the CLI once per rank; an error in the input every rank reads alike is
+    printed by rank 0 only, one that may be a rank's own (here a missing run directory) by every
+    rank with its rank named. Every rank exits 2."""
+    from learnpos.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--model.n_lyer=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("learnpos train: error: ") and "did you mean 'n_layer'" in err
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "--model.n_lyer=3"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "1")
+    assert main(["eval", "--run", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("learnpos eval (rank 1): error: ") and "not a run directory" in err
+
+
 def test_generate_bad_prompt_and_too_long_eval(small_run):
     g = learnpos("generate", "--run", str(small_run), "--prompt", "1 2 x", cwd=small_run.parent)
     assert g.returncode == 2 and "space-separated symbols" in g.stderr and "Traceback" not in g.stderr

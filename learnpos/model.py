@@ -96,6 +96,15 @@ class KVCache:
         self.length += T
 
 
+class ReadRows(NamedTuple):
+    """The R positions per row whose outputs a caller reads (`forward(..., read=)`), with what
+    the last block's attention needs at just those queries."""
+
+    index: Tensor  # (B, R) long: the positions read
+    rope: tuple[Tensor, Tensor] | None  # (cos, sin) at those positions, each (B, 1, R, hs/2)
+    mask: Tensor | None  # the attention mask of those queries, (B, 1|nh, R, S), or None
+
+
 class ModelOutput(NamedTuple):
     logits: Tensor | None  # (B, T, V); None with return_hidden
     loss: Tensor | None  # mean cross-entropy over targets != IGNORE_INDEX
@@ -131,19 +140,27 @@ class SelfAttention(nn.Module):
         self.attention = cfg.attention  # auto | sdpa | matmul
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
-                is_causal: bool, cache: KVCache | None, layer: int) -> Tensor:
+                is_causal: bool, cache: KVCache | None, layer: int, read: ReadRows | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); with `read`, queries only at read.index: -> (B, R, C)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        hs = C // self.n_head
+        if read is None:
+            q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
+        else:  # keys and values at every position, queries only where the caller reads
+            w, b = self.qkv.weight, self.qkv.bias
+            k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)  # each (B, T, C)
+            q = F.linear(_rows(x, read.index), w[:C], None if b is None else b[:C])  # (B, R, C)
+            rope_q, mask, is_causal = read.rope, read.mask, False
+        q = q.view(B, -1, self.n_head, hs).transpose(1, 2)  # (B, nh, T|R, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            q, k = apply_rotary(q, *(rope if read is None else rope_q)), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs)
         dropout_p = self.dropout if self.training else 0.0
-        y = attend(q, k, v, mask, is_causal, dropout_p, self.attention)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = attend(q, k, v, mask, is_causal, dropout_p, self.attention)  # (B, nh, T|R, hs)
+        y = y.transpose(1, 2).contiguous().view(B, -1, C)  # (B, T|R, C)
         return self.proj(y)
 
 
@@ -168,9 +185,16 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(_rate(cfg.resid_dropout, cfg.dropout))
 
-    def forward(self, x: Tensor, rope, mask, is_causal, cache, layer) -> Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), rope, mask, is_causal, cache, layer))
+    def forward(self, x: Tensor, rope, mask, is_causal, cache, layer, read: ReadRows | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); with `read` only the read rows go on: -> (B, R, C)."""
+        a = self.attn(self.ln1(x), rope, mask, is_causal, cache, layer, read)
+        x = (x if read is None else _rows(x, read.index)) + self.drop(a)
         return x + self.drop(self.mlp(self.ln2(x)))
+
+
+def _rows(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, T, ...) at positions index (B, R) -> (B, R, ...)."""
+    return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), index]
 
 
 # ---------------------------------------------------------------------------- model
@@ -274,7 +298,7 @@ class GPT(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None, position_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, past_kv: KVCache | None = None,
                 last_only: bool = False, extra_ids: dict[str, Tensor] | None = None,
-                check_ids: bool = True, return_hidden: bool = False) -> ModelOutput:
+                check_ids: bool = True, return_hidden: bool = False, read: Tensor | None = None) -> ModelOutput:
         """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the loss.
 
         position_ids (B, T): explicit positions; default `offset + arange(T)` where offset
@@ -284,14 +308,22 @@ class GPT(nn.Module):
         past_kv: a `KVCache`, updated in place; the new tokens attend to everything in it.
         last_only: return logits for the last position only, (B, 1, V) (generation; with a
             large vocabulary the head over a whole prompt is the costliest part of prefill).
+            The same as read = T - 1 for every row.
+        read (B, R) long: return the outputs at these positions only, (B, R, V) or hidden
+            (B, R, C). The last block then computes its attention queries, MLP and ln_f at
+            those R positions alone (keys and values still at all T, and the cache gets them
+            all): a masked-token task reading one position of 3 skips two thirds of the last
+            block's MLP. The same values as the full forward at those positions.
         extra_ids: table name -> (B, T) ids, one entry per table of `model.tables`.
         check_ids: range-check position and table ids (two host syncs per tensor of ids).
         return_hidden: skip the vocabulary head and return `hidden` (B, T, C) after ln_f, for
             a task's own head; logits and loss are then None.
         """
-        if last_only and targets is not None:
-            raise ValueError("last_only=True gives logits for one position; it cannot compute a loss")
+        if (last_only or read is not None) and targets is not None:
+            raise ValueError("last_only=True or read= gives outputs at some positions; it cannot compute a loss")
         B, T = idx.shape
+        if last_only:
+            read = torch.full((B, 1), T - 1, dtype=torch.long, device=idx.device)
         offset = past_kv.length if past_kv is not None else 0
         if self.pos.plans_positions:  # e.g. randomized positions: the encoding maps the ids first
             planned = None
@@ -309,18 +341,36 @@ class GPT(nn.Module):
         rope = self.pos.rotary(positions)
         mask, is_causal = self._attention_mask(positions, attention_mask, past_kv, T)
 
+        rows = self._read_rows(read, rope, mask, is_causal, T) if read is not None else None
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, is_causal, past_kv, i)
+            x = block(x, rope, mask, is_causal, past_kv, i, rows if i == last else None)  # (B, T|R, C)
         if past_kv is not None:
             past_kv.advance(T)
-        if last_only:
-            x = x[:, -1:]  # (B, 1, C): the next-token logits are all that decoding needs
+        if rows is not None and not self.blocks:
+            x = _rows(x, rows.index)
         x = self.ln_f(x)
         if return_hidden:
             return ModelOutput(None, None, x)
         logits = self.head(x)  # (B, T, V), or (B, 1, V) with last_only
         loss = cross_entropy(logits, targets) if targets is not None else None
         return ModelOutput(logits, loss)
+
+    @staticmethod
+    def _read_rows(read: Tensor, rope, mask: Tensor | None, is_causal: bool, T: int) -> ReadRows:
+        """The rotations and attention mask of the queries at `read` (B, R): rows of the full
+        ones, or, where the full forward needed no mask but is causal (no cache, T keys), the
+        causal mask of those rows."""
+        if read.dim() != 2 or read.dtype.is_floating_point or read.dtype == torch.bool:
+            raise ValueError(f"read must be (B, R) integer positions, got {tuple(read.shape)} {read.dtype}")
+        B = read.shape[0]
+        if rope is not None:  # each (B|1, 1, T, hs/2)
+            rope = tuple(_rows(r.expand(B, -1, -1, -1).transpose(1, 2), read).transpose(1, 2) for r in rope)
+        if mask is not None:  # (B|1, 1|nh, T, S)
+            mask = _rows(mask.expand(B, -1, -1, -1).transpose(1, 2), read).transpose(1, 2)  # (B, 1|nh, R, S)
+        elif is_causal:  # query t sees keys 0..t
+            mask = torch.arange(T, device=read.device).view(1, 1, 1, T) <= read.unsqueeze(1).unsqueeze(-1)
+        return ReadRows(read, rope, mask)
 
     def _attention_mask(self, positions: Tensor, attention_mask: Tensor | None,
                         cache: KVCache | None, T: int) -> tuple[Tensor | None, bool]:

@@ -38,6 +38,40 @@ def test_kv_cache_matches_full_recomputation(kind):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=2e-5, rtol=1e-4)
 
 
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_reading_some_positions_equals_the_full_forward_there(kind, causal):
+    """forward(read=...) computes the last block at the read positions only: its hidden states,
+    logits and the gradients of every parameter equal the full forward's at those positions,
+    with and without a padding mask, and a last_only prefill fills the KV cache as the full one."""
+    model = make(kind, causal=causal).double()  # float64: the two paths differ by rounding alone
+    torch.manual_seed(2)
+    idx = torch.randint(0, V, (3, 9))
+    read = torch.tensor([[8, 2], [0, 5], [4, 4]])  # any positions, repeats allowed
+    rows = torch.arange(3).unsqueeze(1)
+    for mask in (None, torch.tensor([[1] * 9, [0, 0] + [1] * 7, [1] * 9])):
+        full = model(idx, attention_mask=mask, return_hidden=True).hidden[rows, read]
+        part = model(idx, attention_mask=mask, return_hidden=True, read=read).hidden
+        assert part.shape == (3, 2, 32)
+        torch.testing.assert_close(part, full, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(model(idx, read=read).logits, model(idx).logits[rows, read], atol=1e-12, rtol=1e-10)
+    grads = []
+    for use_read in (False, True):
+        model.zero_grad()
+        out = model(idx, read=read, return_hidden=True).hidden if use_read else \
+            model(idx, return_hidden=True).hidden[rows, read]
+        (out * torch.linspace(-1, 1, 32, dtype=out.dtype)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-12, rtol=1e-10, msg=name)
+    if causal:
+        a, b = model.new_cache(12), model.new_cache(12)
+        torch.testing.assert_close(model(idx, past_kv=a, last_only=True).logits, model(idx, past_kv=b).logits[:, -1:])
+        torch.testing.assert_close(a.k[1][:, :, :9], b.k[1][:, :, :9])
+        torch.testing.assert_close(a.v[1][:, :, :9], b.v[1][:, :, :9])
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_left_padded_batch_equals_each_prompt_alone(kind):
     model = make(kind)
@@ -179,6 +213,7 @@ def test_dropouts_are_configurable_one_by_one():
     cfg = ModelConfig(vocab_size=V, n_layer=1, n_head=2, n_embd=16, dropout=0.1, attn_dropout=0.3, resid_dropout=0.0)
     model = GPT(cfg)
     assert model.drop.p == 0.1 and model.blocks[0].attn.dropout == 0.3 and model.blocks[0].drop.p == 0.0
+    import learnpos.tasks  # noqa: F401  (registers the demo preset's task; the file also runs alone)
     from learnpos.config import load_config
     from learnpos.errors import ConfigError
 

@@ -170,8 +170,8 @@ class KGTask(Task):
 
     def scores(self, model, idx: Tensor) -> Tensor:
         """(B, E) scores of the entity at each query's MASK."""
-        hidden = model(idx, return_hidden=True).hidden  # (B, 3, C)
-        at_mask = hidden[idx == self.MASK]  # (B, C): one MASK per query
+        where = (idx == self.MASK).long().argmax(1, keepdim=True)  # (B, 1): one MASK per query
+        at_mask = model(idx, return_hidden=True, read=where).hidden[:, 0]  # (B, C): the last block runs at MASK only
         head = model.heads["entity"]
         return head(at_mask, model.tok_emb.weight[:self.E].to(at_mask.dtype))
 

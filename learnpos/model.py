@@ -321,8 +321,10 @@ class GPT(nn.Module):
         """
         if (last_only or read is not None) and targets is not None:
             raise ValueError("last_only=True or read= gives outputs at some positions; it cannot compute a loss")
+        if last_only and read is not None:
+            raise ValueError("give last_only=True or read=, not both (last_only is read = T - 1)")
         B, T = idx.shape
-        if last_only:
+        if last_only and T > 1:  # (a decoding step of one token reads it anyway: no gathers)
             read = torch.full((B, 1), T - 1, dtype=torch.long, device=idx.device)
         offset = past_kv.length if past_kv is not None else 0
         if self.pos.plans_positions:  # e.g. randomized positions: the encoding maps the ids first

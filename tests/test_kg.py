@@ -343,3 +343,45 @@ def test_train_dataset_from_the_cli(tmp_path):
     assert (tmp_path / "runs/kg-umls/best/step-00000010/model.safetensors").exists()
     e = cli("eval", "--run", "runs/kg-umls", "--split", "test", "--json", cwd=tmp_path)
     assert e.returncode == 0 and json.loads(e.stdout.strip().splitlines()[-1])["queries"] == 2 * 661
+
+
+def test_sampled_negatives_score_the_answers_and_the_drawn_entities(tmp_path):
+    """kg.negatives = N: the loss is the cross-entropy over the batch's answers plus N drawn
+    entities (recomputed here from the full score matrix restricted to those columns); with
+    N >= E every entity is a candidate and the loss is exactly the full 1-N loss."""
+    from learnpos.load import build_model
+    from learnpos.tasks import build_task
+
+    tri = toy_graph()
+    data = write_dataset(tmp_path / "g", tri, tri[:4], tri[4:8])
+    for targets in ("triple", "query"):
+        over = {"kg.data": str(data), "kg.dataset": "g", "kg.targets": targets, "model.n_layer": "1",
+                "model.n_embd": "16", "model.n_head": "2", "kg.label_smoothing": "0.2"}
+        cfg = load_config("kg-umls", over)
+        task = build_task(cfg)
+        cfg.model.vocab_size = task.vocab_size
+        torch.manual_seed(0)
+        model = build_model(cfg, task).eval()
+        batch = task.train_batch(0, 16)
+        full = task.loss(model, batch)
+        task.kg.negatives = task.E
+        assert task.loss(model, batch).item() == pytest.approx(full.item(), rel=1e-6)
+        task.kg.negatives = 3
+        torch.manual_seed(5)
+        sampled = task.loss(model, batch)
+        answers = batch.targets[batch.idx == task.MASK]
+        rows, cols, count = (torch.arange(len(answers)), answers, None) if targets == "triple" \
+            else task._answers_of(answers)
+        torch.manual_seed(5)
+        cand = task.candidates(cols)
+        assert set(cols.tolist()) <= set(cand.tolist()) and len(cand) < task.E
+        logp = torch.log_softmax(task.scores(model, batch.idx).float()[:, cand], -1)
+        where = {e: i for i, e in enumerate(cand.tolist())}
+        per = torch.zeros(len(answers))
+        n = torch.zeros(len(answers))
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            per[r] -= logp[r, where[c]]
+            n[r] += 1
+        expected = (0.8 * per / n - 0.2 * logp.mean(-1)).mean()
+        assert sampled.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert sampled.item() != pytest.approx(full.item(), rel=1e-3)  # fewer candidates: a different loss

@@ -82,11 +82,12 @@ class EntityHead(nn.Module):
         nn.init.zeros_(self.dense.bias)
 
     def forward(self, hidden: Tensor, entity_emb: Tensor, entities: Tensor | None = None) -> Tensor:
-        """hidden (B, C), entity_emb (E, C) -> scores (B, E); or (B, N) over `entities` (N,) ids."""
+        """hidden (B, C), entity_emb (E, C) -> scores (B, E); or (B, N) over `entities` (N,) ids
+        (only those rows are gathered and cast to the hidden state's dtype)."""
         x = self.ln(F.gelu(self.dense(hidden)))
         if entities is None:
-            return x @ entity_emb.T + self.bias
-        return x @ entity_emb[entities].T + self.bias[entities]
+            return x @ entity_emb.to(x.dtype).T + self.bias
+        return x @ entity_emb[entities].to(x.dtype).T + self.bias[entities]
 
 
 @register
@@ -179,7 +180,7 @@ class KGTask(Task):
         where = (idx == self.MASK).long().argmax(1, keepdim=True)  # (B, 1): one MASK per query
         at_mask = model(idx, return_hidden=True, read=where).hidden[:, 0]  # (B, C): the last block runs at MASK only
         head = model.heads["entity"]
-        return head(at_mask, model.tok_emb.weight[:self.E].to(at_mask.dtype), entities)
+        return head(at_mask, model.tok_emb.weight[:self.E], entities)
 
     def candidates(self, answers: Tensor) -> Tensor:
         """The sorted entity ids a training batch is scored against under kg.negatives = N: its
@@ -192,18 +193,16 @@ class KGTask(Task):
 
     def loss(self, model, batch: Batch) -> Tensor:
         """Cross-entropy over all entities, or with kg.negatives = N over the batch's candidates
-        (sampled softmax: a step of 512 queries on WN18RR's 40,943 entities then scores about
-        2,500 of them; label smoothing spreads eps over the candidates)."""
+        (sampled softmax: a step of 512 queries on WN18RR's 40,943 entities then scores at most
+        2,560 of them; label smoothing spreads eps over the candidates)."""
         answers = batch.targets[batch.idx == self.MASK]
-        if self.kg.targets == "triple":
-            rows, cols, count = torch.arange(len(answers), device=answers.device), answers, None
-        else:
-            rows, cols, count = self._answers_of(answers)
+        triple = self.kg.targets == "triple"
+        rows, cols, count = (None, answers, None) if triple else self._answers_of(answers)
         entities = self.candidates(cols) if self.kg.negatives else None
         scores = self.scores(model, batch.idx, entities).float()
         if entities is not None:
             cols = torch.searchsorted(entities, cols)  # each answer's column among the candidates
-        if count is None:
+        if triple:
             return F.cross_entropy(scores, cols, label_smoothing=self.kg.label_smoothing)
         return self._multi_answer_loss(scores, rows, cols, count)
 
@@ -220,8 +219,8 @@ class KGTask(Task):
 
     def _multi_answer_loss(self, scores: Tensor, rows: Tensor, cols: Tensor, count: Tensor) -> Tensor:
         """Cross-entropy against each query's answers, the target mass (1 - eps) spread evenly
-        over its k answers and eps over all entities (label smoothing as F.cross_entropy
-        defines it): with k = 1 this is exactly the triple loss."""
+        over its k answers (`cols`, columns of `scores`) and eps over every column (label
+        smoothing as F.cross_entropy defines it): with k = 1 this is exactly the triple loss."""
         logp = F.log_softmax(scores, dim=-1)
         nll = torch.zeros(len(count), device=scores.device).index_add_(0, rows, logp[rows, cols]).neg_() / count
         eps = self.kg.label_smoothing

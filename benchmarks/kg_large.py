@@ -59,14 +59,16 @@ def main() -> None:
     steps = result.step
     epochs = steps * cfg.train.batch_size / queries
     ref = COKE[args.dataset]
+    loss = f"{cfg.kg.negatives} sampled negatives" if cfg.kg.negatives else "1-N over every entity"
     print(f"\nkg-{args.dataset}: {steps} steps of {cfg.train.batch_size} queries = {epochs:.1f} epochs; "
-          f"{cfg.model.n_layer}x{cfg.model.n_embd}, {cfg.kg.queries} queries; seed {args.seed}")
+          f"{cfg.model.n_layer}x{cfg.model.n_embd}, {cfg.kg.queries} queries, {loss}; seed {args.seed}")
     print("| | MRR | MR | Hits@1 | Hits@3 | Hits@10 | wall s |\n|---|---|---|---|---|---|---|")
     print(f"| learnpos | {test['mrr']:.3f} | {test['mr']:.0f} | {test['hits@1']:.3f} | {test['hits@3']:.3f} "
           f"| {test['hits@10']:.3f} | {train_s + eval_s:.0f} |")
     print(f"| CoKE (published) | {ref['mrr']:.3f} | | {ref['hits@1']:.3f} | | {ref['hits@10']:.3f} | |")
     C.emit(args.json, {"dataset": args.dataset, "seed": args.seed, "steps": steps, "epochs": round(epochs, 2),
-                       "batch_size": cfg.train.batch_size, "model": f"{cfg.model.n_layer}x{cfg.model.n_embd}",
+                       "batch_size": cfg.train.batch_size, "loss": loss,
+                       "model": f"{cfg.model.n_layer}x{cfg.model.n_embd}",
                        "val": val, "test": {k: test[k] for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10")},
                        "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
                        "wall_s": round(train_s + eval_s, 1), "coke": ref, "mrr_vs_coke": test["mrr"] / ref["mrr"]})

@@ -385,3 +385,28 @@ def test_sampled_negatives_score_the_answers_and_the_drawn_entities(tmp_path):
         expected = (0.8 * per / n - 0.2 * logp.mean(-1)).mean()
         assert sampled.item() == pytest.approx(expected.item(), rel=1e-5)
         assert sampled.item() != pytest.approx(full.item(), rel=1e-3)  # fewer candidates: a different loss
+
+
+def test_sampled_negatives_resume_bit_exactly(tmp_path):
+    """The negatives are drawn from torch's global generator, whose state every checkpoint keeps:
+    a run stopped halfway and resumed draws the same entities as one run straight through."""
+    from safetensors.torch import load_file
+
+    from learnpos.runs import latest_checkpoint
+    from learnpos.train import train
+
+    tri = toy_graph()
+    data = write_dataset(tmp_path / "g", tri, tri[:4], tri[4:8])
+    over = {"kg.data": str(data), "kg.dataset": "g", "kg.negatives": "3", "model.n_layer": "1",
+            "model.n_embd": "16", "model.n_head": "2", "train.max_iters": "20", "train.eval_interval": "10",
+            "train.warmup_iters": "2", "train.batch_size": "8", "model.dropout": "0.1"}
+
+    def cfg(name):
+        return load_config("kg-umls", {**over, "train.out_dir": str(tmp_path / name)})
+
+    train(cfg("a"), quiet=True)
+    assert train(cfg("b"), quiet=True, stop_after=10).step == 10
+    assert train(cfg("b"), resume=True, quiet=True).step == 20
+    wa = load_file(latest_checkpoint(tmp_path / "a") / "model.safetensors")
+    wb = load_file(latest_checkpoint(tmp_path / "b") / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -170,8 +170,8 @@ def _kg_vs_pykeen(r: dict) -> list[str]:
 def _kg_large(r: dict) -> list[str]:
     t, c = r["test"], r["coke"]
     return [f"{r['dataset']}, test split, filtered, both directions, realistic ranks; one seed ({r['seed']}); "
-            f"{r['model']}, {r['steps']} steps of {r['batch_size']} queries = {r['epochs']:.1f} epochs"
-            + (f", training loss {r['loss']}" if "loss" in r else ""), "",
+            f"{r['model']}, {r['steps']} steps of {r['batch_size']} queries = {r['epochs']:.1f} epochs, "
+            f"training loss {r['loss']}", "",
             "| model | MRR | MR | Hits@1 | Hits@3 | Hits@10 | wall s |", "|---|---|---|---|---|---|---|",
             f"| learnpos (CPU, reduced budget) | {t['mrr']:.3f} | {t['mr']:.0f} | {t['hits@1']:.3f} "
             f"| {t['hits@3']:.3f} | {t['hits@10']:.3f} | {r['wall_s']:.0f} |",

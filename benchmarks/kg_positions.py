@@ -29,6 +29,20 @@ from learnpos.load import load_run
 from learnpos.train import train
 
 
+def run_config(dataset: str, kind: str, seed: str, out_dir: str, data: str = "", steps: int = 0,
+               sets: list[str] = ()):
+    """The `kg-<dataset>` preset with `kind` positions and coke queries, whatever the preset's own
+    queries: with reciprocal ones the inverse relation, not the position, would tell a head query
+    from a tail query, and the table would not measure what the positions do."""
+    over = {"model.positional.kind": kind, "train.seed": seed, "train.out_dir": out_dir, "kg.dataset": dataset,
+            "kg.queries": "coke", **dict(s.split("=", 1) for s in sets)}
+    if data:
+        over["kg.data"] = data
+    if steps:
+        over["train.max_iters"] = str(steps)
+    return load_config(f"kg-{dataset}", over)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
@@ -45,15 +59,7 @@ def main() -> None:
         for kind in args.kinds.split(","):
             runs = []
             for seed in args.seeds.split(","):
-                # coke queries whatever the preset uses: with reciprocal ones the inverse relation, not
-                # the position, would tell a head query from a tail query
-                over = {"model.positional.kind": kind, "train.seed": seed, "train.out_dir": f"{tmp}/{kind}-{seed}",
-                        "kg.dataset": args.dataset, "kg.queries": "coke", **dict(s.split("=", 1) for s in args.set)}
-                if args.data:
-                    over["kg.data"] = args.data
-                if args.steps:
-                    over["train.max_iters"] = str(args.steps)
-                cfg = load_config(f"kg-{args.dataset}", over)
+                cfg = run_config(args.dataset, kind, seed, f"{tmp}/{kind}-{seed}", args.data, args.steps, args.set)
                 t0 = time.perf_counter()
                 train(cfg, quiet=True)
                 wall = time.perf_counter() - t0

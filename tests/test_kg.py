@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from learnpos.data.kg import index_triples, load_kg, read_splits
 from learnpos.errors import ConfigError, DataError
 
 SHARED = shared_data_dir()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_dataset(folder, train, valid, test, crlf=False):
@@ -224,6 +226,20 @@ def test_coke_queries_differ_only_by_position():
     assert len(task._examples()[0]) == 2 * len(task.data.train) == 10432
     cfg.kg.targets = "query"
     assert len(build_task(cfg)._examples()[0]) == 1560
+
+
+def test_positions_benchmark_trains_coke_queries_whatever_the_preset_uses(tmp_path, monkeypatch):
+    """benchmarks/kg_positions.py measures what the positions do; with reciprocal queries (the
+    kg-umls and kg-kinships presets) the inverse relation would tell the directions apart instead."""
+    import learnpos.tasks  # noqa: F401 - registers the kg config section before a preset is read
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import kg_positions
+
+    for dataset in ("umls", "kinships", "nations"):
+        cfg = kg_positions.run_config(dataset, "none", "1", str(tmp_path / dataset), steps=400)
+        assert (cfg.kg.queries, cfg.model.positional.kind, cfg.train.max_iters) == ("coke", "none", 400)
+    assert load_config("kg-umls").kg.queries == "reciprocal"  # the case this test is for
 
 
 def test_query_targets_spread_each_query_over_all_its_answers(tmp_path):

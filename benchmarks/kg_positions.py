@@ -20,6 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 
 import _common as C
 import torch
@@ -30,7 +31,7 @@ from learnpos.train import train
 
 
 def run_config(dataset: str, kind: str, seed: str, out_dir: str, data: str = "", steps: int = 0,
-               sets: list[str] = ()):
+               sets: Sequence[str] = ()):
     """The `kg-<dataset>` preset with `kind` positions and coke queries, whatever the preset's own
     queries: with reciprocal ones the inverse relation, not the position, would tell a head query
     from a tail query, and the table would not measure what the positions do."""

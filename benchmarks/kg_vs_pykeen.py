@@ -4,7 +4,7 @@ realistic ranks).
 
     python benchmarks/kg_vs_pykeen.py --dataset umls [--json] [--data PATH] [--seeds 1337,1,2]
         [--models ConvE,TuckER,RotatE,ComplEx-N3,DistMult-N3] [--epochs 200] [--steps N]
-        [--set section.key=value ...]
+        [--set section.key=value ...] [--ensemble K]
 
 PyKEEN's defaults are not used (its default DistMult/ComplEx are badly under-regularised in
 the 1-N regime); every model trains with 1-N scoring (LCWA) and, where it takes them,
@@ -18,15 +18,26 @@ loading to the final test evaluation, one after the other in this process, with 
 threads. Prints a table of MRR, Hits@1/10 and wall time per model and learnpos MRR / best
 PyKEEN MRR; `--json` ends with dataset, learnpos_mrr, learnpos_mrr_std, best_pykeen_model,
 best_pykeen_mrr, ratio, learnpos_wall_s, pykeen_wall_s. Needs PyKEEN (`pip install 'learnpos[kg]'`).
+
+`--ensemble K` trains K learnpos runs per seed as `learnpos train` processes, `--jobs` of them
+at a time with this process's threads split among them, and ranks them as one model (the mean
+of their log-softmax scores, as `learnpos eval --run A --run B ...` does). Its row's wall time
+is that of all K runs together; the ratio and `learnpos_*` figures are then the ensemble's, and
+`learnpos_single_*` the first run's alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _common as C
@@ -34,9 +45,10 @@ import torch
 
 from learnpos.config import load_config
 from learnpos.data.kg import dataset_path
-from learnpos.load import load_run
+from learnpos.load import load_runs
 from learnpos.train import train
 
+SINGLE = "learnpos (CoKE-style, learned positions)"
 N3_WEIGHT = 1e-2
 SMALL_NORMAL = functools.partial(torch.nn.init.normal_, std=1e-3)
 
@@ -102,6 +114,7 @@ def run_pykeen(name: str, folder: Path, epochs: int, seed: int) -> dict:
 
 
 def run_learnpos(dataset: str, data: str, seed: str, steps: int, sets: list[str], tmp: str) -> dict:
+    """One learnpos run, trained and ranked in this process with its threads."""
     t0 = time.perf_counter()
     over = {"train.seed": seed, "train.out_dir": f"{tmp}/learnpos-{seed}", "kg.dataset": dataset, "kg.data": data,
             **dict(s.split("=", 1) for s in sets)}
@@ -109,7 +122,40 @@ def run_learnpos(dataset: str, data: str, seed: str, steps: int, sets: list[str]
         over["train.max_iters"] = str(steps)
     cfg = load_config(f"kg-{dataset}", over)
     train(cfg, quiet=True)
-    model, _, task = load_run(cfg.train.out_dir)
+    return _test_metrics([cfg.train.out_dir], t0)
+
+
+def run_ensemble(dataset: str, data: str, seed: str, steps: int, sets: list[str], tmp: str, members: int,
+                 jobs: int) -> tuple[dict, dict]:
+    """(the first member alone, the ensemble) of `members` runs with seeds seed, seed + 1000, ...
+    (disjoint across --seeds 1337,1,2), trained as `learnpos train` processes, `jobs` at a time,
+    each with this process's threads divided among the jobs (a run this small gains nothing from
+    a second thread: the side-by-side two-member run keeps both cores busy). The ensemble's wall
+    time runs from the first start to its test ranking; the first member's is its own training
+    (as it ran, beside the others) plus its ranking."""
+    t0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // jobs))}
+    dirs = [f"{tmp}/learnpos-{seed}-{j}" for j in range(members)]
+
+    def member(j: int) -> float:
+        over = [f"--train.seed={int(seed) + 1000 * j}", f"--train.out_dir={dirs[j]}", f"--kg.dataset={dataset}",
+                f"--kg.data={data}", *(f"--{s}" for s in sets), *([f"--train.max_iters={steps}"] if steps else [])]
+        r = subprocess.run([sys.executable, "-m", "learnpos", "train", "--preset", f"kg-{dataset}", *over, "--quiet",
+                            "--json"], env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"ensemble member {j} (seed {int(seed) + 1000 * j}) failed:\n{r.stderr}")
+        return json.loads(r.stdout.strip().splitlines()[-1])["wall_s"]
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        walls = list(pool.map(member, range(members)))
+    t1 = time.perf_counter()
+    single = _test_metrics(dirs[:1], t1)
+    single["wall_s"] = round(walls[0] + single["wall_s"], 1)
+    return single, _test_metrics(dirs, t0)
+
+
+def _test_metrics(dirs: list[str], t0: float) -> dict:
+    model, _, task = load_runs(dirs)
     m = task.evaluate(model, torch.device("cpu"), split="test")
     return {"mrr": m["mrr"], "hits@1": m["hits@1"], "hits@10": m["hits@10"],
             "wall_s": round(time.perf_counter() - t0, 1)}
@@ -125,14 +171,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200, help="PyKEEN training epochs")
     ap.add_argument("--steps", type=int, default=0, help="learnpos train.max_iters (0 = the preset's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a learnpos config override")
+    ap.add_argument("--ensemble", type=int, default=1,
+                    help="rank an ensemble of this many learnpos runs per seed (`learnpos eval --run A --run B ...`), "
+                         "timed together; the ratio then uses the ensemble")
+    ap.add_argument("--jobs", type=int, default=2, help="ensemble members trained at once (threads split among them)")
     args = ap.parse_args()
     folder = dataset_path(args.dataset, args.data)
     print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; {args.dataset} from {folder}", flush=True)
     seeds = args.seeds.split(",")
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run_learnpos(args.dataset, str(folder), s, args.steps, args.set, tmp) for s in seeds]
-        rows["learnpos (CoKE-style, learned positions)"] = runs
+        if args.ensemble > 1:
+            runs = [run_ensemble(args.dataset, str(folder), s, args.steps, args.set, tmp, args.ensemble, args.jobs)
+                    for s in seeds]
+            rows[SINGLE] = [single for single, _ in runs]
+            rows[f"learnpos, ensemble of {args.ensemble} runs"] = [ens for _, ens in runs]
+        else:
+            rows[SINGLE] = [run_learnpos(args.dataset, str(folder), s, args.steps, args.set, tmp) for s in seeds]
         for name in args.models.split(","):
             rows[f"PyKEEN {name}"] = [run_pykeen(name, folder, args.epochs, int(s)) for s in seeds]
             print(f"PyKEEN {name}: MRR {statistics.mean(r['mrr'] for r in rows[f'PyKEEN {name}']):.4f}", flush=True)
@@ -142,15 +197,18 @@ def main() -> None:
     print("| model | MRR | Hits@1 | Hits@10 | wall s per run |\n|---|---|---|---|---|")
     for k, m in mean.items():
         print(f"| {k} | {m['mrr']:.3f} | {m['hits@1']:.3f} | {m['hits@10']:.3f} | {m['wall_s']:.0f} |")
-    ours = next(iter(mean))
-    pykeen = {k: m for k, m in mean.items() if k != ours}
+    ours = [k for k in mean if not k.startswith("PyKEEN")][-1]  # the ensemble where there is one
+    pykeen = {k: m for k, m in mean.items() if k.startswith("PyKEEN")}
     best = max(pykeen, key=lambda k: pykeen[k]["mrr"]) if pykeen else None
     ratio = mean[ours]["mrr"] / pykeen[best]["mrr"] if best else None
     if best:
-        print(f"learnpos MRR / best PyKEEN MRR ({best}): {ratio:.3f}")
-    ours_runs = [r["mrr"] for r in rows[ours]]
-    C.emit(args.json, {"dataset": args.dataset, "rows": rows, "learnpos_mrr": mean[ours]["mrr"],
-                       "learnpos_mrr_std": statistics.pstdev(ours_runs) if len(ours_runs) > 1 else 0.0,
+        print(f"{ours} MRR / best PyKEEN MRR ({best}): {ratio:.3f}")
+    spread = {k: statistics.pstdev([r["mrr"] for r in v]) if len(v) > 1 else 0.0 for k, v in rows.items()}
+    C.emit(args.json, {"dataset": args.dataset, "rows": rows, "ensemble": args.ensemble,
+                       "jobs": args.jobs if args.ensemble > 1 else 1,
+                       "learnpos_mrr": mean[ours]["mrr"], "learnpos_mrr_std": spread[ours],
+                       "learnpos_single_mrr": mean[SINGLE]["mrr"], "learnpos_single_mrr_std": spread[SINGLE],
+                       "learnpos_single_wall_s": mean[SINGLE]["wall_s"],
                        "best_pykeen_model": best, "best_pykeen_mrr": pykeen[best]["mrr"] if best else None,
                        "ratio": ratio, "learnpos_wall_s": mean[ours]["wall_s"],
                        "pykeen_wall_s": pykeen[best]["wall_s"] if best else None, "pykeen_epochs": args.epochs})

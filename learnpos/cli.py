@@ -160,11 +160,11 @@ def _dataset_preset(name: str) -> str:
 
 
 def cmd_eval(args, overrides) -> int:
-    from learnpos.load import load_run
+    from learnpos.load import load_runs
     from learnpos.train import autocast_for, resolve_device
 
     device = resolve_device(args.device)
-    model, cfg, task = load_run(args.run, device)
+    model, cfg, task = load_runs(args.run, device)
     extra = {}
     if args.split:
         if args.split not in task.splits:
@@ -183,7 +183,8 @@ def cmd_eval(args, overrides) -> int:
                 if isinstance(v, float) else str(v)
             print(f"{k}: {shown}")
     if args.json:
-        _emit_json({"task": cfg.task, **scalars, "run_dir": str(args.run)})
+        runs = {"run_dir": str(args.run[0])} if len(args.run) == 1 else {"runs": [str(r) for r in args.run]}
+        _emit_json({"task": cfg.task, **scalars, **runs})
     return 0
 
 
@@ -246,13 +247,13 @@ def cmd_chat(args, overrides) -> int:
 
 
 def cmd_kg(args, overrides) -> int:
-    from learnpos.load import load_run
+    from learnpos.load import load_runs
     from learnpos.train import resolve_device
 
     device = resolve_device(args.device)
-    model, cfg, task = load_run(args.run, device)
+    model, cfg, task = load_runs(args.run, device)
     if cfg.task != "kg":
-        raise ConfigError(f"{args.run} is a '{cfg.task}' run; `learnpos kg predict` needs a run of task kg")
+        raise ConfigError(f"{args.run[0]} is a '{cfg.task}' run; `learnpos kg predict` needs a run of task kg")
     rows = task.predict(model, args.relation, head=args.head, tail=args.tail, top=args.top)
     if args.json:
         _emit_json({"head": args.head, "relation": args.relation, "tail": args.tail, "predictions": rows})
@@ -319,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained run on its held-out set")
-    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--run", required=True, action="append",
+                   help="run directory; kg: repeat it to evaluate the runs as an ensemble (the mean of their "
+                        "log-softmax scores)")
     p.add_argument("--length", type=int, default=0, help="evaluate on sequences of this length instead")
     p.add_argument("--split", help="which split (kg: train, valid, test; default: the task's held-out split)")
     p.add_argument("--save-scores", metavar="FILE", help="kg: write the score matrix, queries and vocabularies "
@@ -379,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kg", help="knowledge-graph runs: learnpos kg predict --run DIR --head H --relation R")
     p.add_argument("action", choices=["predict"])
-    p.add_argument("--run", required=True, help="run directory of a kg run")
+    p.add_argument("--run", required=True, action="append",
+                   help="run directory of a kg run; repeat it to ask an ensemble (scores: mean log-probability)")
     p.add_argument("--relation", required=True)
     side = p.add_mutually_exclusive_group(required=True)
     side.add_argument("--head", help="predict the tails of (HEAD, RELATION, ?)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from learnpos.config import Config, load_run_config
-from learnpos.errors import RunDirError
+from learnpos.errors import ConfigError, RunDirError
 from learnpos.model import GPT
 from learnpos.runs import CONFIG_FILE, load_weights, model_checkpoint
 from learnpos.tasks import Task, build_task
@@ -36,3 +36,23 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[G
     load_weights(model, model_checkpoint(run_dir))  # the best evaluation's weights where the run kept them
     model.eval()
     return model, cfg, task
+
+
+def load_runs(run_dirs: list[str | Path], device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, Task]:
+    """One run as `load_run`; several as the task's ensemble of them (`Task.ensemble`), with
+    the first run's config and task, which the evaluation then uses."""
+    seen: dict[Path, str] = {}
+    for d in run_dirs:
+        if Path(d).resolve() in seen:
+            raise ConfigError(f"{d} is given twice (as {seen[Path(d).resolve()]}); an ensemble takes each run once")
+        seen[Path(d).resolve()] = str(d)
+    loaded = [load_run(d, device) for d in run_dirs]
+    model, cfg, task = loaded[0]
+    if len(loaded) == 1:
+        return model, cfg, task
+    names = [str(d) for d in run_dirs]
+    for (_, other, _), name in zip(loaded[1:], names[1:], strict=True):
+        if other.task != cfg.task:
+            raise ConfigError(f"{name} is a '{other.task}' run and {names[0]} a '{cfg.task}' run: an ensemble's "
+                              f"runs must be of one task")
+    return task.ensemble([m for m, _, _ in loaded], [t for _, _, t in loaded[1:]], names), cfg, task

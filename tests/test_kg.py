@@ -333,6 +333,103 @@ def test_eval_split_save_scores_and_predict(toy_run):
     assert bad.returncode == 2 and "evaluates train, valid, test" in bad.stderr
 
 
+def _tiny_kg_run(root, name, data, **sets):
+    from learnpos.train import train
+
+    over = {"kg.data": str(data), "kg.dataset": "toy", "model.n_layer": "1", "model.n_embd": "32",
+            "train.max_iters": "40", "train.eval_interval": "40", "train.warmup_iters": "5", "train.batch_size": "32",
+            "train.lr": "3e-3", "train.out_dir": str(root / name), **sets}
+    train(load_config("kg-umls", over), quiet=True)
+    return root / name
+
+
+def test_ensemble_ranks_the_mean_of_the_members_log_softmax(tmp_path):
+    """`learnpos eval --run A --run B` ranks the mean of the members' log-softmax scores: the
+    same MRR as ranking that mean computed here from each run alone (either member alone gives
+    other ranks on these under-trained runs)."""
+    from learnpos.load import load_run, load_runs
+
+    root, tri = tmp_path, toy_graph(40)
+    data = write_dataset(root / "toy", tri, tri[:20], tri[20:40])
+    first, second = (_tiny_kg_run(root, f"tiny-{seed}", data, **{"train.seed": seed}) for seed in ("3", "7"))
+    ensemble, _, task = load_runs([first, second])
+    ours = task.evaluate(ensemble, torch.device("cpu"), split="test")
+    members = [load_run(d)[0] for d in (first, second)]
+    test, acc, alone = task.data.split("test"), RankAccumulator(), [RankAccumulator(), RankAccumulator()]
+    for direction, column in (("tail", 2), ("head", 0)):
+        idx = torch.from_numpy(task.queries(test, direction)[0])
+        with torch.no_grad():
+            scores = [task.scores(m, idx).float() for m in members]
+        answers, known = torch.from_numpy(test[:, column]), task.known.mask(direction, test)
+        mean = torch.stack([s.log_softmax(-1) for s in scores]).mean(0)
+        acc.add(direction, filtered_ranks(mean, answers, known))
+        for member, s in zip(alone, scores, strict=True):
+            member.add(direction, filtered_ranks(s, answers, known))
+    assert ours["mrr"] == pytest.approx(acc.metrics()["mrr"], abs=1e-6)
+    assert all(abs(m.metrics()["mrr"] - ours["mrr"]) > 1e-3 for m in alone)  # both members count
+    assert ours["queries"] == 40
+    r = cli("eval", "--run", str(first), "--run", str(second), "--split", "test", "--json", cwd=root)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout.strip().splitlines()[-1])
+    assert shown["runs"] == [str(first), str(second)] and shown["mrr"] == pytest.approx(ours["mrr"], abs=1e-6)
+    p = cli("kg", "predict", "--run", str(first), "--run", str(second), "--head", "e0", "--relation", "next",
+            "--top", "3", "--json", cwd=root)
+    assert p.returncode == 0, p.stderr
+    preds = json.loads(p.stdout.strip().splitlines()[-1])["predictions"]
+    assert len(preds) == 3 and all(x["score"] <= 0 for x in preds)  # mean log-probabilities
+    assert [x["score"] for x in preds] == sorted((x["score"] for x in preds), reverse=True)
+
+
+def test_ensemble_refuses_runs_that_do_not_combine(toy_run, tmp_path):
+    root, _ = toy_run
+    run = str(root / "run")
+    coke = _tiny_kg_run(tmp_path, "coke", root / "toy", **{"kg.queries": "coke"})
+    other = write_dataset(tmp_path / "other", toy_graph(16, seed=1), toy_graph(16, seed=1)[:6],
+                          toy_graph(16, seed=1)[6:12])
+    elsewhere = _tiny_kg_run(tmp_path, "elsewhere", other)
+    cases = [((run, run), "is given twice"),
+             ((run, str(coke)), "must read the same queries"),
+             ((run, str(elsewhere)), "trained on other data")]
+    for runs, message in cases:
+        r = cli("eval", *[a for d in runs for a in ("--run", d)], cwd=tmp_path)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (runs, r.stderr)
+
+
+def test_only_kg_runs_make_an_ensemble(toy_run, tmp_path):
+    from learnpos.train import train
+
+    for seed in ("1", "2"):
+        train(load_config("study-copy", {"train.max_iters": "2", "train.eval_interval": "2", "train.seed": seed,
+                                         "train.warmup_iters": "1",
+                                         "train.out_dir": str(tmp_path / seed)}), quiet=True)
+    r = cli("eval", "--run", str(tmp_path / "1"), "--run", str(tmp_path / "2"), cwd=tmp_path)
+    assert r.returncode == 2 and "evaluates one run at a time" in r.stderr, r.stderr
+    r = cli("eval", "--run", str(toy_run[0] / "run"), "--run", str(tmp_path / "1"), cwd=tmp_path)
+    assert r.returncode == 2 and "must be of one task" in r.stderr, r.stderr
+
+
+def test_benchmark_ensemble_trains_distinct_seeds_and_ranks_them_together(toy_run, tmp_path, monkeypatch):
+    """benchmarks/kg_vs_pykeen.py --ensemble: each member its own seed (seed + 1000 j), trained
+    as a `learnpos train` process, the ensemble ranked over all of them."""
+    from learnpos.config import load_run_config
+    from learnpos.load import load_runs
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import kg_vs_pykeen
+
+    root, _ = toy_run
+    sets = ["model.n_embd=32", "train.eval_interval=10", "train.warmup_iters=2", "train.batch_size=16"]
+    single, ensemble = kg_vs_pykeen.run_ensemble("umls", str(root / "toy"), "5", 10, sets, str(tmp_path), 2, 2)
+    dirs = [tmp_path / f"learnpos-5-{j}" for j in range(2)]
+    assert [load_run_config(d / "config.json").train.seed for d in dirs] == [5, 1005]
+    assert [load_run_config(d / "config.json").model.n_embd for d in dirs] == [32, 32]
+    model, _, task = load_runs(dirs)
+    assert ensemble["mrr"] == pytest.approx(task.evaluate(model, torch.device("cpu"), split="test")["mrr"], abs=1e-6)
+    first, _, task = load_runs(dirs[:1])
+    assert single["mrr"] == pytest.approx(task.evaluate(first, torch.device("cpu"), split="test")["mrr"], abs=1e-6)
+    assert single["mrr"] != ensemble["mrr"]
+
+
 def test_kg_config_errors():
     with pytest.raises(ConfigError, match="needs a bidirectional encoder"):
         load_config("kg-umls", {"model.causal": "true"})

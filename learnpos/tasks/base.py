@@ -121,6 +121,13 @@ class Task:
         values (data, drawn by the report), from an evaluation of `model`. Default: none."""
         return []
 
+    def ensemble(self, models: list[nn.Module], others: list[Task], names: list[str]) -> nn.Module:
+        """One model standing for several runs of this task (`learnpos eval --run A --run B`):
+        `models` in order, this task first, `others` the tasks of the rest, `names` their run
+        directories for error messages. Raise ConfigError where the runs cannot be combined.
+        Default: the task evaluates one run at a time."""
+        raise ConfigError(f"task '{self.name}' evaluates one run at a time; give a single --run")
+
     def respond(self, model, prompt: str, max_new_tokens: int = 200, stream=None, **options) -> str:
         """Answer one text prompt (used by `learnpos generate`); `stream(text)` gets pieces as
         they are produced. `options`: sampling (temperature, top_k, top_p, generator) and

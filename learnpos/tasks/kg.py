@@ -90,6 +90,18 @@ class EntityHead(nn.Module):
         return x @ entity_emb[entities].to(x.dtype).T + self.bias[entities]
 
 
+class Ensemble(nn.Module):
+    """Several runs of the same data and query convention scored as one model: the mean of
+    their log-softmax scores over the entities, the log of the members' geometric-mean
+    probability up to a constant per query. (The ranks are those of the mean raw score too,
+    log-softmax being a shift per query; it makes the saved scores and the loss comparable
+    across members.)"""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+
 @register
 class KGTask(Task):
     name = "kg"
@@ -177,6 +189,9 @@ class KGTask(Task):
     def scores(self, model, idx: Tensor, entities: Tensor | None = None) -> Tensor:
         """(B, E) scores of the entity at each query's MASK; given `entities` (N,) ids, (B, N)
         scores of those entities only (sampled training)."""
+        if isinstance(model, Ensemble):
+            assert entities is None, "an ensemble scores every entity (it is evaluated, not trained)"
+            return torch.stack([F.log_softmax(self.scores(m, idx).float(), -1) for m in model.members]).mean(0)
         where = (idx == self.MASK).long().argmax(1, keepdim=True)  # (B, 1): one MASK per query
         at_mask = model(idx, return_hidden=True, read=where).hidden[:, 0]  # (B, C): the last block runs at MASK only
         head = model.heads["entity"]
@@ -226,6 +241,20 @@ class KGTask(Task):
         eps = self.kg.label_smoothing
         per_query = (1 - eps) * nll - eps * logp.mean(-1) if eps else nll
         return per_query.mean()
+
+    def ensemble(self, models: list[nn.Module], others: list[Task], names: list[str]) -> Ensemble:
+        """The runs as one `Ensemble`; they must share kg.queries and their data (every split's
+        triples and both vocabularies), so a query means the same token ids to every member."""
+        for other, name in zip(others, names[1:], strict=True):
+            if other.kg.queries != self.kg.queries:
+                raise ConfigError(f"{name} has kg.queries={other.kg.queries}, {names[0]} {self.kg.queries}: an "
+                                  f"ensemble's runs must read the same queries")
+            same = (other.data.entities == self.data.entities and other.data.relations == self.data.relations
+                    and all(np.array_equal(other.data.split(s), self.data.split(s)) for s in SPLITS))
+            if not same:
+                raise ConfigError(f"{name} was trained on other data than {names[0]} ({other.kg.dataset} vs "
+                                  f"{self.kg.dataset}): an ensemble's runs must share their triples and vocabularies")
+        return Ensemble(models)
 
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -4,7 +4,7 @@ realistic ranks).
 
     python benchmarks/kg_vs_pykeen.py --dataset umls [--json] [--data PATH] [--seeds 1337,1,2]
         [--models ConvE,TuckER,RotatE,ComplEx-N3,DistMult-N3] [--epochs 200] [--steps N]
-        [--set section.key=value ...] [--ensemble K]
+        [--set section.key=value ...] [--ensemble K [--jobs J]]
 
 PyKEEN's defaults are not used (its default DistMult/ComplEx are badly under-regularised in
 the 1-N regime); every model trains with 1-N scoring (LCWA) and, where it takes them,
@@ -129,10 +129,9 @@ def run_ensemble(dataset: str, data: str, seed: str, steps: int, sets: list[str]
                  jobs: int) -> tuple[dict, dict]:
     """(the first member alone, the ensemble) of `members` runs with seeds seed, seed + 1000, ...
     (disjoint across --seeds 1337,1,2), trained as `learnpos train` processes, `jobs` at a time,
-    each with this process's threads divided among the jobs (a run this small gains nothing from
-    a second thread: the side-by-side two-member run keeps both cores busy). The ensemble's wall
-    time runs from the first start to its test ranking; the first member's is its own training
-    (as it ran, beside the others) plus its ranking."""
+    each with this process's threads divided among the jobs (`--jobs 1`: one after another with
+    all of them). The ensemble's wall time runs from the first start to its test ranking; the
+    first member's is its own training (as it ran, beside the others) plus its ranking."""
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // jobs))}
     dirs = [f"{tmp}/learnpos-{seed}-{j}" for j in range(members)]
@@ -176,6 +175,9 @@ def main() -> None:
                          "timed together; the ratio then uses the ensemble")
     ap.add_argument("--jobs", type=int, default=2, help="ensemble members trained at once (threads split among them)")
     args = ap.parse_args()
+    if args.ensemble < 1 or (args.ensemble > 1 and not 1 <= args.jobs <= torch.get_num_threads()):
+        ap.error(f"--ensemble must be at least 1 and --jobs between 1 and the {torch.get_num_threads()} threads "
+                 f"(got {args.ensemble} and {args.jobs})")
     folder = dataset_path(args.dataset, args.data)
     print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; {args.dataset} from {folder}", flush=True)
     seeds = args.seeds.split(",")
@@ -209,6 +211,7 @@ def main() -> None:
                        "learnpos_mrr": mean[ours]["mrr"], "learnpos_mrr_std": spread[ours],
                        "learnpos_single_mrr": mean[SINGLE]["mrr"], "learnpos_single_mrr_std": spread[SINGLE],
                        "learnpos_single_wall_s": mean[SINGLE]["wall_s"],
+                       "single_ratio": mean[SINGLE]["mrr"] / pykeen[best]["mrr"] if best else None,
                        "best_pykeen_model": best, "best_pykeen_mrr": pykeen[best]["mrr"] if best else None,
                        "ratio": ratio, "learnpos_wall_s": mean[ours]["wall_s"],
                        "pykeen_wall_s": pykeen[best]["wall_s"] if best else None, "pykeen_epochs": args.epochs})

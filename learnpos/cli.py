@@ -251,9 +251,7 @@ def cmd_kg(args, overrides) -> int:
     from learnpos.train import resolve_device
 
     device = resolve_device(args.device)
-    model, cfg, task = load_runs(args.run, device)
-    if cfg.task != "kg":
-        raise ConfigError(f"{args.run[0]} is a '{cfg.task}' run; `learnpos kg predict` needs a run of task kg")
+    model, cfg, task = load_runs(args.run, device, command=("learnpos kg predict", "kg"))
     rows = task.predict(model, args.relation, head=args.head, tail=args.tail, top=args.top)
     if args.json:
         _emit_json({"head": args.head, "relation": args.relation, "tail": args.tail, "predictions": rows})

@@ -38,15 +38,21 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[G
     return model, cfg, task
 
 
-def load_runs(run_dirs: list[str | Path], device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, Task]:
+def load_runs(run_dirs: list[str | Path], device: str | torch.device = "cpu",
+              command: tuple[str, str] | None = None) -> tuple[torch.nn.Module, Config, Task]:
     """One run as `load_run`; several as the task's ensemble of them (`Task.ensemble`), with
-    the first run's config and task, which the evaluation then uses."""
+    the first run's config and task, which the evaluation then uses. `command`: (its name, the
+    task it needs), checked for every run before anything is combined."""
     seen: dict[Path, str] = {}
     for d in run_dirs:
         if Path(d).resolve() in seen:
             raise ConfigError(f"{d} is given twice (as {seen[Path(d).resolve()]}); an ensemble takes each run once")
         seen[Path(d).resolve()] = str(d)
     loaded = [load_run(d, device) for d in run_dirs]
+    if command is not None:
+        for d, (_, c, _) in zip(run_dirs, loaded, strict=True):
+            if c.task != command[1]:
+                raise ConfigError(f"{d} is a '{c.task}' run; `{command[0]}` needs a run of task {command[1]}")
     model, cfg, task = loaded[0]
     if len(loaded) == 1:
         return model, cfg, task
@@ -55,4 +61,7 @@ def load_runs(run_dirs: list[str | Path], device: str | torch.device = "cpu") ->
         if other.task != cfg.task:
             raise ConfigError(f"{name} is a '{other.task}' run and {names[0]} a '{cfg.task}' run: an ensemble's "
                               f"runs must be of one task")
+        if other.train.dtype != cfg.train.dtype:  # the evaluation runs under one autocast: the first run's
+            raise ConfigError(f"{name} has train.dtype={other.train.dtype}, {names[0]} {cfg.train.dtype}: an "
+                              f"ensemble is evaluated in one precision, so its runs must share train.dtype")
     return task.ensemble([m for m, _, _ in loaded], [t for _, _, t in loaded[1:]], names), cfg, task

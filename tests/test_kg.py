@@ -305,7 +305,7 @@ def test_eval_split_save_scores_and_predict(toy_run):
             cwd=root)
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
-    assert m["ranked_split"] == "test" and m["queries"] == 12
+    assert m["ranked_split"] == "test" and m["queries"] == 12 and m["run_dir"] == str(run)
     with safe_open(root / "s.safetensors", framework="pt") as f:
         scores, queries, meta = f.get_tensor("scores"), f.get_tensor("queries"), f.metadata()
     entities = json.loads(meta["entities"])
@@ -355,29 +355,39 @@ def test_ensemble_ranks_the_mean_of_the_members_log_softmax(tmp_path):
     ensemble, _, task = load_runs([first, second])
     ours = task.evaluate(ensemble, torch.device("cpu"), split="test")
     members = [load_run(d)[0] for d in (first, second)]
-    test, acc, alone = task.data.split("test"), RankAccumulator(), [RankAccumulator(), RankAccumulator()]
+    test, acc, alone, means = task.data.split("test"), RankAccumulator(), [RankAccumulator(), RankAccumulator()], {}
     for direction, column in (("tail", 2), ("head", 0)):
         idx = torch.from_numpy(task.queries(test, direction)[0])
         with torch.no_grad():
             scores = [task.scores(m, idx).float() for m in members]
         answers, known = torch.from_numpy(test[:, column]), task.known.mask(direction, test)
         mean = torch.stack([s.log_softmax(-1) for s in scores]).mean(0)
+        means[direction] = mean
         acc.add(direction, filtered_ranks(mean, answers, known))
         for member, s in zip(alone, scores, strict=True):
             member.add(direction, filtered_ranks(s, answers, known))
     assert ours["mrr"] == pytest.approx(acc.metrics()["mrr"], abs=1e-6)
     assert all(abs(m.metrics()["mrr"] - ours["mrr"]) > 1e-3 for m in alone)  # both members count
     assert ours["queries"] == 40
-    r = cli("eval", "--run", str(first), "--run", str(second), "--split", "test", "--json", cwd=root)
+    saved = root / "scores.safetensors"
+    r = cli("eval", "--run", str(first), "--run", str(second), "--split", "test", "--json", "--save-scores",
+            str(saved), cwd=root)
     assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout.strip().splitlines()[-1])
     assert shown["runs"] == [str(first), str(second)] and shown["mrr"] == pytest.approx(ours["mrr"], abs=1e-6)
+    with safe_open(saved, framework="pt") as f:  # the tail queries come first, in split order
+        assert torch.allclose(f.get_tensor("scores")[:len(test)], means["tail"], atol=1e-5)
+        assert json.loads(f.metadata()["members"]) == [str(first), str(second)]
+
     p = cli("kg", "predict", "--run", str(first), "--run", str(second), "--head", "e0", "--relation", "next",
             "--top", "3", "--json", cwd=root)
     assert p.returncode == 0, p.stderr
     preds = json.loads(p.stdout.strip().splitlines()[-1])["predictions"]
-    assert len(preds) == 3 and all(x["score"] <= 0 for x in preds)  # mean log-probabilities
-    assert [x["score"] for x in preds] == sorted((x["score"] for x in preds), reverse=True)
+    idx = torch.from_numpy(task.queries(np.array([[task.entity_id("e0"), task.relation_id("next"), 0]]), "tail")[0])
+    with torch.no_grad():
+        expected = torch.stack([task.scores(m, idx)[0].float().log_softmax(-1) for m in members]).mean(0).topk(3)
+    assert [x["entity"] for x in preds] == [task.data.entities[i] for i in expected.indices.tolist()]
+    assert [x["score"] for x in preds] == pytest.approx(expected.values.tolist(), abs=1e-5)
 
 
 def test_ensemble_refuses_runs_that_do_not_combine(toy_run, tmp_path):
@@ -387,9 +397,15 @@ def test_ensemble_refuses_runs_that_do_not_combine(toy_run, tmp_path):
     other = write_dataset(tmp_path / "other", toy_graph(16, seed=1), toy_graph(16, seed=1)[:6],
                           toy_graph(16, seed=1)[6:12])
     elsewhere = _tiny_kg_run(tmp_path, "elsewhere", other)
+    from learnpos.config import load_run_config
+
+    ran = load_run_config(root / "run" / "config.json").train.dtype  # as resolved on this machine
+    other_dtype = _tiny_kg_run(tmp_path, "dtype", root / "toy",
+                               **{"train.dtype": "bfloat16" if ran == "float32" else "float32"})
     cases = [((run, run), "is given twice"),
              ((run, str(coke)), "must read the same queries"),
-             ((run, str(elsewhere)), "trained on other data")]
+             ((run, str(elsewhere)), "reads other data"),
+             ((run, str(other_dtype)), "must share train.dtype")]
     for runs, message in cases:
         r = cli("eval", *[a for d in runs for a in ("--run", d)], cwd=tmp_path)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (runs, r.stderr)
@@ -406,6 +422,9 @@ def test_only_kg_runs_make_an_ensemble(toy_run, tmp_path):
     assert r.returncode == 2 and "evaluates one run at a time" in r.stderr, r.stderr
     r = cli("eval", "--run", str(toy_run[0] / "run"), "--run", str(tmp_path / "1"), cwd=tmp_path)
     assert r.returncode == 2 and "must be of one task" in r.stderr, r.stderr
+    r = cli("kg", "predict", "--run", str(tmp_path / "1"), "--run", str(tmp_path / "2"), "--head", "e0",
+            "--relation", "next", cwd=tmp_path)
+    assert r.returncode == 2 and "`learnpos kg predict` needs a run of task kg" in r.stderr, r.stderr
 
 
 def test_benchmark_ensemble_trains_distinct_seeds_and_ranks_them_together(toy_run, tmp_path, monkeypatch):

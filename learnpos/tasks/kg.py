@@ -97,9 +97,9 @@ class Ensemble(nn.Module):
     log-softmax being a shift per query; it makes the saved scores and the loss comparable
     across members.)"""
 
-    def __init__(self, members: list[nn.Module]):
+    def __init__(self, members: list[nn.Module], names: list[str]):
         super().__init__()
-        self.members = nn.ModuleList(members)
+        self.members, self.names = nn.ModuleList(members), names
 
 
 @register
@@ -249,12 +249,15 @@ class KGTask(Task):
             if other.kg.queries != self.kg.queries:
                 raise ConfigError(f"{name} has kg.queries={other.kg.queries}, {names[0]} {self.kg.queries}: an "
                                   f"ensemble's runs must read the same queries")
-            same = (other.data.entities == self.data.entities and other.data.relations == self.data.relations
-                    and all(np.array_equal(other.data.split(s), self.data.split(s)) for s in SPLITS))
-            if not same:
-                raise ConfigError(f"{name} was trained on other data than {names[0]} ({other.kg.dataset} vs "
-                                  f"{self.kg.dataset}): an ensemble's runs must share their triples and vocabularies")
-        return Ensemble(models)
+            differ = [what for what, a, b in (("entities", other.data.entities, self.data.entities),
+                                              ("relations", other.data.relations, self.data.relations))
+                      if a != b] + [f"{s} triples" for s in SPLITS
+                                    if not np.array_equal(other.data.split(s), self.data.split(s))]
+            if differ:
+                theirs, ours = (t.kg.data or f"PyKEEN's {t.kg.dataset}" for t in (other, self))
+                raise ConfigError(f"{name} reads other data than {names[0]} ({theirs} vs {ours}: "
+                                  f"{', '.join(differ)} differ); an ensemble's runs must share their data")
+        return Ensemble(models, names)
 
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -297,6 +300,9 @@ class KGTask(Task):
             meta = {"entities": json.dumps(self.data.entities), "relations": json.dumps(self.data.relations),
                     "dataset": self.kg.dataset, "split": split, "kg.queries": self.kg.queries,
                     "columns": "head, relation, tail, direction (0 = tail query, 1 = head query)"}
+            if isinstance(model, Ensemble):
+                meta |= {"members": json.dumps(model.names),
+                         "scores": f"the mean log-softmax of {len(model.names)} runs' scores"}
             atomic_write(Path(save_scores), lambda tmp: save_file(tensors, tmp, metadata=meta))
         return {"loss": loss_sum / count, **acc.metrics(), "ranked_split": split,
                 "unseen_excluded": int(self.data.unseen.get(split, 0))}

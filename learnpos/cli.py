@@ -257,7 +257,8 @@ def cmd_kg(args, overrides) -> int:
         _emit_json({"head": args.head, "relation": args.relation, "tail": args.tail, "predictions": rows})
         return 0
     query = f"({args.head}, {args.relation}, ?)" if args.head is not None else f"(?, {args.relation}, {args.tail})"
-    print(f"{query}: top {len(rows)} of {task.E} entities (* = a known true triple)")
+    scores = f"; scores: mean log-probability of {len(args.run)} runs" if len(args.run) > 1 else ""
+    print(f"{query}: top {len(rows)} of {task.E} entities (* = a known true triple{scores})")
     for i, r in enumerate(rows, 1):
         print(f"{i:3d}. {r['entity']}  {r['score']:.3f}{'  *' if r['known'] else ''}")
     return 0

@@ -388,6 +388,9 @@ def test_ensemble_ranks_the_mean_of_the_members_log_softmax(tmp_path):
         expected = torch.stack([task.scores(m, idx)[0].float().log_softmax(-1) for m in members]).mean(0).topk(3)
     assert [x["entity"] for x in preds] == [task.data.entities[i] for i in expected.indices.tolist()]
     assert [x["score"] for x in preds] == pytest.approx(expected.values.tolist(), abs=1e-5)
+    shown = cli("kg", "predict", "--run", str(first), "--run", str(second), "--head", "e0", "--relation", "next",
+                cwd=root)
+    assert shown.returncode == 0 and "scores: mean log-probability of 2 runs" in shown.stdout, shown.stderr
 
 
 def test_ensemble_refuses_runs_that_do_not_combine(toy_run, tmp_path):

@@ -16,7 +16,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -188,6 +188,18 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "learnpos")),
             "date": datetime.date.today().isoformat()}
+
+
+def kg_overrides(dataset: str, seed: str | int, out_dir: str, data: str = "", sets: Sequence[str] = (),
+                 steps: int = 0) -> dict[str, str]:
+    """The overrides a KG benchmark run puts on the `kg-<dataset>` preset: its seed and run
+    directory, the dataset (`data`: its folder; "" = PyKEEN's copy), then `sets` ("key=value"),
+    then train.max_iters where `steps` is given."""
+    over = {"train.seed": str(seed), "train.out_dir": out_dir, "kg.dataset": dataset, "kg.data": data,
+            **dict(s.split("=", 1) for s in sets)}
+    if steps:
+        over["train.max_iters"] = str(steps)
+    return over
 
 
 def emit(as_json: bool, result: dict) -> None:

@@ -35,13 +35,8 @@ def run_config(dataset: str, kind: str, seed: str, out_dir: str, data: str = "",
     """The `kg-<dataset>` preset with `kind` positions and coke queries, whatever the preset's own
     queries: with reciprocal ones the inverse relation, not the position, would tell a head query
     from a tail query, and the table would not measure what the positions do."""
-    over = {"model.positional.kind": kind, "train.seed": seed, "train.out_dir": out_dir, "kg.dataset": dataset,
-            "kg.queries": "coke", **dict(s.split("=", 1) for s in sets)}
-    if data:
-        over["kg.data"] = data
-    if steps:
-        over["train.max_iters"] = str(steps)
-    return load_config(f"kg-{dataset}", over)
+    sets = ["model.positional.kind=" + kind, "kg.queries=coke", *sets]
+    return load_config(f"kg-{dataset}", C.kg_overrides(dataset, seed, out_dir, data, sets, steps))
 
 
 def main() -> None:

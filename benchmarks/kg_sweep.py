@@ -26,9 +26,7 @@ from learnpos.train import train
 
 
 def run_variant(dataset: str, data: str, seed: str, variant: str, out_dir: str) -> dict:
-    over = {"train.seed": seed, "train.out_dir": out_dir, "kg.dataset": dataset, "kg.data": data,
-            **dict(s.split("=", 1) for s in variant.split())}
-    cfg = load_config(f"kg-{dataset}", over)
+    cfg = load_config(f"kg-{dataset}", C.kg_overrides(dataset, seed, out_dir, data, variant.split()))
     t0 = time.perf_counter()
     train(cfg, quiet=True)
     wall = time.perf_counter() - t0

@@ -116,11 +116,7 @@ def run_pykeen(name: str, folder: Path, epochs: int, seed: int) -> dict:
 def run_learnpos(dataset: str, data: str, seed: str, steps: int, sets: list[str], tmp: str) -> dict:
     """One learnpos run, trained and ranked in this process with its threads."""
     t0 = time.perf_counter()
-    over = {"train.seed": seed, "train.out_dir": f"{tmp}/learnpos-{seed}", "kg.dataset": dataset, "kg.data": data,
-            **dict(s.split("=", 1) for s in sets)}
-    if steps:
-        over["train.max_iters"] = str(steps)
-    cfg = load_config(f"kg-{dataset}", over)
+    cfg = load_config(f"kg-{dataset}", C.kg_overrides(dataset, seed, f"{tmp}/learnpos-{seed}", data, sets, steps))
     train(cfg, quiet=True)
     return _test_metrics([cfg.train.out_dir], t0)
 
@@ -137,10 +133,10 @@ def run_ensemble(dataset: str, data: str, seed: str, steps: int, sets: list[str]
     dirs = [f"{tmp}/learnpos-{seed}-{j}" for j in range(members)]
 
     def member(j: int) -> float:
-        over = [f"--train.seed={int(seed) + 1000 * j}", f"--train.out_dir={dirs[j]}", f"--kg.dataset={dataset}",
-                f"--kg.data={data}", *(f"--{s}" for s in sets), *([f"--train.max_iters={steps}"] if steps else [])]
-        r = subprocess.run([sys.executable, "-m", "learnpos", "train", "--preset", f"kg-{dataset}", *over, "--quiet",
-                            "--json"], env=env, capture_output=True, text=True)
+        over = C.kg_overrides(dataset, int(seed) + 1000 * j, dirs[j], data, sets, steps)
+        r = subprocess.run([sys.executable, "-m", "learnpos", "train", "--preset", f"kg-{dataset}",
+                            *(f"--{k}={v}" for k, v in over.items()), "--quiet", "--json"],
+                           env=env, capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(f"ensemble member {j} (seed {int(seed) + 1000 * j}) failed:\n{r.stderr}")
         return json.loads(r.stdout.strip().splitlines()[-1])["wall_s"]

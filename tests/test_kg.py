@@ -394,14 +394,13 @@ def test_ensemble_ranks_the_mean_of_the_members_log_softmax(tmp_path):
 
 
 def test_ensemble_refuses_runs_that_do_not_combine(toy_run, tmp_path):
+    from learnpos.config import load_run_config
+
     root, _ = toy_run
     run = str(root / "run")
     coke = _tiny_kg_run(tmp_path, "coke", root / "toy", **{"kg.queries": "coke"})
-    other = write_dataset(tmp_path / "other", toy_graph(16, seed=1), toy_graph(16, seed=1)[:6],
-                          toy_graph(16, seed=1)[6:12])
-    elsewhere = _tiny_kg_run(tmp_path, "elsewhere", other)
-    from learnpos.config import load_run_config
-
+    tri = toy_graph(16, seed=1)
+    elsewhere = _tiny_kg_run(tmp_path, "elsewhere", write_dataset(tmp_path / "other", tri, tri[:6], tri[6:12]))
     ran = load_run_config(root / "run" / "config.json").train.dtype  # as resolved on this machine
     other_dtype = _tiny_kg_run(tmp_path, "dtype", root / "toy",
                                **{"train.dtype": "bfloat16" if ran == "float32" else "float32"})

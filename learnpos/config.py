@@ -80,6 +80,10 @@ class ModelConfig:
     attn_dropout: float | None = None  # on the attention probabilities (None = dropout)
     resid_dropout: float | None = None  # on each block's attention and MLP outputs (None = dropout)
     bias: bool = True  # biases in Linear and LayerNorm (GPT-2 has them)
+    # gelu: GPT-2's proj(gelu(fc(x))); swiglu: proj(silu(fc(x)) * gate(x)) (Shazeer 2020, as in
+    # LLaMA), whose product multiplies features of the tokens attention mixed (the kg-kinships preset)
+    mlp: str = "gelu"
+    mlp_hidden: int = 0  # the MLP's inner width; 0 = 4 * n_embd (gelu), 8 * n_embd // 3 (swiglu: same parameters)
     tie_weights: bool = True  # share the token embedding with the output head
     causal: bool = True  # false = bidirectional encoder (masked-token tasks, KG completion)
     # auto: the CPU bf16 matmul kernel where it was measured faster (learnpos.attention), SDPA
@@ -436,6 +440,7 @@ def config_diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]
 
 POSITIONAL_KINDS = ("learned", "sinusoidal", "rope", "alibi", "none")
 LEARNED_INITS = ("normal", "zeros", "sinusoidal", "randn")
+MLP_KINDS = ("gelu", "swiglu")
 
 
 def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
@@ -451,6 +456,7 @@ def validate(cfg: Config) -> None:
     _choice(p.kind, POSITIONAL_KINDS, "model.positional.kind")
     _choice(p.init, LEARNED_INITS, "model.positional.init")
     _choice(m.attention, ("auto", "sdpa", "matmul"), "model.attention")
+    _choice(m.mlp, MLP_KINDS, "model.mlp")
     _choice(t.optimizer, ("adamw", "sgd"), "train.optimizer")
     _choice(t.dtype, ("auto", "float32", "bfloat16"), "train.dtype")
     _choice(t.early_stop_mode, ("max", "min"), "train.early_stop_mode")
@@ -466,6 +472,8 @@ def validate(cfg: Config) -> None:
                        ("train.eval_interval", t.eval_interval), ("train.log_interval", t.log_interval)]:
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if m.mlp_hidden < 0:
+        raise ConfigError(f"model.mlp_hidden must be >= 0 (0 = the width model.mlp implies), got {m.mlp_hidden}")
     if m.vocab_size < 0:
         raise ConfigError(f"model.vocab_size must be >= 0 (0 = from the task), got {m.vocab_size}")
     if m.n_embd % m.n_head != 0:

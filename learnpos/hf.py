@@ -72,6 +72,8 @@ def exportable(cfg: Config, model) -> None:
         problems.append(f"model.tables ({', '.join(t.name for t in m.tables)}): GPT-2 adds no named tables")
     if not m.causal:
         problems.append("model.causal=false (GPT-2 is a decoder)")
+    if m.mlp != "gelu" or m.mlp_hidden not in (0, 4 * m.n_embd):
+        problems.append(f"model.mlp='{m.mlp}', mlp_hidden={m.mlp_hidden} (GPT-2's MLP is gelu, 4 x n_embd wide)")
     if len(model.heads):
         problems.append(f"the task's own heads ({', '.join(model.heads.keys())})")
     for name, module in model.named_modules():

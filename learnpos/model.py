@@ -19,7 +19,8 @@ C n_embd, nh heads, hs head size, V vocab. Parameter names (the `state_dict` key
 the contract with the NumPy reference and the checkpoint files:
     tok_emb.weight, pos.weight (learned only), tables.{name}.weight, blocks.{i}.ln1.{weight,bias},
     blocks.{i}.attn.qkv.{weight,bias}, blocks.{i}.attn.proj.{weight,bias},
-    blocks.{i}.ln2.*, blocks.{i}.mlp.fc.*, blocks.{i}.mlp.proj.*, ln_f.*, head.weight, heads.{name}.*
+    blocks.{i}.ln2.*, blocks.{i}.mlp.fc.*, blocks.{i}.mlp.gate.* (swiglu only), blocks.{i}.mlp.proj.*, ln_f.*,
+    head.weight, heads.{name}.*
 """
 
 from __future__ import annotations
@@ -164,14 +165,26 @@ class SelfAttention(nn.Module):
         return self.proj(y)
 
 
+def mlp_width(cfg: ModelConfig) -> int:
+    """The MLP's inner width: model.mlp_hidden, or 4C (gelu) / 8C // 3 (swiglu, whose three
+    matrices then hold as many weights as gelu's two)."""
+    return cfg.mlp_hidden or (4 * cfg.n_embd if cfg.mlp == "gelu" else 8 * cfg.n_embd // 3)
+
+
 class MLP(nn.Module):
+    """gelu: proj(gelu(fc(x))), GPT-2's (tanh GELU). swiglu: proj(silu(fc(x)) * gate(x))."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        H = mlp_width(cfg)
+        self.fc = nn.Linear(cfg.n_embd, H, bias=cfg.bias)
+        self.gate = nn.Linear(cfg.n_embd, H, bias=cfg.bias) if cfg.mlp == "swiglu" else None
+        self.proj = nn.Linear(H, cfg.n_embd, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))  # GPT-2's tanh GELU
+        if self.gate is None:
+            return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return self.proj(F.silu(self.fc(x)) * self.gate(x))
 
 
 class Block(nn.Module):

@@ -139,6 +139,10 @@ def test_settings_gpt2_cannot_represent_refuse_export_by_name(tmp_path, corpus):
                                                "train.eval_interval": "2", "train.warmup_iters": "0"})
     with pytest.raises(ConfigError, match="randomize=true"):
         export_hf(rnd, tmp_path / "x")
+    glu = _lm_run(tmp_path / "glu", corpus, **{"model.mlp": "swiglu", "train.max_iters": "2",
+                                               "train.eval_interval": "2", "train.warmup_iters": "0"})
+    with pytest.raises(ConfigError, match="model.mlp='swiglu'"):
+        export_hf(glu, tmp_path / "x")
     demo = tmp_path / "demo"
     train(load_config("demo", {"train.max_iters": "2", "train.warmup_iters": "0", "train.eval_interval": "2",
                                "train.out_dir": str(demo)}), quiet=True)

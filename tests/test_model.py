@@ -219,3 +219,31 @@ def test_dropouts_are_configurable_one_by_one():
 
     with pytest.raises(ConfigError, match="model.attn_dropout must be in"):
         load_config("demo", {"model.attn_dropout": "1.5"})
+
+
+def test_swiglu_mlp_is_the_gated_product_and_as_large_as_gelu():
+    """model.mlp=swiglu: proj(silu(fc(x)) * gate(x)), 8C // 3 wide by default (three matrices with
+    the weights of gelu's two, up to rounding), model.mlp_hidden sets the width of either."""
+    import torch.nn.functional as F
+
+    from learnpos.config import load_config
+    from learnpos.errors import ConfigError
+
+    gelu, swiglu = make("learned"), make("learned", mlp="swiglu")
+    mlp = swiglu.blocks[0].mlp
+    assert mlp.fc.out_features == mlp.gate.out_features == 8 * 32 // 3 and gelu.blocks[0].mlp.gate is None
+    assert abs(swiglu.num_params() - gelu.num_params()) <= 2 * (3 * 32 + 1)  # 85 * 3 rows of C vs 128 * 2
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(mlp(x), mlp.proj(F.silu(mlp.fc(x)) * mlp.gate(x)))
+    assert not torch.allclose(mlp(x), mlp.proj(F.silu(mlp.fc(x))))  # the gate takes part
+    assert make("learned", mlp="swiglu", mlp_hidden=48).blocks[1].mlp.gate.out_features == 48
+    assert make("learned", mlp_hidden=48).blocks[1].mlp.fc.out_features == 48
+    idx = torch.randint(0, V, (2, 6))
+    swiglu.train()(idx, targets=idx).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mlp.parameters())
+    import learnpos.tasks  # noqa: F401  (registers the demo preset's task)
+
+    with pytest.raises(ConfigError, match="model.mlp='relu' is not one of: gelu, swiglu"):
+        load_config("demo", {"model.mlp": "relu"})
+    with pytest.raises(ConfigError, match="model.mlp_hidden must be >= 0"):
+        load_config("demo", {"model.mlp_hidden": "-1"})

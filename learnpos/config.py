@@ -94,6 +94,12 @@ class ModelConfig:
     tables: list[TableConfig] = field(default_factory=list)  # extra learned tables, summed into h
 
 
+def mlp_width(m: ModelConfig) -> int:
+    """The MLP's inner width: model.mlp_hidden, or 4C (gelu) / 8C // 3 (swiglu, whose three
+    matrices then hold as many weights as gelu's two)."""
+    return m.mlp_hidden or (4 * m.n_embd if m.mlp == "gelu" else 8 * m.n_embd // 3)
+
+
 @dataclass
 class TrainConfig:
     optimizer: str = "adamw"  # adamw | sgd (sgd is the seed formula P <- P - lr * dL/dP)

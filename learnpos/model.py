@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from learnpos.attention import attend
-from learnpos.config import ModelConfig
+from learnpos.config import ModelConfig, mlp_width
 from learnpos.positional import (
     LearnedPositionalEmbedding,
     apply_rotary,
@@ -163,12 +163,6 @@ class SelfAttention(nn.Module):
         y = attend(q, k, v, mask, is_causal, dropout_p, self.attention)  # (B, nh, T|R, hs)
         y = y.transpose(1, 2).contiguous().view(B, -1, C)  # (B, T|R, C)
         return self.proj(y)
-
-
-def mlp_width(cfg: ModelConfig) -> int:
-    """The MLP's inner width: model.mlp_hidden, or 4C (gelu) / 8C // 3 (swiglu, whose three
-    matrices then hold as many weights as gelu's two)."""
-    return cfg.mlp_hidden or (4 * cfg.n_embd if cfg.mlp == "gelu" else 8 * cfg.n_embd // 3)
 
 
 class MLP(nn.Module):

@@ -116,6 +116,7 @@ class Case:
     inputs: str = "arange"
     tables: tuple[tuple, ...] = ()  # named extra tables: (name, rows) or (name, rows, weight_decay)
     attention: str = "auto"  # model.attention (float64 -> SDPA under auto)
+    mlp: str = "gelu"  # model.mlp
 
 
 GRAD_CASES = [
@@ -127,6 +128,7 @@ GRAD_CASES = [
     Case("learned + 2 tables", tables=(("turn", 6), ("speaker", 3)), inputs="left-padded"),
     Case("matmul attention", attention="matmul", inputs="left-padded"),
     Case("matmul attention causal", attention="matmul"),
+    Case("swiglu encoder", mlp="swiglu", causal=False, inputs="right-padded"),
 ]
 TABLES_CASE = next(c for c in GRAD_CASES if c.tables)  # the case whose tables `named_table_checks` examines
 TABLE_RECIPES = ["arange", "offset", "left-padded", "repeated", "random ids per row"]
@@ -134,7 +136,7 @@ TABLE_RECIPES = ["arange", "offset", "left-padded", "repeated", "random ids per 
 
 def model_config(case: Case) -> ModelConfig:
     return ModelConfig(vocab_size=V, n_layer=N_LAYER, n_head=N_HEAD, n_embd=C, dropout=0.0, bias=case.bias,
-                       tie_weights=case.tie_weights, causal=case.causal, attention=case.attention,
+                       tie_weights=case.tie_weights, causal=case.causal, attention=case.attention, mlp=case.mlp,
                        positional=PositionalConfig(kind=case.kind, max_len=L),
                        tables=[TableConfig(name=t[0], rows=t[1], weight_decay=bool(t[2:] and t[2]))
                                for t in case.tables])

@@ -37,6 +37,8 @@ CASES = {
     "none": Case("none", kind="none"),
     "untied head": Case("untied head", tie_weights=False, inputs="offset"),
     "no bias": Case("no bias", bias=False, inputs="repeated"),
+    "swiglu": Case("swiglu", mlp="swiglu", inputs="left-padded"),
+    "swiglu no bias": Case("swiglu no bias", mlp="swiglu", bias=False, causal=False, inputs="right-padded"),
 }
 TABLE_RECIPES = ["arange", "offset", "left-padded", "repeated", "random ids per row"]
 
@@ -272,6 +274,15 @@ def test_gelu_linear_and_embedding_pairs_match_torch():
     (ty * torch.from_numpy(dout)).sum().backward()
     assert rel(y, ty.detach().numpy()) <= 1e-14 and rel(layers.gelu_backward(dout, cache), tx.grad.numpy()) <= 1e-14
 
+    g = rng.normal(size=(2, 3, 5))
+    y, cache = layers.swiglu_forward(x, g)
+    tx, tg = _t(x), _t(g)
+    ty = F.silu(tx) * tg
+    (ty * torch.from_numpy(dout)).sum().backward()
+    da, db = layers.swiglu_backward(dout, cache)
+    assert rel(y, ty.detach().numpy()) <= 1e-14
+    assert max(rel(da, tx.grad.numpy()), rel(db, tg.grad.numpy())) <= 1e-14
+
     w, b, dout = rng.normal(size=(4, 5)), rng.normal(size=4), rng.normal(size=(2, 3, 4))
     y, cache = layers.linear_forward(x, w, b)
     dx, dw, db = layers.linear_backward(dout, cache)
@@ -377,6 +388,10 @@ def test_bad_input_is_refused_with_a_clear_error():
         other = ModelConfig(**{**vars(cfg), "positional": PositionalConfig(kind=kind, max_len=L)})
         with pytest.raises(NotImplementedError, match="learned, sinusoidal, none"):
             ref.forward({}, idx, targets, other)
+    with pytest.raises(NotImplementedError, match="model.mlp gelu and swiglu, not 'relu'"):
+        ref.forward(params, idx, targets, ModelConfig(**{**vars(cfg), "mlp": "relu"}))
+    with pytest.raises(ValueError, match=r"missing \['blocks.0.mlp.gate.weight'"):  # gelu weights, swiglu config
+        ref.forward(params, idx, targets, ModelConfig(**{**vars(cfg), "mlp": "swiglu", "mlp_hidden": 64}))
     wrong = dict(params, **{"blocks.0.attn.qkv.weight": np.zeros((16, 16))})
     with pytest.raises(ValueError, match=r"blocks.0.attn.qkv.weight has shape \(16, 16\)"):
         ref.forward(wrong, idx, targets, cfg)

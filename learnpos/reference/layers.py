@@ -227,6 +227,25 @@ def gelu_backward(dout: np.ndarray, cache: GeluCache) -> np.ndarray:
     return dout * local
 
 
+@dataclass
+class SwigluCache:
+    a: np.ndarray  # the gated input, fc(x)
+    b: np.ndarray  # the gate, gate(x)
+    sigmoid: np.ndarray  # sigma(a), reused by the derivative
+
+
+def swiglu_forward(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, SwigluCache]:
+    """silu(a) * b, silu(a) = a sigma(a): the product inside model.mlp = "swiglu"."""
+    s = 1.0 / (1.0 + np.exp(-a))
+    return a * s * b, SwigluCache(a=a, b=b, sigmoid=s)
+
+
+def swiglu_backward(dout: np.ndarray, cache: SwigluCache) -> tuple[np.ndarray, np.ndarray]:
+    """(dL/da, dL/db): d silu/da = sigma(a) (1 + a (1 - sigma(a))), times b; d/db = silu(a)."""
+    a, b, s = cache.a, cache.b, cache.sigmoid
+    return dout * b * s * (1.0 + a * (1.0 - s)), dout * a * s
+
+
 # -------------------------------------------------------------------------- residual
 
 

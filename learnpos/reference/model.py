@@ -3,6 +3,7 @@ order of `learnpos.model.GPT.forward`; `backward` is that forward read in revers
 
     h = E[x] + P[pos] + sum_n T_n[ids_n]       (token embedding + positions + named tables)
     n_layer x:  x = x + attn(ln1(x));  x = x + mlp(ln2(x))      mlp = proj(gelu(fc(.)))
+                                                                 or proj(silu(fc(.)) * gate(.)) (swiglu)
     logits = ln_f(x) @ W_head.T                (W_head = E when the head is tied)
     loss = mean cross-entropy over targets != -100
 
@@ -12,7 +13,8 @@ as float64 arrays (`tok_emb.weight` (V, C), `pos.weight` (L, C), `blocks.0.attn.
 has no `head.weight` entry, its gradient is part of `tok_emb.weight`'s.
 
 `cfg` is a `learnpos.config.ModelConfig`, read by attribute only (n_layer, n_head, n_embd,
-vocab_size, bias, tie_weights, causal, positional.kind/max_len/init_std, tables[i].name/rows).
+vocab_size, bias, tie_weights, causal, positional.kind/max_len/init_std, tables[i].name/rows;
+mlp and mlp_hidden where it has them, else GPT-2's gelu MLP, 4C wide).
 Every named table `tables.<name>.weight` (rows, C) is a learned table like P, looked up by
 its own ids and differentiated by the same closed form (`table_gradient`). Positional
 kinds: learned, sinusoidal, none. Dropout is not modelled: the reference equals the model
@@ -33,6 +35,7 @@ from learnpos.reference.layers import (
     LayerNormCache,
     LearnedPositionalCache,
     LinearCache,
+    SwigluCache,
     attention_allowed,
     attention_backward,
     attention_forward,
@@ -53,15 +56,26 @@ from learnpos.reference.layers import (
     residual_forward,
     sinusoid_scale,
     sinusoid_table,
+    swiglu_backward,
+    swiglu_forward,
 )
 
 SUPPORTED_KINDS = ("learned", "sinusoidal", "none")
 
 
+def mlp_kind(cfg) -> tuple[str, int]:
+    """(model.mlp, the MLP's inner width H): mlp_hidden, else 4C for gelu and 8C // 3 for swiglu
+    (`learnpos.config.mlp_width`, restated here so the reference stands on its own)."""
+    kind, hidden = getattr(cfg, "mlp", "gelu"), getattr(cfg, "mlp_hidden", 0)
+    if kind not in ("gelu", "swiglu"):
+        raise NotImplementedError(f"the NumPy reference covers model.mlp gelu and swiglu, not '{kind}'")
+    return kind, hidden or (4 * cfg.n_embd if kind == "gelu" else 8 * cfg.n_embd // 3)
+
+
 def parameter_shapes(cfg) -> dict[str, tuple[int, ...]]:
     """Every `state_dict` name the reference reads for `cfg`, with its shape, in the model's order.
     A tied head still lists `head.weight` (the state_dict holds it under both names)."""
-    C, V, L = cfg.n_embd, cfg.vocab_size, cfg.positional.max_len
+    (kind, H), C, V, L = mlp_kind(cfg), cfg.n_embd, cfg.vocab_size, cfg.positional.max_len
     shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (V, C)}
     if cfg.positional.kind == "learned":
         shapes["pos.weight"] = (L, C)
@@ -69,8 +83,10 @@ def parameter_shapes(cfg) -> dict[str, tuple[int, ...]]:
         shapes[f"tables.{table.name}.weight"] = (table.rows, C)
     layers = {"ln1.weight": (C,), "ln1.bias": (C,), "attn.qkv.weight": (3 * C, C), "attn.qkv.bias": (3 * C,),
               "attn.proj.weight": (C, C), "attn.proj.bias": (C,), "ln2.weight": (C,), "ln2.bias": (C,),
-              "mlp.fc.weight": (4 * C, C), "mlp.fc.bias": (4 * C,), "mlp.proj.weight": (C, 4 * C),
-              "mlp.proj.bias": (C,)}
+              "mlp.fc.weight": (H, C), "mlp.fc.bias": (H,)}
+    if kind == "swiglu":
+        layers |= {"mlp.gate.weight": (H, C), "mlp.gate.bias": (H,)}
+    layers |= {"mlp.proj.weight": (C, H), "mlp.proj.bias": (C,)}
     for i in range(cfg.n_layer):
         for name, shape in layers.items():
             if cfg.bias or not name.endswith(".bias"):
@@ -111,7 +127,8 @@ class BlockCache:
     attn: AttentionCache
     ln2: LayerNormCache
     fc: LinearCache  # mlp.fc
-    gelu: GeluCache
+    gate: LinearCache | None  # mlp.gate (swiglu only)
+    act: GeluCache | SwigluCache  # gelu(fc) or silu(fc) * gate
     mlp_proj: LinearCache  # mlp.proj
 
 
@@ -174,11 +191,16 @@ def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray 
                                     cfg.n_head, allowed)
         x, _ = residual_forward(x, a)
         m, ln2 = layernorm_forward(x, params[p + "ln2.weight"], bias(p + "ln2.bias"))
-        m, fc = linear_forward(m, params[p + "mlp.fc.weight"], bias(p + "mlp.fc.bias"))  # (B, T, 4C)
-        m, gelu = gelu_forward(m)
+        a, fc = linear_forward(m, params[p + "mlp.fc.weight"], bias(p + "mlp.fc.bias"))  # (B, T, H)
+        gate = None
+        if mlp_kind(cfg)[0] == "swiglu":
+            g, gate = linear_forward(m, params[p + "mlp.gate.weight"], bias(p + "mlp.gate.bias"))  # (B, T, H)
+            m, act = swiglu_forward(a, g)
+        else:
+            m, act = gelu_forward(a)
         m, mlp_proj = linear_forward(m, params[p + "mlp.proj.weight"], bias(p + "mlp.proj.bias"))  # (B, T, C)
         x, _ = residual_forward(x, m)
-        blocks.append(BlockCache(ln1=ln1, attn=attn, ln2=ln2, fc=fc, gelu=gelu, mlp_proj=mlp_proj))
+        blocks.append(BlockCache(ln1=ln1, attn=attn, ln2=ln2, fc=fc, gate=gate, act=act, mlp_proj=mlp_proj))
 
     x, ln_f = layernorm_forward(x, params["ln_f.weight"], bias("ln_f.bias"))
     head_weight = params["tok_emb.weight"] if cfg.tie_weights else params["head.weight"]
@@ -221,10 +243,18 @@ def backward(cache: ModelCache, dlogits: np.ndarray | None = None, return_dh: bo
         dm, d_w, d_b = linear_backward(dm, b.mlp_proj)
         put(p + "mlp.proj.weight", d_w)
         put(p + "mlp.proj.bias", d_b)
-        dm = gelu_backward(dm, b.gelu)
+        if b.gate is None:
+            dm = gelu_backward(dm, b.act)
+        else:
+            dm, dg = swiglu_backward(dm, b.act)
+            dg, d_w, d_b = linear_backward(dg, b.gate)
+            put(p + "mlp.gate.weight", d_w)
+            put(p + "mlp.gate.bias", d_b)
         dm, d_w, d_b = linear_backward(dm, b.fc)
         put(p + "mlp.fc.weight", d_w)
         put(p + "mlp.fc.bias", d_b)
+        if b.gate is not None:
+            dm = dm + dg  # ln2(x) fed both fc and gate: the sum of both uses
         dm, d_w, d_b = layernorm_backward(dm, b.ln2)
         put(p + "ln2.weight", d_w)
         put(p + "ln2.bias", d_b)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from learnpos.config import Config, load_config
+from learnpos.config import Config, load_config, mlp_width
 from learnpos.errors import ConfigError, DataError, RunDirError
 from learnpos.files import fsync_dir
 from learnpos.load import build_model, load_run
@@ -72,7 +72,7 @@ def exportable(cfg: Config, model) -> None:
         problems.append(f"model.tables ({', '.join(t.name for t in m.tables)}): GPT-2 adds no named tables")
     if not m.causal:
         problems.append("model.causal=false (GPT-2 is a decoder)")
-    if m.mlp != "gelu" or m.mlp_hidden not in (0, 4 * m.n_embd):
+    if m.mlp != "gelu" or mlp_width(m) != 4 * m.n_embd:
         problems.append(f"model.mlp='{m.mlp}', mlp_hidden={m.mlp_hidden} (GPT-2's MLP is gelu, 4 x n_embd wide)")
     if len(model.heads):
         problems.append(f"the task's own heads ({', '.join(model.heads.keys())})")

@@ -182,6 +182,7 @@ def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray 
         x = x + te
     allowed = attention_allowed(T, cfg.causal, attention_mask)  # (B|1, 1, T, T) or None
 
+    gated = mlp_kind(cfg)[0] == "swiglu"
     blocks = []
     for i in range(cfg.n_layer):
         p = f"blocks.{i}."
@@ -193,7 +194,7 @@ def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray 
         m, ln2 = layernorm_forward(x, params[p + "ln2.weight"], bias(p + "ln2.bias"))
         a, fc = linear_forward(m, params[p + "mlp.fc.weight"], bias(p + "mlp.fc.bias"))  # (B, T, H)
         gate = None
-        if mlp_kind(cfg)[0] == "swiglu":
+        if gated:
             g, gate = linear_forward(m, params[p + "mlp.gate.weight"], bias(p + "mlp.gate.bias"))  # (B, T, H)
             m, act = swiglu_forward(a, g)
         else:

@@ -35,3 +35,32 @@ def test_every_benchmark_block_outside_the_readme_is_rendered_too():
         text = path.read_text(encoding="utf-8")
         assert "<!-- begin " in text, f"{path} lists no benchmark block"
         assert perf.update_readme(text) == text, f"{path}: run `python benchmarks/performance.py render`"
+
+
+def test_the_readme_kg_prose_states_the_saved_kg_vs_pykeen_figures():
+    """The sentences after the UMLS table quote the three side-by-side runs by hand; each figure
+    must be what the saved result says (a rerun that moves one fails here until the prose follows)."""
+    import json
+    import re
+    import statistics
+
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text(encoding="utf-8"))
+    perf = performance_module()
+
+    def saved(name: str) -> dict:
+        return json.loads((perf.RESULTS / f"kg_vs_pykeen_{name}.json").read_text(encoding="utf-8"))
+
+    umls, nations, kin = saved("umls"), saved("nations"), saved("kinships")
+    rival = lambda r: r["best_pykeen_model"].removeprefix("PyKEEN ")  # noqa: E731
+    tuck = kin["rows"]["PyKEEN TuckER"]
+    phrases = [
+        f"reaches {umls['learnpos_mrr']:.3f} ± {umls['learnpos_mrr_std']:.3f}, {umls['ratio']:.3f} of "
+        f"{rival(umls)}'s MRR",
+        f"reaches {nations['learnpos_mrr']:.3f} against {rival(nations)}'s {nations['best_pykeen_mrr']:.3f}",
+        f"reaches {kin['learnpos_single_mrr']:.3f} ± {kin['learnpos_single_mrr_std']:.3f} in "
+        f"{kin['learnpos_single_wall_s']:.0f} s, below TuckER's {statistics.mean(r['mrr'] for r in tuck):.3f}",
+        f"in {kin['learnpos_wall_s']:.0f} s for all",
+        f"reach {kin['learnpos_mrr']:.3f} ± {kin['learnpos_mrr_std']:.3f}, {kin['ratio']:.3f} of {rival(kin)}'s MRR in "
+        f"less than its {kin['pykeen_wall_s']:.0f} s per run",
+    ]
+    assert [p for p in phrases if p not in readme] == []

@@ -1,7 +1,10 @@
 """`learnpos <command>`: the user-facing entry point. Owns all printing and exit codes.
 
-Exit codes: 0 success, 1 a failed check, 2 bad input (config, data, run directory) with
-a one-line message and no traceback.
+Exit codes: 0 success, 1 a failed check, 2 bad input (an option, config, data or run
+directory) or a failure of the operating system (disk full, read-only, permission, ...),
+each with a one-line message and no traceback; 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM), 141 the reader of stdout went away (`learnpos config | head`), as Unix tools do.
+Every option is checked where it is parsed; its range is in `--help`.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 
 from learnpos.config import Config
-from learnpos.errors import ConfigError, DataError, LearnposError
+from learnpos.errors import ConfigError, DataError, LearnposError, os_error_message
+from learnpos.files import LOCK_FILE
 
 TOP_LEVEL_KEYS = tuple(f.name for f in dataclasses.fields(Config) if isinstance(f.default, str))  # e.g. task
 
@@ -42,12 +49,108 @@ def _parse_overrides(tokens: list[str]) -> dict[str, str]:
 
 
 def _free_dir(path: Path) -> Path:
-    """`path`, or `path-2`, `path-3`, ... if it is not empty (never overwrite or mix runs)."""
+    """`path`, or `path-2`, `path-3`, ... the first that this process creates itself (never
+    overwrite or mix runs; two demos started together get two folders). An existing empty
+    folder (or one holding only a lock file) is taken as it is."""
     candidate, n = path, 1
-    while candidate.exists() and any(candidate.iterdir()):
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            if candidate.is_dir() and not [p for p in candidate.iterdir() if p.name != LOCK_FILE]:
+                return candidate  # the training's lock then settles who writes it
         n += 1
         candidate = path.with_name(f"{path.name}-{n}")
-    return candidate
+
+
+# ---------------------------------------------------------------------- option types
+# Each raises argparse.ArgumentTypeError, which the parser turns into one line naming the option.
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def int_at_least(low: int):
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+SEED_MAX = 2**63 - 1  # what torch.Generator.manual_seed and NumPy's SeedSequence both take
+
+
+def seed(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in 0..{SEED_MAX} (2**63 - 1), got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def temperature(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = greedy), got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = _finite(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 = off), got {text}")
+    return value
+
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def device(text: str) -> str:
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def utf8_text(text: str) -> str:
+    """Command-line text as the OS gave it: bytes that are not UTF-8 arrive as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise argparse.ArgumentTypeError(f"is not UTF-8 text (an undecodable byte at character {e.start}); "
+                                         f"give UTF-8 (e.g. convert with iconv -t utf-8)") from None
+    return text
+
+
+class UsageError(ConfigError):
+    """A bad option, reported by the parser of `prog`."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a bad option is one line (no usage block), exit code 2."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, f"{message} (see {self.prog} --help)")
 
 
 def _emit_json(record: dict) -> None:
@@ -108,7 +211,17 @@ def cmd_train(args, overrides) -> int:
             set_override(cfg, _task_key(cfg, field, flag), value)
     validate(cfg)
     worker = os.environ.get("RANK", "0") != "0"  # a torchrun process other than rank 0: it prints nothing
-    result = train(cfg, resume=bool(args.resume), quiet=args.quiet or worker)
+    try:
+        result = train(cfg, resume=bool(args.resume), quiet=args.quiet or worker,
+                       accept_data_change=args.accept_data_change)
+    except KeyboardInterrupt as e:
+        from learnpos.runs import checkpoint_dirs
+
+        kept = checkpoint_dirs(cfg.train.out_dir)
+        run = cfg.train.out_dir
+        e.args = (f"{run} keeps its checkpoint {kept[-1].name}: continue with learnpos train --resume {run}"
+                  if kept else f"no checkpoint was written yet, so {run} is left as it was",)
+        raise
     m = {k: v for k, v in result.metrics.items() if not isinstance(v, list)}
     if worker:
         return 0
@@ -164,7 +277,7 @@ def cmd_eval(args, overrides) -> int:
     from learnpos.train import autocast_for, resolve_device
 
     device = resolve_device(args.device)
-    model, cfg, task = load_runs(args.run, device)
+    model, cfg, task = load_runs(args.run, device, data=_data_flags(args), check_data=True)
     extra = {}
     if args.split:
         if args.split not in task.splits:
@@ -174,8 +287,10 @@ def cmd_eval(args, overrides) -> int:
         if not task.saves_scores:
             raise ConfigError(f"--save-scores: task '{cfg.task}' has no score matrix to save")
         extra["save_scores"] = args.save_scores
-    metrics = task.evaluate(model, device, autocast=autocast_for(device, cfg.train.dtype),
-                            length=args.length or None, **extra)
+    if args.out:
+        extra["out_dir"] = _out_dir(args.out)
+    metrics = task.evaluate(model, device, autocast=autocast_for(device, cfg.train.dtype), length=args.length,
+                            **extra)
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
     if not args.json or args.verbose:
         for k, v in metrics.items():
@@ -186,6 +301,19 @@ def cmd_eval(args, overrides) -> int:
         runs = {"run_dir": str(args.run[0])} if len(args.run) == 1 else {"runs": [str(r) for r in args.run]}
         _emit_json({"task": cfg.task, **scalars, **runs})
     return 0
+
+
+def _data_flags(args) -> dict[str, str]:
+    """--data / --val-data of a command that reads a finished run: where its data is now."""
+    return {field: value for field, value in (("data", args.data), ("val_data", getattr(args, "val_data", None)))
+            if value}
+
+
+def _out_dir(out: str) -> Path:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
+    return path
 
 
 def cmd_generate(args, overrides) -> int:
@@ -213,7 +341,7 @@ def cmd_generate(args, overrides) -> int:
 def cmd_inspect(args, overrides) -> int:
     from learnpos.inspection import main as inspect_main
 
-    inspect_main(args.run, args.out, args.device)
+    inspect_main(args.run, str(_out_dir(args.out)) if args.out else None, args.device)
     return 0
 
 
@@ -251,7 +379,8 @@ def cmd_kg(args, overrides) -> int:
     from learnpos.train import resolve_device
 
     device = resolve_device(args.device)
-    model, cfg, task = load_runs(args.run, device, command=("learnpos kg predict", "kg"))
+    model, cfg, task = load_runs(args.run, device, command=("learnpos kg predict", "kg"), data=_data_flags(args),
+                                 check_data=True)
     rows = task.predict(model, args.relation, head=args.head, tail=args.tail, top=args.top)
     if args.json:
         _emit_json({"head": args.head, "relation": args.relation, "tail": args.tail, "predictions": rows})
@@ -293,12 +422,14 @@ def cmd_config(args, overrides) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="learnpos", description="Transformers with learnable positional encodings.",
         epilog="Config overrides: any command that builds a config takes --section.key=value "
                "(e.g. --model.positional.kind=sinusoidal --train.max_iters=500).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    devices = "auto (default: cuda if available), cpu, cuda or cuda:N"
+    data_moved = "where the run's data is now, if it moved (its content is checked against the run's data.json)"
 
     p = sub.add_parser("demo", help="train the reverse task with a learned table (CPU, < 3 min)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
@@ -310,10 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo", help="preset name or .toml path (see `learnpos config --list`)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--data", help="the task's data: text for lm (= --lm.data), a triples folder or .tar.gz for kg "
-                                  "(= --kg.data), a DailyDialog or JSONL folder for dialogue (= --dialogue.data)")
+                                  "(= --kg.data), a DailyDialog or JSONL folder for dialogue (= --dialogue.data); "
+                                  "with --resume: " + data_moved)
     p.add_argument("--val-data", help="separate validation text (same as --lm.val_data=PATH)")
     p.add_argument("--dataset", help="a KG dataset name: picks its preset kg-NAME (umls, kinships, nations, "
                                      "wn18rr, fb15k-237) and sets kg.dataset")
+    p.add_argument("--accept-data-change", action="store_true",
+                   help="with --resume: continue although the data differs from what the run was trained on "
+                        "(data.json is updated to the data as it is now)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -322,44 +457,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, action="append",
                    help="run directory; kg: repeat it to evaluate the runs as an ensemble (the mean of their "
                         "log-softmax scores)")
-    p.add_argument("--length", type=int, default=0, help="evaluate on sequences of this length instead")
+    p.add_argument("--length", type=int_at_least(1), default=None,
+                   help="evaluate on sequences of this length (>= 1) instead of the training length")
     p.add_argument("--split", help="which split (kg: train, valid, test; default: the task's held-out split)")
     p.add_argument("--save-scores", metavar="FILE", help="kg: write the score matrix, queries and vocabularies "
                                                          "(safetensors)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", help=data_moved)
+    p.add_argument("--val-data", help="lm: " + data_moved.replace("data", "validation text", 1))
+    p.add_argument("--out", metavar="DIR", help="write the evaluation's files (lm: loss by position) here; "
+                                                "without it nothing is written (a run is never modified by eval)")
+    p.add_argument("--device", type=device, default="auto", help=devices)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="continue a prompt with a trained run (streams text for LMs)")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--prompt", required=True,
+    p.add_argument("--prompt", required=True, type=utf8_text,
                    help='text for an LM; for synthetic tasks symbols like "3 1 4 1 5" (index: "3 1 4 ?2")')
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="default: as many as the learned table has room for (200 without a table)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="0 = greedy; default 0.8 for language models, 0 for synthetic tasks")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int_at_least(1), default=1, help="samples to draw (>= 1)")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=None,
+                   help=">= 1; default: as many as the learned table has room for (200 without a table)")
+    p.add_argument("--temperature", type=temperature, default=None,
+                   help=">= 0, 0 = greedy; default 0.8 for language models, 0 for synthetic tasks")
+    p.add_argument("--top-k", type=int_at_least(1), default=None, help="keep the k most likely tokens (>= 1; "
+                                                                        "default: all)")
+    p.add_argument("--top-p", type=probability, default=None, help="nucleus sampling, in (0, 1] (default 1: off)")
+    p.add_argument("--seed", type=seed, default=0, help=f"0..{SEED_MAX}")
     p.add_argument("--sliding", action="store_true",
                    help="past the learned table, keep generating from the most recent tokens")
     p.add_argument("--skip-unknown", action="store_true", help="drop prompt characters the model never saw")
     p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device, default="auto", help=devices)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="talk with a dialogue run (or replay --script FILE, one user turn per line)")
     p.add_argument("--run", required=True, help="run directory of a dialogue run")
     p.add_argument("--script", metavar="FILE", help="user turns (and /commands), one per line; no terminal needed")
-    p.add_argument("--user", help="the speaker you are (default: the data's first speaker)")
-    p.add_argument("--bot", help="the speaker the model plays (default: the second)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="at most this many tokens per reply")
-    p.add_argument("--temperature", type=float, default=None, help="default: the run's dialogue.sample_temperature")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None, help="default: the run's dialogue.sample_top_p")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--user", type=utf8_text, help="the speaker you are (default: the data's first speaker)")
+    p.add_argument("--bot", type=utf8_text, help="the speaker the model plays (default: the second)")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=48,
+                   help="at most this many tokens per reply (>= 1, less than the run's block)")
+    p.add_argument("--temperature", type=temperature, default=None,
+                   help=">= 0, 0 = greedy; default: the run's dialogue.sample_temperature")
+    p.add_argument("--top-k", type=int_at_least(1), default=None, help=">= 1; default: all tokens")
+    p.add_argument("--top-p", type=probability, default=None,
+                   help="in (0, 1]; default: the run's dialogue.sample_top_p")
+    p.add_argument("--seed", type=seed, default=0, help=f"0..{SEED_MAX}")
+    p.add_argument("--device", type=device, default="auto", help=devices)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("compare", help="train one preset with every positional encoding and compare them across "
@@ -368,28 +512,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default="all", help="comma-separated (default all): learned, learned+randomized, "
                                                      "sinusoidal, rope, alibi, none, init=randn, init=sinusoidal, "
                                                      "init=zeros, learned+decay")
-    p.add_argument("--seeds", default="1337,1,2")
-    p.add_argument("--lengths", default="1,1.5,2,4", help="evaluation lengths as multiples of the training length")
+    p.add_argument("--seeds", default="1337,1,2", help=f"comma-separated seeds, each in 0..{SEED_MAX}")
+    p.add_argument("--lengths", default="1,1.5,2,4",
+                   help="evaluation lengths as multiples (> 0) of the training length")
     p.add_argument("--out", help="results and runs (default runs/compare-PRESET); run again to continue")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("inspect", help="plots and one self-contained report.html of what a run learned")
     p.add_argument("run", metavar="RUN_DIR", help="a run directory (of any task)")
-    p.add_argument("--out", help="where the PNGs and report.html go (default RUN_DIR/inspect)")
-    p.add_argument("--device", default="cpu", help="where the task figures run the model: cpu (default), cuda, auto")
+    p.add_argument("--out", help="where the PNGs and report.html go (default RUN_DIR/inspect; a read-only run "
+                                 "needs --out)")
+    p.add_argument("--data", help=data_moved)
+    p.add_argument("--val-data", help="lm: " + data_moved.replace("data", "validation text", 1))
+    p.add_argument("--device", type=device, default="cpu",
+                   help="where the task figures run the model: cpu (default), cuda, cuda:N, auto")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("kg", help="knowledge-graph runs: learnpos kg predict --run DIR --head H --relation R")
     p.add_argument("action", choices=["predict"])
     p.add_argument("--run", required=True, action="append",
                    help="run directory of a kg run; repeat it to ask an ensemble (scores: mean log-probability)")
-    p.add_argument("--relation", required=True)
+    p.add_argument("--relation", required=True, type=utf8_text)
     side = p.add_mutually_exclusive_group(required=True)
-    side.add_argument("--head", help="predict the tails of (HEAD, RELATION, ?)")
-    side.add_argument("--tail", help="predict the heads of (?, RELATION, TAIL)")
-    p.add_argument("--top", type=int, default=10)
+    side.add_argument("--head", type=utf8_text, help="predict the tails of (HEAD, RELATION, ?)")
+    side.add_argument("--tail", type=utf8_text, help="predict the heads of (?, RELATION, TAIL)")
+    p.add_argument("--top", type=int_at_least(1), default=10, help="how many entities to list (>= 1)")
+    p.add_argument("--data", help=data_moved)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device, default="auto", help=devices)
     p.set_defaults(func=cmd_kg)
 
     p = sub.add_parser("export-hf", help="write a learned-position LM run as an HF GPT2LMHeadModel directory")
@@ -414,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check the NumPy reference backward and optimizers against autograd")
     p.add_argument("--json", action="store_true", help="print {ok, checks: [...]} as the last line")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help=f"0..{SEED_MAX}")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("config", help="print the resolved config of a preset plus overrides")
@@ -424,25 +574,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the command stops where it is, a run keeps its checkpoint."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _quiet_stdout() -> None:
+    """After the reader of stdout went away: send what is left to /dev/null, so the flush at
+    exit does not fail a second time with a message on stderr."""
     try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (a test's capture): nothing to silence
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = "learnpos"
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        pass
+    try:
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        command = f"learnpos {args.command}"
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
         overrides = _parse_overrides(rest)
-        if overrides and args.command in ("eval", "generate", "kg", "chat"):
+        if overrides and args.command in ("eval", "generate", "kg", "chat", "inspect", "export-hf", "verify",
+                                          "data"):
             raise ConfigError(f"'{args.command}' takes no config overrides (got {', '.join(overrides)})")
         return args.func(args, overrides)
+    except UsageError as e:
+        print(f"{e.prog}: error: {e}", file=sys.stderr)
+        return 2
     except LearnposError as e:
         rank = int(os.environ.get("RANK", "0"))  # torchrun starts one process per rank
         if rank == 0:
-            print(f"learnpos {args.command}: error: {e}", file=sys.stderr)
+            print(f"{command}: error: {e}", file=sys.stderr)
         elif not isinstance(e, ConfigError | DataError):  # those come from the input every rank reads alike
-            print(f"learnpos {args.command} (rank {rank}): error: {e}", file=sys.stderr)
+            print(f"{command} (rank {rank}): error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"learnpos {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
+    except OSError as e:
+        print(f"{command}: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{command}: error: out of memory (use a smaller model, batch or data, or close other programs)",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        _close_progress_bars()  # each ends its line, so the message below has a line of its own
+        why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        detail = f": {e.args[0]}" if e.args else ""
+        print(f"{command}: {why}{detail}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an interrupted command left open (a bar redraws its line without a
+    newline; closing it ends the line)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

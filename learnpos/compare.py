@@ -37,7 +37,7 @@ from pathlib import Path
 from learnpos.analysis.report import Figure, Section, draw_figure, write_report
 from learnpos.config import load_config
 from learnpos.errors import ConfigError, LearnposError
-from learnpos.files import append_line, atomic_write_text
+from learnpos.files import append_line, atomic_write_text, lock_dir
 from learnpos.load import load_run
 from learnpos.positional import LearnedPositionalEmbedding
 from learnpos.runs import has_checkpoint, latest_checkpoint, read_metrics
@@ -99,11 +99,11 @@ def evaluate_lengths(run_dir: Path, factors: list[float], device) -> list[dict]:
             for method in EXTEND_METHODS:
                 grown = copy.deepcopy(model)
                 grown.extend_positions(need, method)
-                rows.append({"factor": f, "length": n, "method": method,
-                             **_scalars(task.evaluate(grown, device, autocast=autocast, length=n, tag=method))})
+                metrics = task.evaluate(grown, device, autocast=autocast, length=n, tag=method, out_dir=run_dir)
+                rows.append({"factor": f, "length": n, "method": method, **_scalars(metrics)})
         else:
             rows.append({"factor": f, "length": n, "method": "",
-                         **_scalars(task.evaluate(model, device, autocast=autocast, length=n))})
+                         **_scalars(task.evaluate(model, device, autocast=autocast, length=n, out_dir=run_dir))})
     return rows
 
 
@@ -130,39 +130,39 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
     if len(set(lengths)) != len(lengths):
         raise ConfigError(f"--lengths {','.join(f'{f:g}' for f in factors)} give the evaluation lengths {lengths} "
                           f"(training length {base}): give factors that differ after rounding")
-    out.mkdir(parents=True, exist_ok=True)
-    done = _read_results(out)
-    _check_settings(out, preset, overrides, has_results=bool(done))
-    device = resolve_device(probe.train.device)
-    for variant in variants:
-        for seed in seeds:
-            have = {r["factor"] for r in done if r["variant"] == variant and r["seed"] == seed}
-            todo = [f for f in factors if f not in have]
-            if not todo:
-                continue
-            run_dir = run_path(out, variant, seed)
-            cfg = variant_config(preset, variant, seed, run_dir, overrides, longest)
-            t0 = time.perf_counter()
-            try:
-                if not _finished(run_dir, cfg.train.max_iters):
-                    train(cfg, resume=has_checkpoint(run_dir), quiet=True)
-                rows = evaluate_lengths(run_dir, todo, device)
-            except LearnposError as e:  # one variant that cannot train or run is a row of the table, not the end
-                log.warning("%s seed %d failed: %s", variant, seed, e)
-                print(f"{variant}/seed-{seed}: failed: {e}", flush=True)
-                failed.append((variant, seed, str(e)))
-                continue
-            wall = time.perf_counter() - t0
-            rows = [{"variant": variant, "seed": seed, "train_s": round(wall, 1), **r} for r in rows]
-            append_line(out / RESULTS, json.dumps({"variant": variant, "seed": seed, "rows": rows}))  # one write
-            done += rows
-            if not quiet:
-                first = rows[0]
-                shown = {k: first[k] for k in ("token_accuracy", "exact_match", "loss") if k in first}
-                print(f"{variant}/seed-{seed}: {wall:.0f} s; at length {first['length']} " +
-                      ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
-    rows = [r for r in done if r["variant"] in variants and r["seed"] in seeds and r["factor"] in factors]
-    return write_outputs(out, preset, rows, variants, factors, failed, overrides)
+    with lock_dir(out, "--out"):  # one compare writes a folder at a time (each run is locked by train too)
+        done = _read_results(out)
+        _check_settings(out, preset, overrides, has_results=bool(done))
+        device = resolve_device(probe.train.device)
+        for variant in variants:
+            for seed in seeds:
+                have = {r["factor"] for r in done if r["variant"] == variant and r["seed"] == seed}
+                todo = [f for f in factors if f not in have]
+                if not todo:
+                    continue
+                run_dir = run_path(out, variant, seed)
+                cfg = variant_config(preset, variant, seed, run_dir, overrides, longest)
+                t0 = time.perf_counter()
+                try:
+                    if not _finished(run_dir, cfg.train.max_iters):
+                        train(cfg, resume=has_checkpoint(run_dir), quiet=True)
+                    rows = evaluate_lengths(run_dir, todo, device)
+                except LearnposError as e:  # one variant that cannot train or run is a row of the table, not the end
+                    log.warning("%s seed %d failed: %s", variant, seed, e)
+                    print(f"{variant}/seed-{seed}: failed: {e}", flush=True)
+                    failed.append((variant, seed, str(e)))
+                    continue
+                wall = time.perf_counter() - t0
+                rows = [{"variant": variant, "seed": seed, "train_s": round(wall, 1), **r} for r in rows]
+                append_line(out / RESULTS, json.dumps({"variant": variant, "seed": seed, "rows": rows}))  # one write
+                done += rows
+                if not quiet:
+                    first = rows[0]
+                    shown = {k: first[k] for k in ("token_accuracy", "exact_match", "loss") if k in first}
+                    print(f"{variant}/seed-{seed}: {wall:.0f} s; at length {first['length']} " +
+                          ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
+        rows = [r for r in done if r["variant"] in variants and r["seed"] in seeds and r["factor"] in factors]
+        return write_outputs(out, preset, rows, variants, factors, failed, overrides)
 
 
 SETTINGS = "compare.json"

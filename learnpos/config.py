@@ -283,6 +283,8 @@ def _apply_dict(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     hints = _field_types(type(obj))
     for name, value in data.items():
         key = prefix + name
+        if name in getattr(type(obj), "RETIRED", ()):  # a setting older configs hold and this version ignores
+            continue
         if name not in hints:
             raise _unknown_key(key, list(hints))
         current = getattr(obj, name)
@@ -513,8 +515,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.grad_clip, train.weight_decay and train.momentum must be >= 0")
     if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):
         raise ConfigError(f"train.beta1/beta2 must be in [0, 1), got {t.beta1}, {t.beta2}")
-    if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
+    if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
         raise ConfigError(f"train.device='{t.device}' is not one of: auto, cpu, cuda, cuda:N")
+    if not 0 <= t.seed < 2**63:
+        raise ConfigError(f"train.seed must be in 0..{2**63 - 1}, got {t.seed}")
     check = TASK_SPECS[cfg.task].check
     if check is not None:
         check(cfg)

@@ -1,6 +1,7 @@
-"""Writing files so that a reader (or a resumed run) never sees half of one.
+"""Writing files so that a reader (or a resumed run) never sees half of one, and one writer
+per folder.
 
-Bottom layer: imports nothing of learnpos but `faults`, and neither torch nor NumPy.
+Bottom layer: imports nothing of learnpos but `faults` and `errors`, and neither torch nor NumPy.
 
     atomic_write(path, write)    write to a temp file beside `path`, fsync, rename over it,
                                  fsync the folder: after a crash `path` is the old file or the
@@ -11,6 +12,11 @@ Bottom layer: imports nothing of learnpos but `faults`, and neither torch nor Nu
     append_line                  one line appended to a log in a single write
     loads_json                   json.loads that refuses duplicate keys (which json.loads
                                  would resolve silently, keeping the last)
+    lock_dir(folder, what)       an exclusive lock on a folder (flock on folder/.learnpos.lock),
+                                 held until released or the process dies; a second writer gets
+                                 a RunDirError naming the process that holds it
+    user_cache_dir()             $LEARNPOS_CACHE, else $XDG_CACHE_HOME/learnpos, else ~/.cache/learnpos
+    file_mode / dir_mode         what the user's umask gives a new file / folder
 """
 
 from __future__ import annotations
@@ -18,11 +24,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from learnpos import faults
+from learnpos.errors import RunDirError
+
+LOCK_FILE = ".learnpos.lock"  # in every folder a learnpos writer holds (run directories, compare folders)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open()` would give a new file under the user's umask (mkstemp gives 0600)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode `mkdir` would give a new folder under the user's umask (mkdtemp gives 0700)."""
+    return 0o777 & ~_umask()
+
+
+def user_cache_dir() -> Path:
+    """Where learnpos keeps what it can rebuild (token caches, fetched corpora): never a
+    place a run's config.json names."""
+    if os.environ.get("LEARNPOS_CACHE"):
+        return Path(os.environ["LEARNPOS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "learnpos"
 
 
 def temp_path_beside(path: Path) -> Path:
@@ -63,7 +100,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     tmp = temp_path_beside(path)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a run's files are as readable as any other
+        os.chmod(tmp, file_mode())  # mkstemp makes files private; give them what the umask gives any file
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -109,3 +146,84 @@ def loads_json(text: str):
     """json.loads, except that an object with a key twice is a JSONDecodeError ("duplicate
     key 'x'") instead of silently keeping the last value."""
     return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+# ------------------------------------------------------------------------------ locks
+
+
+class DirLock:
+    """An exclusive lock on a folder, held through an open file descriptor: `release()` (or
+    the end of the process, however it ends) gives it up, so a killed writer never leaves a
+    stale lock. The lock file itself stays (removing it would let two writers lock two
+    different files of the same name)."""
+
+    def __init__(self, folder: Path, fd: int, created: bool):
+        self.folder, self.fd = folder, fd
+        self.created = created  # this process made the folder (so a failed fresh run may remove it whole)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> DirLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    """What the lock file says of the process holding it (written when it took the lock)."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"]))
+        return f"pid {info['pid']} on {info['host']}, `{info['command']}`, since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said which yet"
+
+
+def lock_dir(folder: str | Path, flag: str = "--train.out_dir") -> DirLock:
+    """Take the exclusive lock of `folder` (created if missing) or raise RunDirError naming the
+    holder; `flag` is the option the user can change to pick another folder."""
+    import fcntl  # POSIX; learnpos runs where torch.distributed's file stores do
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunDirError(f"{folder} is a file, not a folder; choose another {flag}")
+    while True:
+        try:
+            folder.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            created = False
+        path = folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunDirError(f"{folder} is in use by another learnpos process ({holder}); wait for it to finish, "
+                              f"or choose another {flag}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # A writer that created the folder and failed removes it, lock file included: the file
+        # locked here must still be the one at `path`, else lock again (a new file, a new folder).
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+              "command": " ".join(["learnpos", *sys.argv[1:]])[:200]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+    return DirLock(folder, fd, created)
+
+
+def is_locked_folder(folder: Path) -> bool:
+    """Whether `folder` is (or was) held by a learnpos writer: a run directory, never data."""
+    return (folder / LOCK_FILE).exists()

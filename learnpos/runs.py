@@ -1,6 +1,9 @@
 """Run directories: the config, checkpoints as one atomic unit, and the metrics log.
 
-    <run>/config.json                       the resolved Config
+    <run>/config.json                       the resolved Config (data paths absolute)
+    <run>/data.json                         what it was trained on: each data path, and the name,
+                                            size and sha256 of every file read under it
+    <run>/.learnpos.lock                    held (flock) by the one process writing the run
     <run>/metrics.jsonl                     one JSON object per log/eval event (append-only)
     <run>/best/step-<N>/                    the best evaluation's weights (train.early_stop_metric)
     <run>/checkpoints/step-<N>/             one complete checkpoint:
@@ -34,11 +37,12 @@ from safetensors.torch import load_file, save_file
 
 from learnpos import faults
 from learnpos.errors import RunDirError, first_line
-from learnpos.files import append_line, atomic_write_text, fsync_dir, fsync_file, sha256_file
+from learnpos.files import append_line, atomic_write_text, dir_mode, fsync_dir, fsync_file, loads_json, sha256_file
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, BEST_DIR = "config.json", "metrics.jsonl", "checkpoints", "best"
+DATA_FILE = "data.json"
 MODEL_FILE, STATE_FILE, STATS_FILE, MANIFEST_FILE = (
     "model.safetensors", "trainer_state.pt", "position_stats.safetensors", "manifest.json")
 KEEP_CHECKPOINTS = 2
@@ -67,6 +71,18 @@ def _move_aside(path: Path) -> Path:
     return trash
 
 
+def remove_leftovers(run_dir: str | Path) -> None:
+    """Remove what killed writers of the run left: temporary checkpoint folders, trash of
+    interrupted deletes, temporary files of atomic writes. Called only by the holder of the
+    run's lock, which proves that no other writer is alive to own them."""
+    run_dir = Path(run_dir)
+    for kind in (CHECKPOINTS_DIR, BEST_DIR):
+        for stale in (run_dir / kind).glob(".t*-step-*") if (run_dir / kind).is_dir() else ():
+            shutil.rmtree(stale, ignore_errors=True)
+    for stale in run_dir.glob(".*.tmp") if run_dir.is_dir() else ():
+        stale.unlink(missing_ok=True)
+
+
 def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable[[Path], object]],
                      kind: str = CHECKPOINTS_DIR) -> Path:
     """Write one checkpoint: `writers[name](path)` writes file `name`. Returns its folder.
@@ -74,8 +90,8 @@ def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable
     evaluation under train.early_stop_metric; one is kept)."""
     root = Path(run_dir) / kind
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=root))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run's other files
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-{os.getpid()}-", dir=root))
+    os.chmod(tmp, dir_mode())  # mkdtemp makes it private; a checkpoint is as readable as any folder the user makes
     try:
         files = {}
         for name, write in writers.items():
@@ -98,8 +114,6 @@ def write_checkpoint(run_dir: str | Path, step: int, writers: dict[str, Callable
         shutil.rmtree(trash, ignore_errors=True)
     for old in checkpoint_dirs(run_dir, kind)[:-(KEEP_CHECKPOINTS if kind == CHECKPOINTS_DIR else 1)]:
         shutil.rmtree(_move_aside(old), ignore_errors=True)
-    for stale in root.glob(".t*-step-*"):  # temp folders of killed writers, trash of killed deletes
-        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -181,18 +195,46 @@ def save_weights(path: Path, model: torch.nn.Module, step: int) -> None:
     save_file(model_tensors(model), path, metadata={"step": str(step)})
 
 
+def weight_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """(name -> shape, metadata) of a safetensors file, read from its header alone (nothing is
+    allocated); RunDirError when the header is damaged."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types (SafetensorError) with multi-line text
+        raise RunDirError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
+
+
+def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], path: Path,
+                 optional: set[str] = frozenset()) -> None:
+    """RunDirError naming the first tensor whose presence or shape differs between a model
+    (`expected`, e.g. built on the meta device) and a weights file's header (`found`)."""
+    missing = [k for k in expected if k not in found and k not in optional]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    if missing or unexpected or wrong:
+        what = (f"{wrong[0]} is {list(found[wrong[0]])} there but {list(expected[wrong[0]])} in the config" if wrong
+                else f"it lacks {missing[0]}" if missing else f"it has {unexpected[0]}, which the config's model lacks")
+        n = len(missing) + len(unexpected) + len(wrong)
+        raise RunDirError(f"{path} does not match its config.json ({what}; {n} tensor(s) differ): the weights and "
+                          f"the config come from different runs")
+
+
 def load_weights(model: torch.nn.Module, folder: Path) -> int:
-    """Load `folder`/model.safetensors into `model`; return the step it was saved at."""
+    """Load `folder`/model.safetensors into `model`; return the step it was saved at. Names
+    and shapes are checked against the file's header before any tensor is read."""
     path = Path(folder) / MODEL_FILE
     if not path.exists():
         raise RunDirError(f"{path} is missing")
+    shapes, metadata = weight_shapes(path)
+    optional = {"head.weight"} if getattr(model.config, "tie_weights", False) else set()
+    check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, shapes, path, optional)
     tensors = load_file(path, device=str(next(model.parameters()).device))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    allowed_missing = {"head.weight"} if getattr(model.config, "tie_weights", False) else set()
-    if set(missing) - allowed_missing or unexpected:
-        raise RunDirError(f"{path} does not match its config: missing {missing}, unexpected {unexpected}")
-    with safe_open(path, framework="pt") as f:
-        return int((f.metadata() or {}).get("step", 0))
+    model.load_state_dict(tensors, strict=False)
+    try:
+        return int(metadata.get("step", 0))
+    except ValueError:
+        raise RunDirError(f"{path}: its step metadata {metadata.get('step')!r} is not a number") from None
 
 
 def save_trainer_state(path: Path, optimizer: torch.optim.Optimizer, step: int,
@@ -227,6 +269,27 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
 
 def write_config(run_dir: Path, text: str) -> None:
     atomic_write_text(Path(run_dir) / CONFIG_FILE, text)
+
+
+def write_data_manifest(run_dir: Path, sources: dict[str, dict]) -> None:
+    atomic_write_text(Path(run_dir) / DATA_FILE, json.dumps(sources, indent=1) + "\n")
+
+
+def read_data_manifest(run_dir: str | Path) -> dict[str, dict] | None:
+    """The run's data.json; None for a run without one (made before learnpos kept it, or a
+    task that makes its own data)."""
+    path = Path(run_dir) / DATA_FILE
+    if not path.exists():
+        return None
+    try:
+        data = loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path} is damaged ({first_line(e)}); restore it, or remove it to stop checking the "
+                          f"data") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("files", []), list)
+                                             for v in data.values()):
+        raise RunDirError(f"{path} is not a data manifest; restore it, or remove it to stop checking the data")
+    return data
 
 
 # ---------------------------------------------------------------------------- metrics

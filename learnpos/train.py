@@ -17,9 +17,10 @@ from learnpos import faults
 from learnpos.analysis.position_stats import PositionStats
 from learnpos.config import Config, config_diff, load_run_config
 from learnpos.distributed import Dist, check_split, micro_batches, no_sync, wrap_for_training
-from learnpos.errors import ConfigError, LearnposError, RunDirError, TrainingDiverged
+from learnpos.errors import ConfigError, DataError, LearnposError, RunDirError, TrainingDiverged
+from learnpos.files import LOCK_FILE, lock_dir
 from learnpos.hardware import cpu_has_amx_bf16
-from learnpos.load import build_model
+from learnpos.load import absolute_data_paths, build_model, data_change, data_keys
 from learnpos.model import GPT
 from learnpos.optim import build_optimizer, lr_at
 from learnpos.runs import (
@@ -33,12 +34,16 @@ from learnpos.runs import (
     latest_checkpoint,
     load_trainer_state,
     load_weights,
+    read_data_manifest,
     read_metrics,
+    remove_leftovers,
     save_trainer_state,
     save_weights,
     truncate_metrics,
+    verify_checkpoint,
     write_checkpoint,
     write_config,
+    write_data_manifest,
 )
 from learnpos.tasks import build_task
 
@@ -88,17 +93,23 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
     elif has_checkpoint(run_dir):
         raise RunDirError(f"{run_dir} already holds a trained model; pass --resume to continue it "
                           f"or choose another --train.out_dir")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        held = ", ".join(sorted(p.name for p in run_dir.iterdir())[:5])
+    elif run_dir.exists() and _contents(run_dir):
+        held = ", ".join(_contents(run_dir)[:5])
         raise RunDirError(f"{run_dir} is not empty ({held}) but holds no checkpoint: files of an interrupted "
                           f"or another run. Remove it or choose another --train.out_dir (a fresh run never "
                           f"mixes with old files), or --resume it if it is this run")
 
 
+def _contents(run_dir: Path) -> list[str]:
+    """What a run directory holds apart from its lock file, sorted."""
+    return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+
+
 def _write_config(cfg: Config, run_dir: Path, resume: bool) -> None:
     if resume:
         saved = load_run_config(run_dir / CONFIG_FILE)
-        changed = config_diff(saved, cfg, ignore=("train",))
+        # data paths may change (data that moved): its content is checked against data.json instead
+        changed = config_diff(saved, cfg, ignore=("train", *data_keys(cfg)))
         if changed:
             raise RunDirError(f"cannot resume {run_dir}: {', '.join(changed)} differ from its config.json "
                               f"(only train.* settings may change on resume)")
@@ -155,15 +166,21 @@ def _load_checkpoint(folder: Path, model, optimizer, device: torch.device, dist:
     return state["step"]
 
 
-def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quiet: bool = False) -> TrainResult:
+def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quiet: bool = False,
+          accept_data_change: bool = False) -> TrainResult:
     """Train `cfg` into `cfg.train.out_dir`.
 
     resume: continue from the run directory's last checkpoint (bit-exact on CPU).
     stop_after: stop (with a checkpoint) after this many steps of *this* call, as if the
         process were killed there; the schedule still runs to `train.max_iters`.
+    accept_data_change: resume although the data differs from the run's data.json (which is
+        then rewritten); otherwise that is a DataError naming the change.
 
-    Under torchrun every process calls this; see learnpos/distributed.py for how a step is
-    split. Rank 0 alone writes the run directory, prints and evaluates.
+    A run directory has one writer: the lock (`learnpos.files.lock_dir`) is taken before
+    anything is checked or written and held to the end; a second writer gets a RunDirError
+    naming the holder. A fresh run that fails before its first checkpoint removes only what
+    it made. Under torchrun every process calls this; see learnpos/distributed.py for how a
+    step is split. Rank 0 alone locks and writes the run directory, prints and evaluates.
     """
     t = cfg.train
     t0 = time.perf_counter()
@@ -178,35 +195,54 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
         autocast = autocast_for(device, t.dtype)
         torch.manual_seed(t.seed)
         run_dir = Path(t.out_dir)
+        args = (cfg, run_dir, device, autocast, resume, stop_after, quiet, t0, dist, accept_data_change)
         if not dist.main:
-            return _train(cfg, run_dir, device, autocast, resume, stop_after, True, t0, dist)
-        _check_run_dir(run_dir, resume)
-        existed = run_dir.exists()  # and is empty: _check_run_dir refuses anything else for a fresh run
-        try:
-            return _train(cfg, run_dir, device, autocast, resume, stop_after, quiet, t0, dist)
-        except BaseException:
-            # A fresh run that fails before its first checkpoint leaves nothing to resume: remove
-            # what it wrote (config, tokenizer, metrics), so the same command can simply run again.
-            if not resume and run_dir.exists() and not has_checkpoint(run_dir):
-                if existed:
-                    for child in run_dir.iterdir():
-                        shutil.rmtree(child) if child.is_dir() else child.unlink()
-                else:
-                    shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+            return _train(*args[:6], True, *args[7:])
+        if resume and not run_dir.is_dir():
+            raise RunDirError(f"cannot resume {run_dir}: no such run directory")
+        with lock_dir(run_dir) as lock:
+            remove_leftovers(run_dir)  # of killed writers: the lock proves none is alive
+            _check_run_dir(run_dir, resume)
+            try:
+                return _train(*args)
+            except BaseException:
+                # A fresh run that fails before its first checkpoint leaves nothing to resume:
+                # remove what it wrote (config, tokenizer, metrics), so the same command can
+                # simply run again. The directory was empty when checked, under the lock.
+                if not resume and not has_checkpoint(run_dir):
+                    if lock.created:
+                        shutil.rmtree(run_dir, ignore_errors=True)
+                    else:
+                        for child in run_dir.iterdir():
+                            if child.name != LOCK_FILE:
+                                shutil.rmtree(child) if child.is_dir() else child.unlink()
+                raise
     finally:
         dist.close()
 
 
-def _setup(cfg: Config, run_dir: Path, resume: bool, dist: Dist):
-    """The task (its tokenizer learned once, by rank 0, and read by the other ranks) and the
-    run's config.json. The other ranks wait for rank 0 and fail with its error if it failed."""
+def _setup(cfg: Config, run_dir: Path, resume: bool, dist: Dist, accept_data_change: bool):
+    """The task (its tokenizer learned once, by rank 0, and read by the other ranks), the
+    run's config.json and data.json. The other ranks wait for rank 0 and fail with its error
+    if it failed."""
     task, error = None, None
     if dist.main:
         try:
+            if not resume:
+                absolute_data_paths(cfg)
             task = build_task(cfg, run_dir)
             _resolve_vocab(cfg, task)
+            sources = task.data_sources()
+            changed = data_change(run_dir, task) if resume else None
+            if changed and not accept_data_change:
+                raise DataError(f"cannot resume {run_dir}: its data changed since it was trained ({changed}); "
+                                f"pass --data PATH if the data moved, or --accept-data-change to go on with the "
+                                f"data as it is now")
+            if changed:
+                log.warning("resuming %s on changed data: %s", run_dir, changed)
             _write_config(cfg, run_dir, resume)
+            if sources and (changed or not resume or read_data_manifest(run_dir) is None):
+                write_data_manifest(run_dir, sources)
         except Exception as e:
             error = e
         dist.broadcast(None if error is None else (type(error), str(error)))
@@ -231,15 +267,20 @@ def _resolve_vocab(cfg: Config, task) -> None:
 
 
 def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: bool, stop_after: int | None,
-           quiet: bool, t0: float, dist: Dist) -> TrainResult:
+           quiet: bool, t0: float, dist: Dist, accept_data_change: bool = False) -> TrainResult:
     t = cfg.train
-    task = _setup(cfg, run_dir, resume, dist)
+    folder = _resume_point(run_dir, t) if resume else None
+    if folder is not None:  # before config.json is rewritten with a schedule the run has passed
+        reached = verify_checkpoint(folder)["step"]
+        if t.max_iters < reached:
+            raise ConfigError(f"train.max_iters={t.max_iters} is below step {reached}, which {run_dir} has reached; "
+                              f"give --train.max_iters={reached} or more to go on")
+    task = _setup(cfg, run_dir, resume, dist, accept_data_change)
     model = build_model(cfg, task).to(device)
     optimizer = build_optimizer(model, t, device.type)
     if dist.rank > 0:  # each rank its own dropout stream; rank 0 keeps the single-process one
         torch.manual_seed(t.seed * 1_000_003 + dist.rank)
     step = 0
-    folder = _resume_point(run_dir, t) if resume else None
     if folder is not None:
         step = _load_checkpoint(folder, model, optimizer, device, dist)
     history = truncate_metrics(run_dir, step) if (resume and dist.main) else []  # drops a line cut mid-append
@@ -328,7 +369,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         if eval_now:
             stop = False
             if dist.main:
-                metrics = task.evaluate(model, device, autocast=autocast)
+                metrics = task.evaluate(model, device, autocast=autocast, out_dir=run_dir)
                 faults.point("eval")  # crash tests: killed with an evaluation done but not logged
                 append_metrics(run_dir, {"step": step, "split": "val", **metrics})
                 if t.early_stop_metric:

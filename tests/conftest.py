@@ -1,11 +1,14 @@
 """Shared test settings."""
 
 import os
+import tempfile
 from pathlib import Path
 
 # Before any test module imports torch: OpenMP threads wait passively, so a busy second core
 # (CI, another process) does not make every step 25-50x slower. Subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The user's cache folder (token caches) is the test session's own: tests write nothing in ~.
+os.environ["LEARNPOS_CACHE"] = tempfile.mkdtemp(prefix="learnpos-test-cache-")
 
 
 def shared_data_dir() -> Path:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,10 +36,15 @@ def tiny_lm(tmp_path, name="run"):
     return tmp_path / name
 
 
-def test_eval_of_a_moved_run_reads_and_writes_only_that_directory(tmp_path):
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_eval_of_a_moved_run_reads_only_that_directory_and_writes_only_to_out(tmp_path):
     """The saved train.out_dir is where the run *was*: eval must use the directory it is given
-    (its tokenizer, and write loss_by_position.json there), even after the original is gone
-    or replaced by another run."""
+    (its tokenizer), even after the original is gone or replaced by another run; it writes
+    nothing into any run, and its loss by position only where --out says."""
     run = tiny_lm(tmp_path)
     moved = tmp_path / "elsewhere" / "run"
     shutil.copytree(run, moved.parent / "run")
@@ -46,11 +52,13 @@ def test_eval_of_a_moved_run_reads_and_writes_only_that_directory(tmp_path):
     (tmp_path / "other").mkdir()
     run.mkdir()  # a different run now lives at the old place, with another tokenizer
     (run / "tokenizer.json").write_text(json.dumps({"learnpos_tokenizer": "char", "chars": list("xyz")}))
-    (moved / "loss_by_position.json").unlink()
-    r = cli("eval", "--run", str(moved), "--json", cwd=tmp_path)
+    before = _snapshot(moved)
+    r = cli("eval", "--run", str(moved), "--json", "--out", str(tmp_path / "eval-out"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["loss"] > 0
-    assert (moved / "loss_by_position.json").exists()
+    by_pos = json.loads((tmp_path / "eval-out" / "loss_by_position.json").read_text())
+    assert len(by_pos) == 16 and all(x > 0 for x in by_pos)
+    assert _snapshot(moved) == before  # a reader never modifies a run
     assert sorted(p.name for p in run.iterdir()) == ["tokenizer.json"]  # nothing written at the old place
 
 

@@ -20,13 +20,15 @@ file and the line.
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from learnpos.data.text import decode_utf8
+from learnpos.data.sources import FileLog
+from learnpos.data.text import decode_utf8, not_regular
 from learnpos.errors import DataError
 from learnpos.files import loads_json
 
@@ -49,6 +51,7 @@ class DialogueData:
     source: str = ""
     layout: str = ""  # "dailydialog" | "jsonl"
     counts: dict[str, int] = field(default_factory=dict)
+    files: dict = field(default_factory=dict)  # what was read (`learnpos.data.sources.FileLog.record`)
 
     def split(self, name: str) -> list[list[Turn]]:
         if name not in self.splits:
@@ -56,18 +59,19 @@ class DialogueData:
         return self.splits[name]
 
 
-def _read_dailydialog_split(folder: Path, split: str) -> tuple[str, str] | None:
+def _read_dailydialog_split(folder: Path, split: str, files: FileLog) -> tuple[str, str] | None:
     """(text, source) of one DailyDialog split, from the plain file or from its zip."""
     name = _DAILYDIALOG[split]
     member = f"{name}/dialogues_{name}.txt"
     plain = folder / member
     if plain.is_file():
-        return decode_utf8(plain.read_bytes(), str(plain)), str(plain)
+        return decode_utf8(files.add(plain, plain.read_bytes()), str(plain)), str(plain)
     archive = folder / f"{name}.zip"
     if archive.is_file():
         source = f"{archive}!{member}"
+        raw = files.add(archive, archive.read_bytes())
         try:
-            with zipfile.ZipFile(archive) as z:
+            with zipfile.ZipFile(io.BytesIO(raw)) as z:
                 names = z.namelist()
                 found = next((n for n in names if n == member or n.endswith("/" + member)), None)
                 if found is None:
@@ -140,6 +144,9 @@ def load_dialogues(path: str | Path) -> DialogueData:
         raise DataError("task 'dialogue' needs data: pass --data PATH (a DailyDialog folder, e.g. "
                         "../shared/data/dailydialog, or a folder with train/valid/test.jsonl)")
     folder = Path(path)
+    files = FileLog(folder)
+    if folder.exists() and not folder.is_dir() and not folder.is_file():
+        raise not_regular(folder, "a DailyDialog folder or one with train/valid/test.jsonl")
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; give a DailyDialog folder or one with train/valid/test.jsonl")
     splits: dict[str, list[list[Turn]]] = {}
@@ -150,12 +157,12 @@ def load_dialogues(path: str | Path) -> DialogueData:
             if file is None:
                 raise DataError(f"{folder} has no {' or '.join(_JSONL[split])} (JSONL layout: train.jsonl, "
                                 f"valid.jsonl, test.jsonl)")
-            splits[split] = _parse_jsonl(decode_utf8(file.read_bytes(), str(file)), str(file), speakers,
-                                         grow=split == "train")
+            splits[split] = _parse_jsonl(decode_utf8(files.add(file, file.read_bytes()), str(file)), str(file),
+                                         speakers, grow=split == "train")
         names, layout = list(speakers), "jsonl"
     else:
         for split in SPLITS:
-            found = _read_dailydialog_split(folder, split)
+            found = _read_dailydialog_split(folder, split, files)
             if found is None:
                 name = _DAILYDIALOG[split]
                 raise DataError(f"{folder} has neither {name}/dialogues_{name}.txt nor {name}.zip (DailyDialog "
@@ -166,4 +173,4 @@ def load_dialogues(path: str | Path) -> DialogueData:
         if not dialogues:
             raise DataError(f"the {split} split of {folder} has no dialogue")
     counts = {split: sum(len(d) for d in ds) for split, ds in splits.items()}
-    return DialogueData(splits, names, str(folder), layout, counts)
+    return DialogueData(splits, names, str(folder), layout, counts, files.record())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learnpos.errors import DataError
-from learnpos.files import temp_path_beside
+from learnpos.files import temp_path_beside, user_cache_dir
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ CORPORA: dict[str, list[RemoteFile]] = {
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("LEARNPOS_CACHE", Path.home() / ".cache" / "learnpos")) / "data"
+    return user_cache_dir() / "data"
 
 
 def _sha256(path: Path) -> str:

@@ -17,6 +17,7 @@ file and the line.
 
 from __future__ import annotations
 
+import io
 import tarfile
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from learnpos.data.text import decode_utf8
+from learnpos.data.sources import FileLog
+from learnpos.data.text import decode_utf8, not_regular
 from learnpos.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -51,14 +53,16 @@ ARCHIVES = (".tar.gz", ".tgz", ".tar")
 TSV = "tab-separated UTF-8 text"  # what a split file must be
 
 
-def read_splits(path: str | Path) -> dict[str, list[tuple[str, str, str]]]:
-    """The three splits of a dataset folder or `.tar.gz` (members may sit in a subfolder)."""
+def read_splits(path: str | Path, files: FileLog | None = None) -> dict[str, list[tuple[str, str, str]]]:
+    """The three splits of a dataset folder or `.tar.gz` (members may sit in a subfolder).
+    `files` records each file read (an archive as one file)."""
     path = Path(path)
+    files = files if files is not None else FileLog(path)
     texts: dict[str, str] = {}
     if path.is_dir() and not (path / "train.txt").exists():
         archives = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(ARCHIVES))
         if len(archives) == 1:  # a folder as some releases ship it: one archive and a README
-            return read_splits(archives[0])
+            return read_splits(archives[0], files)
         if archives:
             raise DataError(f"{path} has no train.txt but {len(archives)} archives "
                             f"({', '.join(a.name for a in archives)}): give --kg.data the one to read")
@@ -68,10 +72,13 @@ def read_splits(path: str | Path) -> dict[str, list[tuple[str, str, str]]]:
             if not f.exists():
                 raise DataError(f"{path} has no {split}.txt; a KG dataset is a folder with train.txt, valid.txt "
                                 f"and test.txt (tab-separated head, relation, tail)")
-            texts[split] = decode_utf8(f.read_bytes(), str(f), TSV)
+            if not f.is_file():
+                raise not_regular(f, TSV)
+            texts[split] = decode_utf8(files.add(f, f.read_bytes()), str(f), TSV)
     elif path.is_file() and path.name.endswith(ARCHIVES):
+        raw = files.add(path, path.read_bytes())
         try:
-            with tarfile.open(path) as tar:
+            with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
                 members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
                 for split in SPLITS:
                     if f"{split}.txt" not in members:
@@ -80,8 +87,11 @@ def read_splits(path: str | Path) -> dict[str, list[tuple[str, str, str]]]:
                     texts[split] = decode_utf8(raw, f"{path}!{split}.txt", TSV)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise DataError(f"{path} is not a readable tar archive ({e})") from None
+    elif path.exists() and not path.is_file():
+        raise not_regular(path, "a dataset folder or .tar.gz")
     else:
-        raise DataError(f"{path} does not exist or is not a dataset folder or .tar.gz")
+        raise DataError(f"{path} does not exist or is not a dataset folder or .tar.gz; pass --data PATH to a folder "
+                        f"with train.txt, valid.txt and test.txt (or a .tar.gz of them)")
     return {split: _parse(texts[split], f"{path}/{split}.txt") for split in SPLITS}
 
 
@@ -111,6 +121,7 @@ class KGData:
     valid: np.ndarray
     test: np.ndarray
     unseen: dict[str, int] = field(default_factory=dict)  # split -> triples left out (unknown entity/relation)
+    source: dict = field(default_factory=dict)  # what was read (`learnpos.data.sources.FileLog.record`)
 
     @property
     def n_entities(self) -> int:
@@ -147,4 +158,8 @@ def index_triples(splits: dict[str, list[tuple[str, str, str]]]) -> KGData:
 
 
 def load_kg(name: str, data: str = "") -> KGData:
-    return index_triples(read_splits(dataset_path(name, data)))
+    path = dataset_path(name, data)
+    files = FileLog(path)
+    kg = index_triples(read_splits(path, files))
+    kg.source = files.record()
+    return kg

@@ -1,34 +1,62 @@
 """Text corpora: read UTF-8 files or folders, split train/val, tokenize once into a
 memory-mapped token array cached on disk under a fingerprint of (text, tokenizer).
 
-Cache layout: <cache_dir>/<fingerprint>/{train.bin, val.bin, meta.json}. The fingerprint
-hashes the bytes of every input file, the split settings and the tokenizer file, so an
-edited corpus or a different tokenizer is tokenized again; an unchanged one never is.
+Cache layout: <cache_dir>/<fingerprint>/{train.bin, val.bin, meta.json}, the cache folder
+being the user's (`learnpos.files.user_cache_dir()/tokens`), never one a run's config names.
+The fingerprint hashes the bytes of every input file, the split settings and the tokenizer
+file, so an edited corpus or a different tokenizer is tokenized again; an unchanged one never
+is. meta.json, written last, holds the sha256 of each token file: a cache whose files do not
+match it (damaged, overwritten, cut short) is rebuilt with a warning, never used. A cache
+folder that cannot be written (read-only, full) is skipped with a warning: the tokens are
+then kept in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from learnpos.data.sources import FileLog
 from learnpos.errors import DataError
-from learnpos.files import atomic_write, atomic_write_text
+from learnpos.files import atomic_write, atomic_write_text, is_locked_folder, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def not_regular(path: Path, wanted: str) -> DataError:
+    """The error for a path that exists but is neither a regular file nor a folder."""
+    return DataError(f"{path} is not a regular file or folder (a device, pipe or socket); give {wanted}")
+
+
+def _skipped(folder: Path, root: Path) -> bool:
+    """Folders never read as data: hidden ones, and run directories (a run made inside its own
+    data folder must not read its tokenizer.json, checkpoints or logs as text)."""
+    rel = folder.relative_to(root)
+    return any(part.startswith(".") for part in rel.parts) or is_locked_folder(folder) or \
+        ((folder / "config.json").is_file() and (folder / "checkpoints").is_dir())
 
 
 def _files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(
-            part.startswith(".") for part in p.relative_to(path).parts))
+        files = []
+        for top, subfolders, names in os.walk(path):
+            folder = Path(top)
+            subfolders[:] = sorted(d for d in subfolders if not _skipped(folder / d, path))
+            files += [folder / n for n in names if not n.startswith(".") and (folder / n).is_file()]
         if not files:
             raise DataError(f"{path} is a folder with no files in it")
-        return files
+        return sorted(files)
+    if path.exists():
+        raise not_regular(path, "a UTF-8 text file or folder")
     raise DataError(f"{path} does not exist; pass --data PATH to a UTF-8 text file or folder "
                     f"(or fetch one: learnpos data fetch tinyshakespeare)")
 
@@ -45,14 +73,17 @@ def decode_utf8(raw: bytes, source: str, wanted: str = "UTF-8 text") -> str:
                         f"e.g. iconv -f latin1 -t utf-8") from None
 
 
-def read_text(path: str | Path) -> tuple[str, str]:
+def read_text(path: str | Path, files: FileLog | None = None) -> tuple[str, str]:
     """All text under `path` (a file, or every file under a folder in sorted order, joined by
-    newlines) and a sha256 of the bytes read. Rejects empty, binary and non-UTF-8 input."""
+    newlines, run directories and hidden entries left out) and a sha256 of the bytes read.
+    Rejects empty, binary and non-UTF-8 input. `files` records each file read."""
     path = Path(path)
     digest = hashlib.sha256()
     parts = []
     for f in _files(path):
         raw = f.read_bytes()
+        if files is not None:
+            files.add(f, raw)
         digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0" + raw)
         parts.append(decode_utf8(raw, str(f), "a UTF-8 text file"))
     text = "\n".join(parts)
@@ -66,18 +97,24 @@ class Corpus:
     train_text: str
     val_text: str
     fingerprint: str  # of the raw inputs and split settings (not the tokenizer)
+    sources: dict[str, dict] = field(default_factory=dict)  # "data" / "val_data" -> FileLog.record()
 
 
 def load_corpus(data: str, val_data: str = "", val_fraction: float = 0.1) -> Corpus:
     """Train/val text: from two paths, or the last `val_fraction` of one (as nanoGPT splits)."""
-    text, digest = read_text(data)
+    files = FileLog(data)
+    text, digest = read_text(data, files)
+    sources = {"data": files.record()}
     if val_data:
-        val_text, val_digest = read_text(val_data)
-        return Corpus(text, val_text, hashlib.sha256(f"{digest}|{val_digest}".encode()).hexdigest())
+        val_files = FileLog(val_data)
+        val_text, val_digest = read_text(val_data, val_files)
+        sources["val_data"] = val_files.record()
+        return Corpus(text, val_text, hashlib.sha256(f"{digest}|{val_digest}".encode()).hexdigest(), sources)
     cut = int(len(text) * (1 - val_fraction))
     if cut <= 0 or cut >= len(text):
         raise DataError(f"val_fraction={val_fraction} leaves an empty split of {len(text)} characters")
-    return Corpus(text[:cut], text[cut:], hashlib.sha256(f"{digest}|frac={val_fraction}".encode()).hexdigest())
+    return Corpus(text[:cut], text[cut:], hashlib.sha256(f"{digest}|frac={val_fraction}".encode()).hexdigest(),
+                  sources)
 
 
 ENCODING = b"pieces-at-pretoken-boundaries-v2|"
@@ -151,24 +188,51 @@ class TokenData:
     train: np.ndarray  # (N_train,) token ids, memory-mapped
     val: np.ndarray  # (N_val,)
     val_chars: int  # characters of text behind `val` (for bits per character)
-    cache: Path
+    cache: Path | None  # None: the cache could not be written, the arrays are in memory
+
+
+def _cached(folder: Path) -> dict | None:
+    """The meta.json of a cache folder whose token files match their checksums, else None
+    (with a warning when a cache was there but damaged)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        ok = all(sha256_file(folder / f"{split}.bin") == meta[split]["sha256"] for split in ("train", "val"))
+        np.dtype(meta["dtype"])
+    except FileNotFoundError:
+        if not (folder / "meta.json").exists():
+            return None  # not built yet
+        ok = False
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        log.warning("the token cache %s does not match its checksums (damaged or changed); tokenizing again", folder)
+        return None
+    return meta
 
 
 def tokenize_cached(corpus: Corpus, tokenizer, tokenizer_file: Path, cache_dir: Path) -> TokenData:
-    """Token arrays for both splits, memory-mapped from the cache (built on first use)."""
+    """Token arrays for both splits, memory-mapped from the cache (built on first use, checked
+    against its checksums on every use)."""
     # ENCODING names the way text is split for encoding: caches made by an earlier, different
     # split (which did not always equal tokenizer.encode) are not reused.
     key = hashlib.sha256(ENCODING + corpus.fingerprint.encode() + Path(tokenizer_file).read_bytes()).hexdigest()[:20]
     folder = Path(cache_dir) / key
-    dtype = _dtype(tokenizer.vocab_size)
-    if not (folder / "meta.json").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        counts = {}
+    meta = _cached(folder)
+    if meta is None:
+        dtype = _dtype(tokenizer.vocab_size)
+        arrays, meta = {}, {"dtype": np.dtype(dtype).name}
         for split, text in (("train", corpus.train_text), ("val", corpus.val_text)):
-            ids = np.asarray(_encode(tokenizer, text), dtype=dtype)
-            atomic_write(folder / f"{split}.bin", lambda tmp, ids=ids: ids.tofile(tmp))
-            counts[split] = {"tokens": int(ids.size), "chars": len(text)}
-        atomic_write_text(folder / "meta.json", json.dumps({"dtype": np.dtype(dtype).name, **counts}))
-    meta = json.loads((folder / "meta.json").read_text())
+            arrays[split] = np.asarray(_encode(tokenizer, text), dtype=dtype)
+            meta[split] = {"tokens": int(arrays[split].size), "chars": len(text),
+                           "sha256": hashlib.sha256(arrays[split].tobytes()).hexdigest()}
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for split, ids in arrays.items():
+                atomic_write(folder / f"{split}.bin", lambda tmp, ids=ids: ids.tofile(tmp))
+            atomic_write_text(folder / "meta.json", json.dumps(meta))  # last: it vouches for the files
+        except OSError as e:
+            log.warning("cannot write the token cache in %s (%s); keeping the tokens in memory", cache_dir,
+                        e.strerror or e)
+            return TokenData(arrays["train"], arrays["val"], meta["val"]["chars"], None)
     train, val = (np.memmap(folder / f"{split}.bin", dtype=meta["dtype"], mode="r") for split in ("train", "val"))
     return TokenData(train, val, meta["val"]["chars"], folder)

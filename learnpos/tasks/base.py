@@ -68,6 +68,7 @@ class Task:
     fills_tables: tuple[str, ...] = ()  # the named tables (model.tables) whose ids the task's batches carry
     splits: tuple[str, ...] = ("valid",)  # what `evaluate(split=...)` accepts; the first is the default
     saves_scores: bool = False  # `evaluate(save_scores=PATH)` writes the score matrix
+    data_fields: tuple[str, ...] = ()  # fields of the task's section that name data paths (e.g. "data")
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -107,14 +108,23 @@ class Task:
         return int((batch.targets != IGNORE_INDEX).sum())
 
     def evaluate(self, model, device: torch.device, batch_size: int = 64, autocast=None,
-                 length: int | None = None, split: str | None = None, tag: str = "") -> dict:
+                 length: int | None = None, split: str | None = None, tag: str = "",
+                 out_dir: str | Path | None = None) -> dict:
         """Held-out metrics, including `loss`. `length`: evaluate on sequences of another
         length where the task has that notion (raise ConfigError where it cannot). `split`:
-        one of `splits` (None = the first). `tag`: names a model that is not the run's own
-        (`learnpos compare` evaluates copies with the table grown by each extend method, tagged
-        with the method): every file the evaluation writes into the run carries it in its name,
-        so evaluations of different models never overwrite each other."""
+        one of `splits` (None = the first). `out_dir`: where the evaluation's files go (the
+        trainer passes the run directory; `learnpos eval` only its --out: a reader never writes
+        into a run); None = no files. `tag`: names a model that is not the run's own (`learnpos
+        compare` evaluates copies with the table grown by each extend method, tagged with the
+        method): every file the evaluation writes carries it in its name, so evaluations of
+        different models never overwrite each other."""
         raise NotImplementedError
+
+    def data_sources(self) -> dict[str, dict]:
+        """What the task read, for the run's data.json: {config key (e.g. "lm.data"): the
+        `learnpos.data.sources.FileLog` record of the files read under it}. Default: nothing
+        (the task makes its own data)."""
+        return {}
 
     def figures(self, model, device: torch.device) -> list:
         """The task's own charts for `learnpos inspect`, as `learnpos.analysis.report.Figure`

@@ -109,6 +109,7 @@ class DialogueTask(Task):
     streams_text = True
     fills_tables = ("speaker", "turn")
     splits = ("valid", "test")
+    data_fields = ("data",)
 
     def __init__(self, cfg, run_dir: str | Path | None = None):
         self.dlg, self.seed = cfg.dialogue, cfg.train.seed
@@ -179,6 +180,9 @@ class DialogueTask(Task):
                 raise DataError(f"{self.dlg.data} has {n} speakers but the speaker table has {self.speaker_rows} "
                                 f"rows; set the speaker table's rows to at least {n}")
         return self._data
+
+    def data_sources(self) -> dict[str, dict]:
+        return {"dialogue.data": self.data.files}
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         if hasattr(self.tokenizer, "encode_batch"):
@@ -278,9 +282,9 @@ class DialogueTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int = 64, autocast=None, length: int | None = None,
-                 split: str | None = None, tag: str = "") -> dict:
+                 split: str | None = None, tag: str = "", out_dir: str | Path | None = None) -> dict:
         if length is not None:
-            raise ConfigError("task 'dialogue' evaluates whole (history, response) examples; --length does not apply")
+            raise ConfigError("task 'dialogue'' evaluates whole (history, response) examples; --length does not apply")
         split = split or self.splits[0]
         ex = self.examples(split)
         picks = self.eval_picks(ex, self.dlg.eval_examples)

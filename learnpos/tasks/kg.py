@@ -109,6 +109,7 @@ class KGTask(Task):
     causal = False
     splits = SPLITS  # `learnpos eval --split` choices
     saves_scores = True
+    data_fields = ("data",)
 
     def __init__(self, cfg, run_dir: str | Path | None = None):
         self.kg, self.seed = cfg.kg, cfg.train.seed
@@ -144,6 +145,9 @@ class KGTask(Task):
 
     def heads(self, model_cfg) -> dict[str, nn.Module]:
         return {"entity": EntityHead(model_cfg.n_embd, self.E)}
+
+    def data_sources(self) -> dict[str, dict]:
+        return {"kg.data": self.data.source}
 
     # ------------------------------------------------------------------ queries
     def queries(self, triples: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
@@ -262,7 +266,8 @@ class KGTask(Task):
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int | None = None, autocast=None, length: int | None = None,
-                 split: str | None = None, save_scores: str | Path | None = None, tag: str = "") -> dict:
+                 split: str | None = None, save_scores: str | Path | None = None, tag: str = "",
+                 out_dir: str | Path | None = None) -> dict:
         """Filtered MRR, MR, Hits@1/3/10 per direction and both on `split` (default
         kg.eval_split). save_scores: write a safetensors file with `scores` (Q, E) float32 (one
         row per query over all entities, unfiltered), `queries` (Q, 4) int64 rows of (head,

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from learnpos.analysis.report import Figure
-from learnpos.data.text import TokenData, load_corpus, tokenize_cached
+from learnpos.data.text import Corpus, TokenData, load_corpus, tokenize_cached
 from learnpos.data.tokenizers import TOKENIZER_FILE, StreamDecoder
 from learnpos.errors import ConfigError, DataError, PositionOutOfRange
-from learnpos.files import atomic_write_text
+from learnpos.files import atomic_write_text, user_cache_dir
 from learnpos.tasks.base import Batch, Task, register, run_tokenizer
 
 LOSS_BY_POSITION_FILE = "loss_by_position.json"
@@ -44,7 +44,9 @@ class LMConfig:
     bpe_vocab_size: int = 4096
     block_size: int = 64  # training sequence length; a learned table needs max_len >= this
     eval_windows: int = 0  # val windows of block_size per evaluation, evenly spaced; 0 = all
-    cache_dir: str = ""  # token cache; "" = <parent of the run directory>/.cache/tokens
+    # the token cache lives in the user's cache folder ($LEARNPOS_CACHE/tokens or ~/.cache/learnpos/tokens),
+    # never where a config says: `cache_dir` of older configs is ignored
+    RETIRED = ("cache_dir",)
 
 
 @register
@@ -53,11 +55,13 @@ class LMTask(Task):
     config_section, config_class = "lm", LMConfig
     causal = True
     streams_text = True
+    data_fields = ("data", "val_data")
 
     def __init__(self, cfg, run_dir: str | Path | None = None):
         self.lm, self.seed, self.T = cfg.lm, cfg.train.seed, cfg.lm.block_size
         self.run_dir = Path(run_dir if run_dir is not None else cfg.train.out_dir)
         self._data: TokenData | None = None
+        self._corpus_read: Corpus | None = None
         self.tokenizer = run_tokenizer(self.run_dir, self.lm.tokenizer, self.lm.bpe_vocab_size, self._tokenizer_text)
         self.vocab_size = self.tokenizer.vocab_size
 
@@ -88,17 +92,26 @@ class LMTask(Task):
             raise ConfigError(f"lm.bpe_vocab_size must be > 256 (the byte alphabet), got {lm.bpe_vocab_size}")
 
     # ------------------------------------------------------------------------ data
-    def _corpus(self):
+    def _corpus(self) -> Corpus:
         if not self.lm.data:
             raise DataError("task 'lm' needs text: pass --data PATH (a UTF-8 file or folder); "
                             "e.g. `learnpos data fetch tinyshakespeare` prints a path to use")
-        return load_corpus(self.lm.data, self.lm.val_data, self.lm.val_fraction)
+        if self._corpus_read is None:
+            self._corpus_read = load_corpus(self.lm.data, self.lm.val_data, self.lm.val_fraction)
+            self._sources = {f"lm.{name}": record for name, record in self._corpus_read.sources.items()}
+        return self._corpus_read
+
+    def data_sources(self) -> dict[str, dict]:
+        if not hasattr(self, "_sources"):
+            self._corpus()
+        return self._sources
 
     @property
     def data(self) -> TokenData:
         if self._data is None:
-            cache = Path(self.lm.cache_dir) if self.lm.cache_dir else self.run_dir.parent / ".cache" / "tokens"
+            cache = user_cache_dir() / "tokens"
             self._data = tokenize_cached(self._corpus(), self.tokenizer, self.run_dir / TOKENIZER_FILE, cache)
+            self._corpus_read = None  # the tokens are what training and evaluation read from now on
             for split, arr in (("train", self._data.train), ("val", self._data.val)):
                 if arr.size <= self.T:
                     raise DataError(f"the {split} split has {arr.size} tokens, not more than lm.block_size="
@@ -122,9 +135,10 @@ class LMTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int = 64, autocast=None, length: int | None = None,
-                 split: str | None = None, tag: str = "") -> dict:
+                 split: str | None = None, tag: str = "", out_dir: str | Path | None = None) -> dict:
         """Loss over windows of `length` tokens (default lm.block_size). Past a learned table
-        there is nothing to look up: `length` > max_len is a ConfigError naming the remedies."""
+        there is nothing to look up: `length` > max_len is a ConfigError naming the remedies.
+        `out_dir`: where the loss at each position goes (`loss_by_position_file`); None = nowhere."""
         T = length or self.T
         L = model.max_len
         if L is not None and T > L:
@@ -135,8 +149,10 @@ class LMTask(Task):
         loss_by_pos = self._loss_by_position(model, device, T, starts, batch_size, autocast)
         loss = float(loss_by_pos.mean())
         tokens_per_char = self.data.val.size / self.data.val_chars
-        name = loss_by_position_file(T if T != self.T else None, tag)
-        atomic_write_text(self.run_dir / name, "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
+        if out_dir is not None:
+            name = loss_by_position_file(T if T != self.T else None, tag)
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(out_dir) / name, "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
         return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2) * tokens_per_char,
                 "eval_tokens": len(starts) * T}
 

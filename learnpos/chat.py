@@ -99,16 +99,29 @@ class ChatSession:
         return reply
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def run_chat(session: ChatSession, lines: Iterable[str] | None = None, echo: bool = False) -> int:
     """Interactive (lines=None: read the terminal) or scripted chat; returns an exit code."""
     if lines is None:
         session.write(f"chatting as {session.user_name} with {session.bot_name}; {HELP}")
+        if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 arrive as lone surrogates, not an error
+            sys.stdin.reconfigure(errors="surrogateescape")
         while True:
             try:
                 line = input(f"{session.user_name}> ")
             except EOFError:
                 session.write("")
                 return 0
+            if not _is_utf8(line):
+                session.write("[that line is not UTF-8 text; set your terminal to UTF-8 and type it again]")
+                continue
             if not session.handle(line):
                 return 0
     for line in lines:

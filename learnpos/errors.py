@@ -58,6 +58,20 @@ _OS_ADVICE = {
 }
 
 
+def os_error_in(e: Exception, path) -> OSError | None:
+    """The OSError behind a library's own error type, when its message carries one (the Rust
+    libraries say "No space left on device (os error 28)"), so it can be reported as one."""
+    import os
+    import re
+
+    text = str(e)
+    for m in re.finditer(r"\((?:os error )?(\d+)\)", text):
+        code = int(m.group(1))
+        if code in _OS_ADVICE and os.strerror(code) in text:
+            return OSError(code, os.strerror(code), str(path))
+    return None
+
+
 def os_error_message(e: OSError) -> str:
     """One line for a failure of the operating system: what failed, on which path, what to do."""
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)

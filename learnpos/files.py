@@ -113,6 +113,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` with Python's own file I/O: a full disk or a read-only folder is then an
+    OSError naming the path. (Libraries that write files themselves report it otherwise:
+    safetensors as a SafetensorError, torch.save as a RuntimeError, tokenizers as Exception;
+    so learnpos serializes to bytes and writes them here.)"""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def append_line(path: str | Path, line: str) -> None:
     """Append `line` + newline in one write call (a kill can cut at most this last line;
     readers of append-only logs drop a cut-off last line, see `learnpos.runs.read_metrics`)."""
@@ -202,7 +211,10 @@ def lock_dir(folder: str | Path, flag: str = "--train.out_dir") -> DirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _holder(fd)
+            holder, waited = _holder(fd), 0
+            while holder.startswith("a process that") and waited < 20:  # it took the lock an instant ago
+                time.sleep(0.05)
+                holder, waited = _holder(fd), waited + 1
             os.close(fd)
             raise RunDirError(f"{folder} is in use by another learnpos process ({holder}); wait for it to finish, "
                               f"or choose another {flag}") from None

@@ -21,6 +21,7 @@ Only safetensors weights are read (never a pickle).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,11 +29,21 @@ from pathlib import Path
 import torch
 
 from learnpos.config import Config, load_config, mlp_width
+from learnpos.data.tokenizers import TOKENIZER_FILE, CharTokenizer, load_tokenizer
 from learnpos.errors import ConfigError, DataError, RunDirError
-from learnpos.files import fsync_dir
+from learnpos.files import LOCK_FILE, fsync_dir, loads_json, lock_dir
 from learnpos.load import build_model, load_run
 from learnpos.optim import build_optimizer
-from learnpos.runs import MODEL_FILE, STATE_FILE, save_trainer_state, save_weights, write_checkpoint, write_config
+from learnpos.runs import (
+    MODEL_FILE,
+    STATE_FILE,
+    check_shapes,
+    save_trainer_state,
+    save_weights,
+    weight_shapes,
+    write_checkpoint,
+    write_config,
+)
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which learnpos uses; GPT-2's layer_norm_epsilon
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation learnpos's MLP uses
@@ -194,8 +205,9 @@ def _importable(conf: dict, path: Path) -> None:
             raise ConfigError(f"cannot import {path}: {what} has no learnpos equivalent")
 
 
-def _from_gpt2(sd: dict[str, torch.Tensor], n_layer: int, tied: bool) -> dict[str, torch.Tensor]:
-    """GPT2LMHeadModel names and layouts -> learnpos state_dict keys."""
+def _from_gpt2(sd: dict, n_layer: int, tied: bool, transpose=lambda w: w.t().contiguous()) -> dict:
+    """GPT2LMHeadModel names and layouts -> learnpos state_dict keys. `sd` holds tensors, or
+    shapes (with `transpose` reversing a shape) to check a file's header before loading it."""
     get = lambda k: sd.get(k, sd.get(k.removeprefix("transformer.")))  # noqa: E731  (GPT2Model files lack the prefix)
     out = {"tok_emb.weight": get("transformer.wte.weight"), "pos.weight": get("transformer.wpe.weight"),
            "ln_f.weight": get("transformer.ln_f.weight"), "ln_f.bias": get("transformer.ln_f.bias")}
@@ -206,7 +218,7 @@ def _from_gpt2(sd: dict[str, torch.Tensor], n_layer: int, tied: bool) -> dict[st
         for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
                              ("mlp.proj", "mlp.c_proj")):
             w = get(f"{h}.{theirs}.weight")
-            out[f"{b}.{ours}.weight"] = None if w is None else w.t().contiguous()
+            out[f"{b}.{ours}.weight"] = None if w is None else transpose(w)
             out[f"{b}.{ours}.bias"] = get(f"{h}.{theirs}.bias")
     if not tied:
         out["head.weight"] = sd.get("lm_head.weight")
@@ -223,21 +235,22 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: dict[str, str]
     be fine-tuned with `learnpos train --resume RUN`."""
     from safetensors.torch import load_file
 
-    from learnpos.data.tokenizers import TOKENIZER_FILE, load_tokenizer
     from learnpos.tasks import build_task
 
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     conf = _read_hf_config(hf_dir)
-    _importable(conf, hf_dir)
     weights = hf_dir / "model.safetensors"
     if not weights.exists():
         raise DataError(f"{hf_dir} has no model.safetensors (only safetensors are read, never a pickle); "
                         f"save it with save_pretrained(..., safe_serialization=True)")
     if not (hf_dir / TOKENIZER_FILE).exists():
         raise DataError(f"{hf_dir} has no {TOKENIZER_FILE}; save the tokenizer with tokenizer.save_pretrained(DIR)")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and (not run_dir.is_dir() or [p for p in run_dir.iterdir() if p.name != LOCK_FILE]):
         raise RunDirError(f"{run_dir} already exists and is not empty; choose a new run directory")
-    tokenizer = load_tokenizer(hf_dir / TOKENIZER_FILE)
+    shapes = _header_shapes(weights)
+    _check_sizes(conf, shapes, weights)  # the sizes first: the weights decide them, not config.json
+    _importable(conf, hf_dir)
+    tokenizer = _hf_dir_tokenizer(hf_dir / TOKENIZER_FILE)
 
     n_positions = int(conf.get("n_positions", conf.get("n_ctx", 1024)))
     base = {"task": "lm", "model.vocab_size": str(conf["vocab_size"]), "model.n_layer": str(conf["n_layer"]),
@@ -251,26 +264,85 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: dict[str, str]
     if (overrides or {}).get("task", "lm") != "lm":
         raise ConfigError("an imported GPT-2 is a language model: task lm")
     cfg = load_config(None, {**base, **(overrides or {})})
+    if cfg.lm.data:
+        cfg.lm.data = os.path.abspath(cfg.lm.data)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        tokenizer.save(run_dir / TOKENIZER_FILE)
-        task = build_task(cfg, run_dir)
-        if cfg.model.vocab_size < task.vocab_size:
-            raise DataError(f"{hf_dir}: the tokenizer has {task.vocab_size} tokens but the model only "
-                            f"vocab_size={cfg.model.vocab_size}")
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg, task)
-        tied = cfg.model.tie_weights
-        state = _from_gpt2(load_file(weights), cfg.model.n_layer, tied)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or set(missing) - ({"head.weight"} if tied else set()):
-            raise DataError(f"{weights} does not fit its config.json: missing {missing}, unexpected {unexpected}")
-        write_config(run_dir, cfg.to_json() + "\n")
-        optimizer = build_optimizer(model, cfg.train, "cpu")
-        write_checkpoint(run_dir, 0, {MODEL_FILE: lambda p: save_weights(p, model, 0),
-                                      STATE_FILE: lambda p: save_trainer_state(p, optimizer, 0)})
-    except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    with lock_dir(run_dir, "RUN_DIR") as lock:
+        if [p for p in run_dir.iterdir() if p.name != LOCK_FILE]:  # made by another process meanwhile
+            raise RunDirError(f"{run_dir} already exists and is not empty; choose a new run directory")
+        try:
+            tokenizer.save(run_dir / TOKENIZER_FILE)
+            task = build_task(cfg, run_dir)
+            if cfg.model.vocab_size < task.vocab_size:
+                raise DataError(f"{hf_dir}: the tokenizer has {task.vocab_size} tokens but the model only "
+                                f"vocab_size={cfg.model.vocab_size}")
+            tied = cfg.model.tie_weights
+            with torch.device("meta"):  # every tensor's shape checked against the header before allocating
+                expected = {k: tuple(v.shape) for k, v in build_model(cfg, task).state_dict().items()}
+            try:
+                check_shapes(expected, _from_gpt2(shapes, cfg.model.n_layer, tied, lambda s: tuple(reversed(s))),
+                             weights, {"head.weight"} if tied else set())
+            except RunDirError as e:
+                raise DataError(str(e)) from None
+            torch.manual_seed(cfg.train.seed)
+            model = build_model(cfg, task)
+            model.load_state_dict(_from_gpt2(load_file(weights), cfg.model.n_layer, tied), strict=False)
+            write_config(run_dir, cfg.to_json() + "\n")
+            optimizer = build_optimizer(model, cfg.train, "cpu")
+            write_checkpoint(run_dir, 0, {MODEL_FILE: lambda p: save_weights(p, model, 0),
+                                          STATE_FILE: lambda p: save_trainer_state(p, optimizer, 0)})
+        except BaseException:
+            if lock.created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                for child in run_dir.iterdir():
+                    if child.name != LOCK_FILE:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+            raise
     return run_dir
+
+
+def _header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        return weight_shapes(weights)[0]
+    except RunDirError as e:
+        raise DataError(str(e)) from None
+
+
+def _check_sizes(conf: dict, shapes: dict[str, tuple[int, ...]], weights: Path) -> None:
+    """DataError unless the sizes config.json names are those of the weights (read from the
+    safetensors header): a config is not trusted to size what gets allocated."""
+    get = lambda k: shapes.get(k, shapes.get(k.removeprefix("transformer.")))  # noqa: E731
+    wte, wpe = get("transformer.wte.weight"), get("transformer.wpe.weight")
+    if wte is None or wpe is None or len(wte) != 2 or len(wpe) != 2:
+        raise DataError(f"{weights} has no GPT-2 token and position tables (transformer.wte, transformer.wpe)")
+    layers = {parts[parts.index("h") + 1] for parts in (k.split(".") for k in shapes)
+              if "h" in parts[:-1] and parts[parts.index("h") + 1].isdigit()}
+    n_positions = conf.get("n_positions", conf.get("n_ctx", 1024))
+    for name, said, found in (("vocab_size", conf.get("vocab_size"), wte[0]), ("n_embd", conf.get("n_embd"), wte[1]),
+                              ("n_positions", n_positions, wpe[0]), ("n_layer", conf.get("n_layer"), len(layers))):
+        if said != found:
+            raise DataError(f"{weights.parent / 'config.json'} says {name}={said!r} but {weights.name} holds "
+                            f"{found}: the config and the weights do not belong together")
+    if not isinstance(conf.get("n_head"), int) or conf["n_head"] <= 0:
+        raise DataError(f"{weights.parent / 'config.json'}: n_head={conf.get('n_head')!r} is not a positive integer")
+
+
+def _hf_dir_tokenizer(path: Path):
+    """The tokenizer of an HF directory as learnpos's: byte-level BPE as it is; the one-token-
+    per-character vocabulary `export_hf` writes for a character run (plus its unknown token)
+    back into a character tokenizer, so export and import close the round trip."""
+    try:
+        data = loads_json(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        data = None  # load_tokenizer names the problem
+    model = data.get("model") if isinstance(data, dict) else None
+    if isinstance(model, dict) and model.get("type") == "WordLevel":
+        vocab, unk = model.get("vocab") or {}, model.get("unk_token")
+        chars = [c for c, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if c != unk]
+        if not (chars and all(isinstance(c, str) and len(c) == 1 for c in chars)
+                and sorted(vocab[c] for c in chars) == list(range(len(chars)))):
+            raise DataError(f"{path} is a word-level tokenizer that is not one token per character; learnpos "
+                            f"imports byte-level BPE and character tokenizers")
+        return CharTokenizer(chars)
+    return load_tokenizer(path)

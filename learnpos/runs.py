@@ -22,6 +22,7 @@ This module knows files, not models: it imports neither the model nor any task.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -33,11 +34,21 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize
 
 from learnpos import faults
-from learnpos.errors import RunDirError, first_line
-from learnpos.files import append_line, atomic_write_text, dir_mode, fsync_dir, fsync_file, loads_json, sha256_file
+from learnpos.errors import RunDirError, first_line, os_error_in
+from learnpos.files import (
+    append_line,
+    atomic_write_text,
+    dir_mode,
+    fsync_dir,
+    fsync_file,
+    loads_json,
+    sha256_file,
+    write_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +203,7 @@ def latest_checkpoint(run_dir: str | Path, kind: str = CHECKPOINTS_DIR) -> Path:
 
 
 def save_weights(path: Path, model: torch.nn.Module, step: int) -> None:
-    save_file(model_tensors(model), path, metadata={"step": str(step)})
+    write_bytes(path, serialize(model_tensors(model), metadata={"step": str(step)}))
 
 
 def weight_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
@@ -202,7 +213,8 @@ def weight_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str
         with safe_open(path, framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types (SafetensorError) with multi-line text
-        raise RunDirError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
+        raise os_error_in(e, path) or RunDirError(f"{path} is not a readable safetensors file ({first_line(e)})") \
+            from None
 
 
 def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], path: Path,
@@ -246,7 +258,9 @@ def save_trainer_state(path: Path, optimizer: torch.optim.Optimizer, step: int,
         state["rng_ranks"] = rng_ranks
     if torch.cuda.is_available():
         state["rng_cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(state, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_trainer_state(folder: Path) -> dict[str, Any]:

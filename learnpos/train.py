@@ -20,7 +20,7 @@ from learnpos.distributed import Dist, check_split, micro_batches, no_sync, wrap
 from learnpos.errors import ConfigError, DataError, LearnposError, RunDirError, TrainingDiverged
 from learnpos.files import LOCK_FILE, lock_dir
 from learnpos.hardware import cpu_has_amx_bf16
-from learnpos.load import absolute_data_paths, build_model, data_change, data_keys
+from learnpos.load import absolute_data_paths, build_model, check_config_against_weights, data_change, data_keys
 from learnpos.model import GPT
 from learnpos.optim import build_optimizer, lr_at
 from learnpos.runs import (
@@ -276,6 +276,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
             raise ConfigError(f"train.max_iters={t.max_iters} is below step {reached}, which {run_dir} has reached; "
                               f"give --train.max_iters={reached} or more to go on")
     task = _setup(cfg, run_dir, resume, dist, accept_data_change)
+    if folder is not None:  # config.json is untrusted: its sizes must be the weights' before anything is allocated
+        check_config_against_weights(cfg, task, folder / MODEL_FILE)
     model = build_model(cfg, task).to(device)
     optimizer = build_optimizer(model, t, device.type)
     if dist.rank > 0:  # each rank its own dropout stream; rank 0 keeps the single-process one

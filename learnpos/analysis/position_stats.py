@@ -16,10 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize
 from torch import Tensor
 
 from learnpos.errors import RunDirError
+from learnpos.files import write_bytes
 from learnpos.runs import STATS_FILE, latest_checkpoint
 
 STATISTICS = ("init", "grad_norm_sum", "grad_norm_max", "nonzero_steps", "displacement")
@@ -70,7 +72,7 @@ class PositionStats:
         return out
 
     def save(self, path: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}, path)
+        write_bytes(path, serialize({k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}))
 
     @classmethod
     def load(cls, path: Path, tables: dict[str, Tensor]) -> PositionStats:

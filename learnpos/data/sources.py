@@ -24,9 +24,10 @@ class FileLog:
         self.files: list[dict] = []
 
     def add(self, file: Path, raw: bytes) -> bytes:
-        base = self.root if self.root.is_dir() else self.root.parent
+        """Record `file` (read as `raw`) by its name under the root; "" when it is the root
+        itself (a single file: renamed or moved, it is still the same data)."""
         try:
-            name = str(Path(file).relative_to(base))
+            name = str(Path(file).relative_to(self.root)) if self.root.is_dir() else ""
         except ValueError:
             name = Path(file).name
         self.files.append({"name": name, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()})
@@ -51,12 +52,13 @@ def describe_change(saved: dict, now: dict) -> str | None:
         where = after.get("path", "")
         for name in sorted(set(old) | set(new)):
             a, b = old.get(name), new.get(name)
+            what = f"{name} in {where}" if name else where
             if a is None:
-                changes.append(f"{key}: {name} is new in {where}")
+                changes.append(f"{key}: {what} is new" if name else f"{key}: {where} is a file, it was a folder")
             elif b is None:
-                changes.append(f"{key}: {name} is no longer read from {where}")
+                changes.append(f"{key}: {what} is gone" if name else f"{key}: {where} is a folder, it was a file")
             elif a.get("sha256") != b["sha256"]:
-                changes.append(f"{key}: {name} in {where} changed ({a.get('size')} -> {b['size']} bytes, sha256 "
+                changes.append(f"{key}: {what} changed ({a.get('size')} -> {b['size']} bytes, sha256 "
                                f"{str(a.get('sha256'))[:12]} -> {b['sha256'][:12]})")
             else:
                 continue

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from learnpos.errors import DataError, first_line
-from learnpos.files import atomic_write, atomic_write_text
+from learnpos.files import atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -107,7 +107,7 @@ class BPETokenizer:
         return self.tok.decode(ids)
 
     def save(self, path: Path) -> None:
-        atomic_write(path, lambda tmp: self.tok.save(str(tmp)))
+        atomic_write_text(path, self.tok.to_str())
 
 
 Tokenizer = CharTokenizer | BPETokenizer

@@ -39,14 +39,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 from torch import Tensor
 
 from learnpos.analysis.ranking import AnswerIndex, RankAccumulator, filtered_ranks
 from learnpos.analysis.report import Figure
 from learnpos.data.kg import SPLITS, KGData, load_kg
 from learnpos.errors import ConfigError, DataError
-from learnpos.files import atomic_write
+from learnpos.files import atomic_write, write_bytes
 from learnpos.model import IGNORE_INDEX
 from learnpos.tasks.base import Batch, EpochOrder, Task, register
 
@@ -308,7 +308,7 @@ class KGTask(Task):
             if isinstance(model, Ensemble):
                 meta |= {"members": json.dumps(model.names),
                          "scores": f"the mean log-softmax of {len(model.names)} runs' scores"}
-            atomic_write(Path(save_scores), lambda tmp: save_file(tensors, tmp, metadata=meta))
+            atomic_write(Path(save_scores), lambda tmp: write_bytes(tmp, serialize(tensors, metadata=meta)))
         return {"loss": loss_sum / count, **acc.metrics(), "ranked_split": split,
                 "unseen_excluded": int(self.data.unseen.get(split, 0))}
 

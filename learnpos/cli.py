@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -48,18 +49,18 @@ def _parse_overrides(tokens: list[str]) -> dict[str, str]:
     return out
 
 
-def _free_dir(path: Path) -> Path:
-    """`path`, or `path-2`, `path-3`, ... the first that this process creates itself (never
-    overwrite or mix runs; two demos started together get two folders). An existing empty
-    folder (or one holding only a lock file) is taken as it is."""
+def _free_dir(path: Path) -> tuple[Path, bool]:
+    """(`path`, or `path-2`, `path-3`, ... the first that this process creates itself, and
+    whether it did): never overwrite or mix runs; two demos started together get two folders.
+    An existing empty folder (or one holding only a lock file) is taken as it is."""
     candidate, n = path, 1
     while True:
         try:
             candidate.mkdir(parents=True)
-            return candidate
+            return candidate, True
         except FileExistsError:
             if candidate.is_dir() and not [p for p in candidate.iterdir() if p.name != LOCK_FILE]:
-                return candidate  # the training's lock then settles who writes it
+                return candidate, False  # the training's lock then settles who writes it
         n += 1
         candidate = path.with_name(f"{path.name}-{n}")
 
@@ -165,13 +166,19 @@ def cmd_demo(args, overrides) -> int:
     from learnpos.train import train
 
     cfg = load_config("demo", overrides)
-    cfg.train.out_dir = str(_free_dir(Path(args.out or cfg.train.out_dir)))
+    out, created = _free_dir(Path(args.out or cfg.train.out_dir))
+    cfg.train.out_dir = str(out)
     p, s = cfg.model.positional, cfg.synthetic
     if not args.quiet:
         print(f"learnpos demo: teach a {cfg.model.n_layer}-layer Transformer with a learned position table "
               f"({p.max_len} x {cfg.model.n_embd}) to reverse {s.length} symbols; {cfg.train.max_iters} steps "
               f"on {cfg.train.device}", flush=True)
-    result = train(cfg, quiet=args.quiet)
+    try:
+        result = train(cfg, quiet=args.quiet)
+    except BaseException:  # the folder this demo made goes too, if the failed run left it empty
+        if created and out.is_dir() and not [p for p in out.iterdir() if p.name != LOCK_FILE]:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     m = result.metrics
     if not args.quiet:
         print(f"held-out exact-match {m['exact_match']:.3f} on {s.n_eval} sequences "
@@ -276,7 +283,7 @@ def cmd_eval(args, overrides) -> int:
     from learnpos.load import load_runs
     from learnpos.train import autocast_for, resolve_device
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     model, cfg, task = load_runs(args.run, device, data=_data_flags(args), check_data=True)
     extra = {}
     if args.split:
@@ -288,7 +295,7 @@ def cmd_eval(args, overrides) -> int:
             raise ConfigError(f"--save-scores: task '{cfg.task}' has no score matrix to save")
         extra["save_scores"] = args.save_scores
     if args.out:
-        extra["out_dir"] = _out_dir(args.out)
+        task.files_dir = _out_dir(args.out)
     metrics = task.evaluate(model, device, autocast=autocast_for(device, cfg.train.dtype), length=args.length,
                             **extra)
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
@@ -322,7 +329,7 @@ def cmd_generate(args, overrides) -> int:
     from learnpos.load import load_run
     from learnpos.train import resolve_device
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     model, cfg, task = load_run(args.run, device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     streaming = task.streams_text and not args.no_stream
@@ -341,7 +348,7 @@ def cmd_generate(args, overrides) -> int:
 def cmd_inspect(args, overrides) -> int:
     from learnpos.inspection import main as inspect_main
 
-    inspect_main(args.run, str(_out_dir(args.out)) if args.out else None, args.device)
+    inspect_main(args.run, str(_out_dir(args.out)) if args.out else None, args.device, _data_flags(args))
     return 0
 
 
@@ -364,7 +371,7 @@ def cmd_chat(args, overrides) -> int:
             lines = Path(args.script).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"--script {args.script}: cannot read it as UTF-8 text ({e})") from None
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     model, cfg, task = load_run(args.run, device)
     sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p))
                 if v is not None}
@@ -378,7 +385,7 @@ def cmd_kg(args, overrides) -> int:
     from learnpos.load import load_runs
     from learnpos.train import resolve_device
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     model, cfg, task = load_runs(args.run, device, command=("learnpos kg predict", "kg"), data=_data_flags(args),
                                  check_data=True)
     rows = task.predict(model, args.relation, head=args.head, tail=args.tail, top=args.top)
@@ -596,6 +603,9 @@ def _quiet_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     command = "learnpos"
     previous = None
+    for stream in (sys.stdout, sys.stderr):  # a path of undecodable bytes is printed escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread (an embedding program): leave signals alone

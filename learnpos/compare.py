@@ -85,6 +85,7 @@ def _finished(run_dir: Path, max_iters: int) -> bool:
 def evaluate_lengths(run_dir: Path, factors: list[float], device) -> list[dict]:
     """Rows (length, factor, method, metrics) of one trained run at every evaluation length."""
     model, cfg, task = load_run(run_dir, device)
+    task.files_dir = run_dir  # compare trained these runs and holds their folder's lock: its files go there
     base = type(task).train_length(cfg)
     autocast = autocast_for(device, cfg.train.dtype)
     rows = []
@@ -99,11 +100,11 @@ def evaluate_lengths(run_dir: Path, factors: list[float], device) -> list[dict]:
             for method in EXTEND_METHODS:
                 grown = copy.deepcopy(model)
                 grown.extend_positions(need, method)
-                metrics = task.evaluate(grown, device, autocast=autocast, length=n, tag=method, out_dir=run_dir)
+                metrics = task.evaluate(grown, device, autocast=autocast, length=n, tag=method)
                 rows.append({"factor": f, "length": n, "method": method, **_scalars(metrics)})
         else:
             rows.append({"factor": f, "length": n, "method": "",
-                         **_scalars(task.evaluate(model, device, autocast=autocast, length=n, out_dir=run_dir))})
+                         **_scalars(task.evaluate(model, device, autocast=autocast, length=n))})
     return rows
 
 

@@ -38,10 +38,12 @@ from learnpos.train import resolve_device
 VERIFY_FILE = "verify.json"  # `learnpos verify --json > RUN/verify.json` puts a summary in the report
 
 
-def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, device: str = "cpu") -> Path:
-    """Write the report of `run_dir`; returns the path of report.html."""
+def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, device: str = "cpu",
+                data: dict[str, str] | None = None) -> Path:
+    """Write the report of `run_dir` (into out_dir, default RUN/inspect); returns the path of
+    report.html. `data`: where the run's data is now, if it moved (see `load.load_run`)."""
     run_dir = Path(run_dir)
-    model, cfg, task = load_run(run_dir, device)
+    model, cfg, task = load_run(run_dir, device, data=data, check_data=True)
     records = read_metrics(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "inspect"
     sections = [_summary(cfg, model, task, records), _curves(records), _final(records)]
@@ -207,8 +209,8 @@ def _verify(run_dir: Path) -> Section:
     return s
 
 
-def main(run_dir: str, out_dir: str | None = None, device: str = "cpu") -> Path:
+def main(run_dir: str, out_dir: str | None = None, device: str = "cpu", data: dict[str, str] | None = None) -> Path:
     t0 = time.perf_counter()
-    path = inspect_run(run_dir, out_dir, resolve_device(device))
+    path = inspect_run(run_dir, out_dir, resolve_device(device, "--device"), data)
     print(f"wrote {path} ({len(list(path.parent.glob('*.png')))} plots) in {time.perf_counter() - t0:.1f} s")
     return path

@@ -59,11 +59,17 @@ class TrainResult:
     wall_s: float
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, flag: str = "--train.device") -> torch.device:
+    """auto | cpu | cuda | cuda:N as a torch.device, or a ConfigError naming `flag` (the
+    option the user set it with) when it is not one, or not here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ConfigError(f"{flag}={name} is not one of: auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available here; use --train.device=cpu or auto")
+        raise ConfigError(f"{flag}={name} but CUDA is not available here; use {flag}=cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"{flag}={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 
@@ -276,6 +282,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
             raise ConfigError(f"train.max_iters={t.max_iters} is below step {reached}, which {run_dir} has reached; "
                               f"give --train.max_iters={reached} or more to go on")
     task = _setup(cfg, run_dir, resume, dist, accept_data_change)
+    task.files_dir = run_dir  # the trainer is the run's writer: evaluation files go into it
     if folder is not None:  # config.json is untrusted: its sizes must be the weights' before anything is allocated
         check_config_against_weights(cfg, task, folder / MODEL_FILE)
     model = build_model(cfg, task).to(device)
@@ -371,7 +378,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         if eval_now:
             stop = False
             if dist.main:
-                metrics = task.evaluate(model, device, autocast=autocast, out_dir=run_dir)
+                metrics = task.evaluate(model, device, autocast=autocast)
                 faults.point("eval")  # crash tests: killed with an evaluation done but not logged
                 append_metrics(run_dir, {"step": step, "split": "val", **metrics})
                 if t.early_stop_metric:

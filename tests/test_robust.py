@@ -103,7 +103,8 @@ def racers():
 def _race(ctx, argvs: list[list[str]], cwd: Path) -> list[tuple[int, str]]:
     go = ctx.Event()
     pipes = [ctx.Pipe(duplex=False) for _ in argvs]
-    procs = [ctx.Process(target=_race_member, args=(a, str(cwd), go, w)) for a, (_, w) in zip(argvs, pipes, strict=True)]
+    procs = [ctx.Process(target=_race_member, args=(argv, str(cwd), go, w))
+             for argv, (_, w) in zip(argvs, pipes, strict=True)]
     for p in procs:
         p.start()
     time.sleep(0.05)
@@ -540,4 +541,33 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert len(lines) == 1 and "Traceback" not in err and lines[0].startswith("learnpos train: terminated (SIGTERM)")
     assert "keeps its checkpoint step-" in lines[0] and f"--resume {run}" in lines[0]
     reached = int(checkpoint_dirs(run)[-1].name[5:])
-    assert cli("train", "--resume", str(run), f"--train.max_iters={reached + 50}", "--quiet", cwd=tmp_path).returncode == 0
+    r = cli("train", "--resume", str(run), f"--train.max_iters={reached + 50}", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_resume_never_rewrites_the_config_to_a_step_the_run_has_passed(demo_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    before = snapshot(run)
+    assert main(["train", "--resume", str(run), "--train.max_iters=3", "--quiet"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "train.max_iters=3 is below step 6" in line and "--train.max_iters=6 or more" in line
+    assert snapshot(run) == before
+
+
+def test_chat_input_that_is_not_utf8_is_one_note_not_a_traceback(tmp_path):
+    data = tmp_path / "dlg"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        lines = [json.dumps({"turns": [{"speaker": "user", "text": "hello there"},
+                                       {"speaker": "bot", "text": f"hi {i}"}]}) for i in range(6)]
+        (data / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "dailydialog", "--data", str(data), "--train.max_iters=2",
+                 "--train.warmup_iters=0", "--train.eval_interval=2", "--model.n_layer=1", "--model.n_embd=16",
+                 "--model.n_head=2", "--dialogue.distinct_samples=2", f"--train.out_dir={run}", "--quiet"]) == 0
+    r = cli("chat", "--run", str(run), "--max-new-tokens", "4", cwd=tmp_path,
+            stdin=b"caf\xe9 latin-1\n\xff\xfe\nhello\n/quit\n")
+    out = r.stdout.decode("utf-8")
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    assert out.count("[that line is not UTF-8 text") == 2 and "bot> " in out  # the UTF-8 line was answered

@@ -179,7 +179,8 @@ def _encode(tokenizer, text: str, piece_chars: int = 1 << 14) -> list[int]:
     (normalizer, post-processor, added tokens): `BPETokenizer.cuts_like_gpt2`; any other
     set-up is encoded whole."""
     if getattr(tokenizer, "kind", "") != "bpe" or not tokenizer.cuts_like_gpt2:
-        return tokenizer.encode(text)
+        return tokenizer.encode(text, fix="the run's character tokenizer knows only the characters of the text it "
+                                          "was trained on: evaluate on text made of those, or train a new run")
     return [t for ids in tokenizer.encode_batch(_pieces(text, piece_chars)) for t in ids]
 
 

@@ -33,14 +33,15 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str, unknown: str = "error") -> list[int]:
+    def encode(self, text: str, unknown: str = "error", fix: str = "remove them") -> list[int]:
+        """Token ids of `text`; unknown="skip" drops characters never seen, else they are a
+        DataError ending in `fix` (the caller knows what its user can do: a flag, an edit)."""
         ids = [self.index.get(c, -1) for c in text]
         if -1 in ids:
             missing = sorted({c for c, i in zip(text, ids, strict=True) if i < 0})
             if unknown != "skip":
                 shown = ", ".join(repr(c) for c in missing[:10])
-                raise DataError(f"the text has {len(missing)} character(s) this model never saw ({shown}); "
-                                f"remove them or pass --skip-unknown to drop them")
+                raise DataError(f"the text has {len(missing)} character(s) this model never saw ({shown}); {fix}")
             ids = [i for i in ids if i >= 0]
         return ids
 
@@ -80,8 +81,8 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 
-    def encode(self, text: str, unknown: str = "error") -> list[int]:
-        return self.tok.encode(text).ids
+    def encode(self, text: str, unknown: str = "error", fix: str = "") -> list[int]:
+        return self.tok.encode(text).ids  # byte-level: every text is encodable
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts)]

@@ -69,6 +69,9 @@ class Task:
     splits: tuple[str, ...] = ("valid",)  # what `evaluate(split=...)` accepts; the first is the default
     saves_scores: bool = False  # `evaluate(save_scores=PATH)` writes the score matrix
     data_fields: tuple[str, ...] = ()  # fields of the task's section that name data paths (e.g. "data")
+    # Where `evaluate` writes its files (e.g. lm's loss by position); None = nowhere. The trainer
+    # sets it to the run directory, `learnpos eval` to its --out: a reader never writes into a run.
+    files_dir: Path | None = None
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -108,16 +111,14 @@ class Task:
         return int((batch.targets != IGNORE_INDEX).sum())
 
     def evaluate(self, model, device: torch.device, batch_size: int = 64, autocast=None,
-                 length: int | None = None, split: str | None = None, tag: str = "",
-                 out_dir: str | Path | None = None) -> dict:
+                 length: int | None = None, split: str | None = None, tag: str = "") -> dict:
         """Held-out metrics, including `loss`. `length`: evaluate on sequences of another
         length where the task has that notion (raise ConfigError where it cannot). `split`:
-        one of `splits` (None = the first). `out_dir`: where the evaluation's files go (the
-        trainer passes the run directory; `learnpos eval` only its --out: a reader never writes
-        into a run); None = no files. `tag`: names a model that is not the run's own (`learnpos
-        compare` evaluates copies with the table grown by each extend method, tagged with the
-        method): every file the evaluation writes carries it in its name, so evaluations of
-        different models never overwrite each other."""
+        one of `splits` (None = the first). Files it writes go into `files_dir` (none when
+        that is None). `tag`: names a model that is not the run's own (`learnpos compare`
+        evaluates copies with the table grown by each extend method, tagged with the method):
+        every file the evaluation writes carries it in its name, so evaluations of different
+        models never overwrite each other."""
         raise NotImplementedError
 
     def data_sources(self) -> dict[str, dict]:

@@ -282,7 +282,7 @@ class DialogueTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int = 64, autocast=None, length: int | None = None,
-                 split: str | None = None, tag: str = "", out_dir: str | Path | None = None) -> dict:
+                 split: str | None = None, tag: str = "") -> dict:
         if length is not None:
             raise ConfigError("task 'dialogue'' evaluates whole (history, response) examples; --length does not apply")
         split = split or self.splits[0]

@@ -266,8 +266,7 @@ class KGTask(Task):
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int | None = None, autocast=None, length: int | None = None,
-                 split: str | None = None, save_scores: str | Path | None = None, tag: str = "",
-                 out_dir: str | Path | None = None) -> dict:
+                 split: str | None = None, save_scores: str | Path | None = None, tag: str = "") -> dict:
         """Filtered MRR, MR, Hits@1/3/10 per direction and both on `split` (default
         kg.eval_split). save_scores: write a safetensors file with `scores` (Q, E) float32 (one
         row per query over all entities, unfiltered), `queries` (Q, 4) int64 rows of (head,
@@ -323,7 +322,7 @@ class KGTask(Task):
     # --------------------------------------------------------------- prediction
     def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:
         raise ConfigError("a kg run answers queries, not text: use `learnpos kg predict --run DIR --head H "
-                          "--relation R` (or --tail T)")
+                          "--relation R` (or `--tail T` for heads)")
 
     def entity_id(self, name: str) -> int:
         return self._lookup(name, self.data.entities, "entity")

@@ -135,10 +135,10 @@ class LMTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int = 64, autocast=None, length: int | None = None,
-                 split: str | None = None, tag: str = "", out_dir: str | Path | None = None) -> dict:
+                 split: str | None = None, tag: str = "") -> dict:
         """Loss over windows of `length` tokens (default lm.block_size). Past a learned table
         there is nothing to look up: `length` > max_len is a ConfigError naming the remedies.
-        `out_dir`: where the loss at each position goes (`loss_by_position_file`); None = nowhere."""
+        The loss at each position goes into `files_dir` (`loss_by_position_file`), if set."""
         T = length or self.T
         L = model.max_len
         if L is not None and T > L:
@@ -149,10 +149,11 @@ class LMTask(Task):
         loss_by_pos = self._loss_by_position(model, device, T, starts, batch_size, autocast)
         loss = float(loss_by_pos.mean())
         tokens_per_char = self.data.val.size / self.data.val_chars
-        if out_dir is not None:
+        if self.files_dir is not None:
             name = loss_by_position_file(T if T != self.T else None, tag)
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(Path(out_dir) / name, "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist()) + "]\n")
+            Path(self.files_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(self.files_dir) / name, "[" + ", ".join(f"{x:.6f}" for x in loss_by_pos.tolist())
+                              + "]\n")
         return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2) * tokens_per_char,
                 "eval_tokens": len(starts) * T}
 
@@ -189,7 +190,8 @@ class LMTask(Task):
         """The prompt followed by its continuation; `stream(text)` receives the prompt, then
         decoded text as it is produced. max_new_tokens=None: as many as the learned table
         leaves room for (200 for encodings without a table)."""
-        ids = self.tokenizer.encode(prompt, unknown="skip" if skip_unknown else "error")
+        ids = self.tokenizer.encode(prompt, unknown="skip" if skip_unknown else "error",
+                                    fix="remove them or pass --skip-unknown to drop them")
         if not ids:
             raise DataError("the prompt is empty after tokenization; give at least one known character")
         L = model.max_len

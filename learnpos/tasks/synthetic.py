@@ -170,7 +170,7 @@ class SyntheticTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int = 256, autocast=None, length: int | None = None,
-                 split: str | None = None, tag: str = "", out_dir=None) -> dict:
+                 split: str | None = None, tag: str = "") -> dict:
         if length is not None:
             self.check_length(length, model)
         data = self.eval_set(length)

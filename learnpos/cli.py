@@ -120,6 +120,21 @@ def probability(text: str) -> float:
     return value
 
 
+def seed_list(text: str) -> list[int]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"needs at least one seed, comma-separated (e.g. 1337,1,2), got {text!r}")
+    return [seed(t) for t in items]
+
+
+def factor_list(text: str) -> list[float]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    values = [_finite(t) for t in items]
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"needs positive numbers, comma-separated (e.g. 1,1.5,2,4), got {text!r}")
+    return values
+
+
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -519,9 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default="all", help="comma-separated (default all): learned, learned+randomized, "
                                                      "sinusoidal, rope, alibi, none, init=randn, init=sinusoidal, "
                                                      "init=zeros, learned+decay")
-    p.add_argument("--seeds", default="1337,1,2", help=f"comma-separated seeds, each in 0..{SEED_MAX}")
-    p.add_argument("--lengths", default="1,1.5,2,4",
-                   help="evaluation lengths as multiples (> 0) of the training length")
+    p.add_argument("--seeds", type=seed_list, default=[1337, 1, 2],
+                   help=f"comma-separated seeds, each in 0..{SEED_MAX} (default 1337,1,2)")
+    p.add_argument("--lengths", type=factor_list, default=[1, 1.5, 2, 4],
+                   help="evaluation lengths as multiples (> 0) of the training length (default 1,1.5,2,4)")
     p.add_argument("--out", help="results and runs (default runs/compare-PRESET); run again to continue")
     p.set_defaults(func=cmd_compare)
 

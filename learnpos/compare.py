@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -117,7 +118,7 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    if not seeds or not factors or min(factors) <= 0:
+    if not seeds or not factors or not all(math.isfinite(f) and f > 0 for f in factors):
         raise ConfigError("--seeds needs at least one seed and --lengths positive factors (e.g. 1,1.5,2,4)")
     probe = load_config(preset, overrides)
     task_cls = TASKS[probe.task]
@@ -315,12 +316,8 @@ def _md_table_html(md: list[str]) -> str:
     return "".join(out)
 
 
-def main(preset: str, variants: str, seeds: str, lengths: str, out: str | None, overrides: dict) -> int:
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s]
-        factors = [float(f) for f in lengths.split(",") if f]
-    except ValueError as e:
-        raise ConfigError(f"--seeds takes integers and --lengths numbers, comma-separated ({e})") from None
+def main(preset: str, variants: str, seed_list: list[int], factors: list[float], out: str | None,
+         overrides: dict) -> int:
     names = list(VARIANTS) if variants == "all" else [v for v in variants.split(",") if v]
     folder = Path(out) if out else Path("runs") / f"compare-{Path(preset).stem}"
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -169,6 +170,17 @@ class DirLock:
     def __init__(self, folder: Path, fd: int, created: bool):
         self.folder, self.fd = folder, fd
         self.created = created  # this process made the folder (so a failed fresh run may remove it whole)
+
+    def discard_written(self) -> None:
+        """Undo what a fresh writer put here (it failed before anything worth keeping): the
+        folder if this process made it, else everything in it but the lock file. Only the
+        lock's holder may call this: the folder was empty, apart from the lock, when it checked."""
+        if self.created:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return
+        for child in self.folder.iterdir():
+            if child.name != LOCK_FILE:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
     def release(self) -> None:
         if self.fd >= 0:

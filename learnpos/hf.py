@@ -292,12 +292,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: dict[str, str]
             write_checkpoint(run_dir, 0, {MODEL_FILE: lambda p: save_weights(p, model, 0),
                                           STATE_FILE: lambda p: save_trainer_state(p, optimizer, 0)})
         except BaseException:
-            if lock.created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            else:
-                for child in run_dir.iterdir():
-                    if child.name != LOCK_FILE:
-                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+            lock.discard_written()
             raise
     return run_dir
 

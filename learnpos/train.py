@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -216,12 +215,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
                 # remove what it wrote (config, tokenizer, metrics), so the same command can
                 # simply run again. The directory was empty when checked, under the lock.
                 if not resume and not has_checkpoint(run_dir):
-                    if lock.created:
-                        shutil.rmtree(run_dir, ignore_errors=True)
-                    else:
-                        for child in run_dir.iterdir():
-                            if child.name != LOCK_FILE:
-                                shutil.rmtree(child) if child.is_dir() else child.unlink()
+                    lock.discard_written()
                 raise
     finally:
         dist.close()

@@ -269,7 +269,7 @@ OVERRIDES = st.lists(st.sampled_from([
 ]), max_size=3)
 
 
-@settings(max_examples=100, **FUZZ)
+@settings(max_examples=50, **FUZZ)
 @given(data=st.data())
 def test_fuzz_writers(world, frozen, capsys, monkeypatch, data):
     """train (fresh and --resume of a copy), demo, compare and data fetch, all at tiny sizes."""

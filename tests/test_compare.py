@@ -96,7 +96,10 @@ def test_compare_refuses_what_it_cannot_do(tmp_path, capsys):
     with pytest.raises(ConfigError, match="task 'kg' has no sequence length to vary"):
         compare.run_compare("kg-nations", ["learned"], [1], [1], tmp_path, {})
     assert cli_main(["compare", "--lengths", "1,x", "--out", str(tmp_path / "c")]) == 2
-    assert "--seeds takes integers" in capsys.readouterr().err
+    assert "argument --lengths: must be a number, got 'x'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="positive factors"):  # NaN passes every `<= 0` check
+        compare.run_compare("demo", ["learned"], [1], [1, float("nan")], tmp_path, FAST)
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_rerun_with_other_settings_is_refused_rather_than_mixed(tmp_path, calls):

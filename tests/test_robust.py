@@ -60,6 +60,17 @@ def snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
+def training_in_background(run: Path, cwd: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """A `learnpos train` that runs until stopped, returned once its first checkpoint is in."""
+    proc = subprocess.Popen([sys.executable, "-m", "learnpos", "train", *TINY, "--train.max_iters=100000",
+                             "--train.eval_interval=50", f"--train.out_dir={run}"], env=ENV, cwd=cwd, stderr=stderr)
+    deadline = time.time() + 120
+    while not checkpoint_dirs(run) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint_dirs(run), "the background run wrote no checkpoint"
+    return proc
+
+
 def records(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "time_s"}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -150,13 +161,8 @@ def test_resume_races_and_resume_while_training_are_refused(tmp_path, racers):
     same_run(run, solo)  # a second resume after the first finished has nothing left to do
 
     long = tmp_path / "long"
-    proc = subprocess.Popen([sys.executable, "-m", "learnpos", "train", *TINY, "--train.max_iters=100000",
-                             "--train.eval_interval=50", f"--train.out_dir={long}"], env=ENV, cwd=tmp_path,
-                            stderr=subprocess.DEVNULL)
+    proc = training_in_background(long, tmp_path)
     try:
-        deadline = time.time() + 120
-        while not checkpoint_dirs(long) and time.time() < deadline:
-            time.sleep(0.2)
         config = (long / "config.json").read_bytes()
         r = cli("train", "--resume", str(long), "--train.max_iters=200000", cwd=tmp_path)
         assert r.returncode == 2 and f"pid {proc.pid}" in one_error_line(r.stderr)
@@ -174,12 +180,7 @@ def test_resume_races_and_resume_while_training_are_refused(tmp_path, racers):
 def test_the_lock_dies_with_its_process(tmp_path):
     """SIGKILL leaves the lock file but no lock: the next writer goes on (no stale lock)."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "learnpos", "train", *TINY, "--train.max_iters=100000",
-                             "--train.eval_interval=50", f"--train.out_dir={run}"], env=ENV, cwd=tmp_path,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not checkpoint_dirs(run) and time.time() < deadline:
-        time.sleep(0.2)
+    proc = training_in_background(run, tmp_path)
     proc.kill()
     proc.wait()
     assert (run / LOCK_FILE).exists()
@@ -527,12 +528,7 @@ def test_a_closed_pipe_ends_the_command_quietly(demo_run, tmp_path):
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "learnpos", "train", *TINY, "--train.max_iters=100000",
-                             "--train.eval_interval=50", f"--train.out_dir={run}"], env=ENV, cwd=tmp_path,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not checkpoint_dirs(run) and time.time() < deadline:
-        time.sleep(0.2)
+    proc = training_in_background(run, tmp_path, stderr=subprocess.PIPE)
     proc.send_signal(signal.SIGTERM)
     err = proc.stderr.read().decode()
     proc.wait(60)

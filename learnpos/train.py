@@ -117,7 +117,7 @@ def _write_config(cfg: Config, run_dir: Path, resume: bool) -> None:
         changed = config_diff(saved, cfg, ignore=("train", *data_keys(cfg)))
         if changed:
             raise RunDirError(f"cannot resume {run_dir}: {', '.join(changed)} differ from its config.json "
-                              f"(only train.* settings may change on resume)")
+                              f"(only train.* settings, and where the data is, may change on resume)")
         if saved.train.optimizer != cfg.train.optimizer:
             raise RunDirError(f"cannot resume {run_dir} with train.optimizer={cfg.train.optimizer}: its optimizer "
                               f"state is {saved.train.optimizer}'s; start a new run to switch optimizers")
@@ -200,16 +200,15 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
         autocast = autocast_for(device, t.dtype)
         torch.manual_seed(t.seed)
         run_dir = Path(t.out_dir)
-        args = (cfg, run_dir, device, autocast, resume, stop_after, quiet, t0, dist, accept_data_change)
         if not dist.main:
-            return _train(*args[:6], True, *args[7:])
+            return _train(cfg, run_dir, device, autocast, resume, stop_after, True, t0, dist, accept_data_change)
         if resume and not run_dir.is_dir():
             raise RunDirError(f"cannot resume {run_dir}: no such run directory")
         with lock_dir(run_dir) as lock:
             remove_leftovers(run_dir)  # of killed writers: the lock proves none is alive
             _check_run_dir(run_dir, resume)
             try:
-                return _train(*args)
+                return _train(cfg, run_dir, device, autocast, resume, stop_after, quiet, t0, dist, accept_data_change)
             except BaseException:
                 # A fresh run that fails before its first checkpoint leaves nothing to resume:
                 # remove what it wrote (config, tokenizer, metrics), so the same command can

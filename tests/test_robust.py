@@ -29,9 +29,11 @@ import torch
 from safetensors.torch import load_file
 
 from learnpos.cli import main
-from learnpos.errors import os_error_message
-from learnpos.files import LOCK_FILE
-from learnpos.runs import DATA_FILE, checkpoint_dirs, latest_checkpoint
+from learnpos.runs import checkpoint_dirs, latest_checkpoint
+
+# Spelled out rather than imported, so this file also runs against versions without them (and
+# fails there on behaviour, not on an import): learnpos.files.LOCK_FILE, learnpos.runs.DATA_FILE
+LOCK_FILE, DATA_FILE = ".learnpos.lock", "data.json"
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # demo preset at its smallest: a few steps of a 1-layer model, evaluated on 32 sequences
@@ -413,6 +415,8 @@ def test_import_hf_checks_sizes_against_the_header_first(tmp_path, capsys):
 
 
 def test_every_os_failure_is_named_with_what_to_do():
+    from learnpos.errors import os_error_message
+
     for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EMFILE, errno.EISDIR, errno.EDQUOT):
         message = os_error_message(OSError(code, os.strerror(code), "/some/path"))
         assert message.startswith("/some/path: ") and "(" in message and "\n" not in message

@@ -7,8 +7,9 @@
 saves its last stdout line to `benchmarks/results/<name>.json` (with the `machine` block
 every benchmark adds: CPU, torch, threads, commit, date) and then renders. `render` writes
 docs/performance.md from whatever results are saved, one section per benchmark, each saying
-the machine and commit it ran on, and the README's tables between its `<!-- begin NAME -->`
-and `<!-- end NAME -->` markers. Figures from different runs are never mixed in one table.
+the machine and commit it ran on, and the tables between `<!-- begin NAME -->` and
+`<!-- end NAME -->` markers in the files of BLOCK_FILES (docs/applications.md, ...). Figures
+from different runs are never mixed in one table.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = HERE.parent / "docs" / "performance.md"
-README = HERE.parent / "README.md"
 # files with <!-- begin NAME --> blocks to refill
-BLOCK_FILES = [README, HERE.parent / "docs" / "dialogue.md", HERE.parent / "docs" / "results.md"]
+BLOCK_FILES = [HERE.parent / "docs" / "applications.md", HERE.parent / "docs" / "dialogue.md",
+               HERE.parent / "docs" / "results.md"]
 
 # result name -> (script, arguments after --json); one script can save several results (one per
 # dataset); the order is the order of the document

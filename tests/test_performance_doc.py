@@ -1,4 +1,4 @@
-"""docs/performance.md and the README's benchmark tables are exactly what
+"""docs/performance.md and the benchmark tables of docs/applications.md are exactly what
 `benchmarks/performance.py render` makes of the saved `--json` results: no figure there is
 typed by hand."""
 
@@ -21,12 +21,13 @@ def test_performance_doc_is_rendered_from_the_saved_results():
     assert (ROOT / "docs/performance.md").read_text(encoding="utf-8") == perf.render()
 
 
-def test_readme_tables_are_rendered_from_the_saved_results():
+def test_application_tables_are_rendered_from_the_saved_results():
     perf = performance_module()
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "<!-- begin position_probe" in readme and "<!-- begin time_to_quality" in readme
-    assert perf.update_readme(readme) == readme
-    assert "| reverse-16 (decoder) |" in readme  # the blocks are filled, not empty
+    text = (ROOT / "docs/applications.md").read_text(encoding="utf-8")
+    assert "<!-- begin position_probe" in text and "<!-- begin time_to_quality" in text
+    assert perf.update_readme(text) == text
+    assert "| reverse-16 (decoder) |" in text  # the blocks are filled, not empty
+    assert "<!-- begin " not in (ROOT / "README.md").read_text(encoding="utf-8")  # the front page quotes no table
 
 
 def test_every_benchmark_block_outside_the_readme_is_rendered_too():
@@ -37,14 +38,14 @@ def test_every_benchmark_block_outside_the_readme_is_rendered_too():
         assert perf.update_readme(text) == text, f"{path}: run `python benchmarks/performance.py render`"
 
 
-def test_the_readme_kg_prose_states_the_saved_kg_vs_pykeen_figures():
-    """The sentences after the UMLS table quote the three side-by-side runs by hand; each figure
+def test_the_kg_prose_states_the_saved_kg_vs_pykeen_figures():
+    """The sentences of docs/applications.md after the UMLS table quote the three side-by-side runs by hand; each figure
     must be what the saved result says (a rerun that moves one fails here until the prose follows)."""
     import json
     import re
     import statistics
 
-    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text(encoding="utf-8"))
+    readme = re.sub(r"\s+", " ", (ROOT / "docs/applications.md").read_text(encoding="utf-8"))
     perf = performance_module()
 
     def saved(name: str) -> dict:

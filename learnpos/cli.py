@@ -15,15 +15,14 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import sys
 from pathlib import Path
 
-from learnpos.config import Config
+from learnpos.config import SEED_MAX, Config, is_device_name
 from learnpos.errors import ConfigError, DataError, LearnposError, os_error_message
-from learnpos.files import LOCK_FILE
+from learnpos.files import folder_contents
 
 TOP_LEVEL_KEYS = tuple(f.name for f in dataclasses.fields(Config) if isinstance(f.default, str))  # e.g. task
 
@@ -59,7 +58,7 @@ def _free_dir(path: Path) -> tuple[Path, bool]:
             candidate.mkdir(parents=True)
             return candidate, True
         except FileExistsError:
-            if candidate.is_dir() and not [p for p in candidate.iterdir() if p.name != LOCK_FILE]:
+            if candidate.is_dir() and not folder_contents(candidate):
                 return candidate, False  # the training's lock then settles who writes it
         n += 1
         candidate = path.with_name(f"{path.name}-{n}")
@@ -84,9 +83,6 @@ def int_at_least(low: int):
         return value
     parse.__name__ = f"integer >= {low}"
     return parse
-
-
-SEED_MAX = 2**63 - 1  # what torch.Generator.manual_seed and NumPy's SeedSequence both take
 
 
 def seed(text: str) -> int:
@@ -135,11 +131,8 @@ def factor_list(text: str) -> list[float]:
     return values
 
 
-DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
 def device(text: str) -> str:
-    if not DEVICE.fullmatch(text):
+    if not is_device_name(text):
         raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
     return text
 
@@ -191,7 +184,7 @@ def cmd_demo(args, overrides) -> int:
     try:
         result = train(cfg, quiet=args.quiet)
     except BaseException:  # the folder this demo made goes too, if the failed run left it empty
-        if created and out.is_dir() and not [p for p in out.iterdir() if p.name != LOCK_FILE]:
+        if created and out.is_dir() and not folder_contents(out):
             shutil.rmtree(out, ignore_errors=True)
         raise
     m = result.metrics

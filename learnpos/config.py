@@ -446,6 +446,15 @@ def config_diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]
 
 # -------------------------------------------------------------------------- validation
 
+SEED_MAX = 2**63 - 1  # what torch.Generator.manual_seed and NumPy's SeedSequence both take
+
+
+def is_device_name(name: str) -> bool:
+    """auto | cpu | cuda | cuda:N: the device names learnpos takes (whether the machine has the
+    device is `learnpos.train.resolve_device`'s question)."""
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 POSITIONAL_KINDS = ("learned", "sinusoidal", "rope", "alibi", "none")
 LEARNED_INITS = ("normal", "zeros", "sinusoidal", "randn")
 MLP_KINDS = ("gelu", "swiglu")
@@ -515,10 +524,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.grad_clip, train.weight_decay and train.momentum must be >= 0")
     if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):
         raise ConfigError(f"train.beta1/beta2 must be in [0, 1), got {t.beta1}, {t.beta2}")
-    if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
+    if not is_device_name(t.device):
         raise ConfigError(f"train.device='{t.device}' is not one of: auto, cpu, cuda, cuda:N")
-    if not 0 <= t.seed < 2**63:
-        raise ConfigError(f"train.seed must be in 0..{2**63 - 1}, got {t.seed}")
+    if not 0 <= t.seed <= SEED_MAX:
+        raise ConfigError(f"train.seed must be in 0..{SEED_MAX}, got {t.seed}")
     check = TASK_SPECS[cfg.task].check
     if check is not None:
         check(cfg)

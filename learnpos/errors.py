@@ -4,6 +4,8 @@ of the operating system (`OSError`: disk full, read-only, permission, ...; see
 keeps its traceback."""
 
 import errno
+import os
+import re
 
 
 class LearnposError(Exception):
@@ -61,9 +63,6 @@ _OS_ADVICE = {
 def os_error_in(e: Exception, path) -> OSError | None:
     """The OSError behind a library's own error type, when its message carries one (the Rust
     libraries say "No space left on device (os error 28)"), so it can be reported as one."""
-    import os
-    import re
-
     text = str(e)
     for m in re.finditer(r"\((?:os error )?(\d+)\)", text):
         code = int(m.group(1))

@@ -248,6 +248,11 @@ def lock_dir(folder: str | Path, flag: str = "--train.out_dir") -> DirLock:
     return DirLock(folder, fd, created)
 
 
+def folder_contents(folder: Path) -> list[str]:
+    """The names in `folder` other than its lock file, sorted: what makes a folder not empty."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name != LOCK_FILE)
+
+
 def is_locked_folder(folder: Path) -> bool:
     """Whether `folder` is (or was) held by a learnpos writer: a run directory, never data."""
     return (folder / LOCK_FILE).exists()

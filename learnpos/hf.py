@@ -31,7 +31,7 @@ import torch
 from learnpos.config import Config, load_config, mlp_width
 from learnpos.data.tokenizers import TOKENIZER_FILE, CharTokenizer, load_tokenizer
 from learnpos.errors import ConfigError, DataError, RunDirError
-from learnpos.files import LOCK_FILE, fsync_dir, loads_json, lock_dir
+from learnpos.files import folder_contents, fsync_dir, loads_json, lock_dir
 from learnpos.load import build_model, load_run
 from learnpos.optim import build_optimizer
 from learnpos.runs import (
@@ -245,7 +245,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: dict[str, str]
                         f"save it with save_pretrained(..., safe_serialization=True)")
     if not (hf_dir / TOKENIZER_FILE).exists():
         raise DataError(f"{hf_dir} has no {TOKENIZER_FILE}; save the tokenizer with tokenizer.save_pretrained(DIR)")
-    if run_dir.exists() and (not run_dir.is_dir() or [p for p in run_dir.iterdir() if p.name != LOCK_FILE]):
+    if run_dir.exists() and (not run_dir.is_dir() or folder_contents(run_dir)):
         raise RunDirError(f"{run_dir} already exists and is not empty; choose a new run directory")
     shapes = _header_shapes(weights)
     _check_sizes(conf, shapes, weights)  # the sizes first: the weights decide them, not config.json
@@ -268,7 +268,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: dict[str, str]
         cfg.lm.data = os.path.abspath(cfg.lm.data)
 
     with lock_dir(run_dir, "RUN_DIR") as lock:
-        if [p for p in run_dir.iterdir() if p.name != LOCK_FILE]:  # made by another process meanwhile
+        if folder_contents(run_dir):  # made by another process meanwhile
             raise RunDirError(f"{run_dir} already exists and is not empty; choose a new run directory")
         try:
             tokenizer.save(run_dir / TOKENIZER_FILE)

@@ -14,10 +14,10 @@ from tqdm.auto import tqdm
 
 from learnpos import faults
 from learnpos.analysis.position_stats import PositionStats
-from learnpos.config import Config, config_diff, load_run_config
+from learnpos.config import Config, config_diff, is_device_name, load_run_config
 from learnpos.distributed import Dist, check_split, micro_batches, no_sync, wrap_for_training
 from learnpos.errors import ConfigError, DataError, LearnposError, RunDirError, TrainingDiverged
-from learnpos.files import LOCK_FILE, lock_dir
+from learnpos.files import folder_contents, lock_dir
 from learnpos.hardware import cpu_has_amx_bf16
 from learnpos.load import absolute_data_paths, build_model, check_config_against_weights, data_change, data_keys
 from learnpos.model import GPT
@@ -63,7 +63,7 @@ def resolve_device(name: str, flag: str = "--train.device") -> torch.device:
     option the user set it with) when it is not one, or not here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+    if not is_device_name(name):
         raise ConfigError(f"{flag}={name} is not one of: auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"{flag}={name} but CUDA is not available here; use {flag}=cpu or auto")
@@ -98,16 +98,10 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
     elif has_checkpoint(run_dir):
         raise RunDirError(f"{run_dir} already holds a trained model; pass --resume to continue it "
                           f"or choose another --train.out_dir")
-    elif run_dir.exists() and _contents(run_dir):
-        held = ", ".join(_contents(run_dir)[:5])
+    elif run_dir.exists() and (held := ", ".join(folder_contents(run_dir)[:5])):
         raise RunDirError(f"{run_dir} is not empty ({held}) but holds no checkpoint: files of an interrupted "
                           f"or another run. Remove it or choose another --train.out_dir (a fresh run never "
                           f"mixes with old files), or --resume it if it is this run")
-
-
-def _contents(run_dir: Path) -> list[str]:
-    """What a run directory holds apart from its lock file, sorted."""
-    return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
 
 
 def _write_config(cfg: Config, run_dir: Path, resume: bool) -> None:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+from functools import cached_property
 from pathlib import Path
 
 from learnpos.errors import DataError, first_line
@@ -51,6 +53,9 @@ class CharTokenizer:
             if not 0 <= i < n:  # a negative id would silently index from the end
                 raise _id_error(i, n, "character tokenizer's", "symbols")
         return "".join(self.chars[i] for i in ids)
+
+    def token_bytes(self, i: int) -> bytes:
+        return self.chars[i].encode("utf-8", "surrogatepass")
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps({"learnpos_tokenizer": "char", "chars": self.chars}, ensure_ascii=False))
@@ -101,17 +106,62 @@ class BPETokenizer:
                 and not self.tok.get_added_tokens_decoder())
 
     def decode(self, ids: list[int]) -> str:
+        """The text of `ids`. With a byte-level decoder the tokens' bytes are joined and read
+        as UTF-8 with byte sequences that are not UTF-8 dropped (a sampled model can emit a
+        lone continuation byte or stop inside a character): no U+FFFD is ever made up."""
         n = self.vocab_size
         for i in ids:
             if not 0 <= i < n:  # the library silently drops ids >= n (and overflows on negative ones)
                 raise _id_error(i, n, "BPE tokenizer's", "tokens")
-        return self.tok.decode(ids)
+        if self._bytes is None:
+            return self.tok.decode(ids)
+        return b"".join(self._bytes[i] for i in ids).decode("utf-8", "ignore")
+
+    def token_bytes(self, i: int) -> bytes:
+        return self._bytes[i] if self._bytes is not None else self.tok.decode([i]).encode("utf-8", "surrogatepass")
+
+    @cached_property
+    def _bytes(self) -> list[bytes] | None:
+        """Each token's bytes when the decoder is byte-level (GPT-2's: a token is a string over
+        256 stand-in characters, one per byte); special tokens decode to nothing, as the
+        library's decode (skip_special_tokens) does. None for any other decoder."""
+        from tokenizers import decoders
+
+        if not isinstance(self.tok.decoder, decoders.ByteLevel):
+            return None
+        to_byte = {c: b for b, c in enumerate(byte_level_alphabet())}
+        special = {i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
+        out = []
+        for i in range(self.vocab_size):
+            token = self.tok.id_to_token(i)
+            if i in special or token is None:
+                out.append(b"")
+            elif all(c in to_byte for c in token):
+                out.append(bytes(to_byte[c] for c in token))
+            else:  # an added (non-special) token written as plain text
+                out.append(token.encode("utf-8", "surrogatepass"))
+        return out
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, self.tok.to_str())
 
 
 Tokenizer = CharTokenizer | BPETokenizer
+
+
+def byte_level_alphabet() -> list[str]:
+    """The character that stands for each byte value 0..255 in byte-level BPE (GPT-2's
+    convention): printable Latin-1 bytes stand for themselves, the other 68 bytes take the
+    code points from U+0100 upward, in byte order."""
+    keeps = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keeps:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
 
 
 def _id_error(i: int, n: int, whose: str, units: str) -> DataError:
@@ -154,22 +204,21 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 class StreamDecoder:
-    """Streams decoded text. Pending ids are decoded together until they form whole
-    characters (a multi-byte character may span byte-level BPE tokens), then emitted and
-    dropped, so each token is decoded about once however long the generation."""
+    """Streams decoded text, token by token, as the bytes of whole characters: a character
+    split across byte-level tokens is held until its last byte arrives, bytes that cannot be
+    UTF-8 are dropped, and an unfinished character at the end is dropped by `flush`, so the
+    stream never shows U+FFFD and equals `tokenizer.decode` of all the tokens."""
 
     def __init__(self, tokenizer, stream):
         self.tokenizer, self.stream = tokenizer, stream
-        self.pending: list[int] = []
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
 
     def add(self, token: int) -> None:
-        self.pending.append(token)
-        piece = self.tokenizer.decode(self.pending)
-        if not piece.endswith("\ufffd"):  # else: wait for the rest of the character
+        piece = self.utf8.decode(self.tokenizer.token_bytes(token))
+        if piece:
             self.stream(piece)
-            self.pending.clear()
 
     def flush(self) -> None:
-        if self.pending:
-            self.stream(self.tokenizer.decode(self.pending))
-            self.pending.clear()
+        piece = self.utf8.decode(b"", final=True)
+        if piece:
+            self.stream(piece)

@@ -23,8 +23,9 @@ tokens and its EOU only. Per token the batch carries
 
 Evaluation: response perplexity per token (EOU included) and bits per character (the
 response's characters plus one for its end, so tokenizers compare) on the valid or test
-split; on test also distinct-1/2 (Li et al. 2016: distinct n-grams / all n-grams over the
-whitespace words of `dialogue.distinct_samples` sampled responses).
+split; on test also distinct-1/2 (Li et al. 2016: distinct n-grams / all n-grams of
+`dialogue.distinct_samples` sampled responses) over words, or characters in scripts written
+without spaces (`learnpos.analysis.diversity`; `distinct_unit` says which).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from learnpos.analysis.diversity import distinct_n, unit_name
 from learnpos.analysis.report import Figure
 from learnpos.data.dialogue import SPLITS, DialogueData, Turn, load_dialogues
 from learnpos.data.tokenizers import StreamDecoder
@@ -356,11 +358,8 @@ class DialogueTask(Task):
                                                                           ex.turns)))
             responder = [int(ex.speakers[ex.starts[p] + ex.context[p]]) for p in picks[i:i + batch_size]]
             replies += self.sample(model, histories, responder, generator=gen)
-        words = [r.split() for r in replies]
-        out = {}
-        for n in (1, 2):
-            grams = [tuple(w[j:j + n]) for w in words for j in range(len(w) - n + 1)]
-            out[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
+        out = {f"distinct_{n}": distinct_n(replies, n) for n in (1, 2)}
+        out["distinct_unit"] = unit_name(replies)
         out["sampled_responses"] = len(replies)
         return out
 

@@ -31,7 +31,8 @@ def chinese_dialogues(folder: Path, n: int = 40, seed: int = 0) -> Path:
     for split, count in (("train", n), ("valid", 8), ("test", 8)):
         with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for _ in range(count):
-                turns = [{"speaker": ("甲", "乙")[k % 2], "text": "，".join(rng.sample(PHRASES, rng.randint(1, 3))) + "。"}
+                turns = [{"speaker": ("甲", "乙")[k % 2],
+                          "text": "，".join(rng.sample(PHRASES, rng.randint(1, 3))) + "。"}
                          for k in range(rng.randint(2, 6))]
                 f.write(json.dumps({"turns": turns}, ensure_ascii=False) + "\n")
     return folder

@@ -5,6 +5,13 @@ realistic ranks).
     python benchmarks/kg_vs_pykeen.py --dataset umls [--json] [--data PATH] [--seeds 1337,1,2]
         [--models ConvE,TuckER,RotatE,ComplEx-N3,DistMult-N3] [--epochs 200] [--steps N]
         [--set section.key=value ...] [--ensemble K [--jobs J]]
+    python benchmarks/kg_vs_pykeen.py --data PATH [--budget MINUTES] [--learnpos derived|preset|both] ...
+
+Any graph: with `--data PATH` and no `--dataset` (or with `--learnpos derived`), learnpos runs
+the settings `learnpos train --task kg --data PATH` derives from the data (learnpos.derive.kg),
+its schedule fitted to `--budget` minutes (default 10; the probe that fits it is inside the
+timed wall time); `--learnpos both` runs the preset as well (a row each; the ratio uses the
+derived row).
 
 PyKEEN's defaults are not used (its default DistMult/ComplEx are badly under-regularised in
 the 1-N regime); every model trains with 1-N scoring (LCWA) and, where it takes them,
@@ -121,6 +128,22 @@ def run_learnpos(dataset: str, data: str, seed: str, steps: int, sets: list[str]
     return _test_metrics([cfg.train.out_dir], t0)
 
 
+DERIVED = "learnpos, settings derived from the data"
+
+
+def run_derived(folder: Path, seed: str, budget: float, sets: list[str], tmp: str) -> dict:
+    """One run of the data-derived settings, from the derivation (its probe included) to the test ranking."""
+    from learnpos.derive import derive_config
+
+    t0 = time.perf_counter()
+    over = {"train.seed": str(seed), "train.out_dir": f"{tmp}/derived-{seed}", "train.time_budget": str(budget),
+            **dict(x.split("=", 1) for x in sets)}
+    cfg, lines = derive_config("kg", str(folder), over)
+    print("\n".join(lines), flush=True)
+    train(cfg, quiet=True)
+    return {**_test_metrics([cfg.train.out_dir], t0), "steps": cfg.train.max_iters}
+
+
 def run_ensemble(dataset: str, data: str, seed: str, steps: int, sets: list[str], tmp: str, members: int,
                  jobs: int) -> tuple[dict, dict]:
     """(the first member alone, the ensemble) of `members` runs with seeds seed, seed + 1000, ...
@@ -159,8 +182,13 @@ def _test_metrics(dirs: list[str], t0: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="umls")
+    ap.add_argument("--dataset", default="", help="a preset's dataset: umls, kinships, nations, wn18rr, fb15k-237 "
+                                                  "(default umls, or none with --data: derived settings)")
     ap.add_argument("--data", default="", help="dataset folder (default: PyKEEN's copy of nations/kinships/umls)")
+    ap.add_argument("--learnpos", choices=("preset", "derived", "both"), default="",
+                    help="learnpos's settings: the dataset's preset, derived from the data, or both (default: "
+                         "preset with --dataset, derived without)")
+    ap.add_argument("--budget", type=float, default=10.0, help="minutes for a derived run (train.time_budget)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--seeds", default="1337,1,2")
     ap.add_argument("--models", default=",".join(RECIPES))
@@ -175,25 +203,40 @@ def main() -> None:
     if args.ensemble < 1 or (args.ensemble > 1 and not 1 <= args.jobs <= torch.get_num_threads()):
         ap.error(f"--ensemble must be at least 1 and --jobs between 1 and the {torch.get_num_threads()} threads "
                  f"(got {args.ensemble} and {args.jobs})")
-    folder = dataset_path(args.dataset, args.data)
-    print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; {args.dataset} from {folder}", flush=True)
+    if not args.dataset and not args.data:
+        args.dataset = "umls"
+    which = args.learnpos or ("preset" if args.dataset else "derived")
+    if which != "preset" and args.ensemble > 1:
+        ap.error("--ensemble trains preset runs; drop it or use --learnpos preset")
+    if which != "derived" and not args.dataset:
+        ap.error("--learnpos preset needs --dataset NAME (its preset is kg-NAME)")
+    folder = dataset_path(args.dataset or "data", args.data)
+    name = args.dataset or folder.name
+    print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; {name} from {folder}", flush=True)
     seeds = args.seeds.split(",")
     rows: dict[str, dict] = {}
     ours = f"learnpos, ensemble of {args.ensemble} runs" if args.ensemble > 1 else SINGLE  # what the ratio uses
+    if which != "preset":
+        ours = DERIVED
     with tempfile.TemporaryDirectory() as tmp:
-        if args.ensemble > 1:
+        if which != "preset":
+            rows[DERIVED] = [run_derived(folder, s, args.budget, args.set, tmp) for s in seeds]
+            print(f"{DERIVED}: MRR {statistics.mean(r['mrr'] for r in rows[DERIVED]):.4f}", flush=True)
+        if which != "derived" and args.ensemble > 1:
             runs = [run_ensemble(args.dataset, str(folder), s, args.steps, args.set, tmp, args.ensemble, args.jobs)
                     for s in seeds]
             rows[SINGLE] = [single for single, _ in runs]
             rows[ours] = [ens for _, ens in runs]
-        else:
+        elif which != "derived":
             rows[SINGLE] = [run_learnpos(args.dataset, str(folder), s, args.steps, args.set, tmp) for s in seeds]
-        for name in args.models.split(","):
-            rows[f"PyKEEN {name}"] = [run_pykeen(name, folder, args.epochs, int(s)) for s in seeds]
-            print(f"PyKEEN {name}: MRR {statistics.mean(r['mrr'] for r in rows[f'PyKEEN {name}']):.4f}", flush=True)
+        if which != "derived":
+            print(f"{SINGLE}: MRR {statistics.mean(r['mrr'] for r in rows[SINGLE]):.4f}", flush=True)
+        for model in filter(None, args.models.split(",")):
+            rows[f"PyKEEN {model}"] = [run_pykeen(model, folder, args.epochs, int(s)) for s in seeds]
+            print(f"PyKEEN {model}: MRR {statistics.mean(r['mrr'] for r in rows[f'PyKEEN {model}']):.4f}", flush=True)
     mean = {k: {m: statistics.mean(r[m] for r in v) for m in ("mrr", "hits@1", "hits@10", "wall_s")}
             for k, v in rows.items()}
-    print(f"\n{args.dataset}, test split, filtered, both directions, realistic ranks; mean of {len(seeds)} seed(s)")
+    print(f"\n{name}, test split, filtered, both directions, realistic ranks; mean of {len(seeds)} seed(s)")
     print("| model | MRR | Hits@1 | Hits@10 | wall s per run |\n|---|---|---|---|---|")
     for k, m in mean.items():
         print(f"| {k} | {m['mrr']:.3f} | {m['hits@1']:.3f} | {m['hits@10']:.3f} | {m['wall_s']:.0f} |")
@@ -203,11 +246,14 @@ def main() -> None:
     if best:
         print(f"{ours} MRR / best PyKEEN MRR ({best}): {ratio:.3f}")
     spread = {k: statistics.pstdev([r["mrr"] for r in v]) if len(v) > 1 else 0.0 for k, v in rows.items()}
-    C.emit(args.json, {"dataset": args.dataset, "rows": rows, "ensemble": args.ensemble,
+    single = mean.get(SINGLE, {})
+    C.emit(args.json, {"dataset": name, "learnpos_settings": which, "rows": rows, "ensemble": args.ensemble,
                        "jobs": args.jobs if args.ensemble > 1 else 1,
                        "learnpos_mrr": mean[ours]["mrr"], "learnpos_mrr_std": spread[ours],
-                       "learnpos_single_mrr": mean[SINGLE]["mrr"], "learnpos_single_mrr_std": spread[SINGLE],
-                       "learnpos_single_wall_s": mean[SINGLE]["wall_s"],
+                       "learnpos_single_mrr": single.get("mrr"), "learnpos_single_mrr_std": spread.get(SINGLE),
+                       "learnpos_single_wall_s": single.get("wall_s"),
+                       "learnpos_derived_mrr": mean.get(DERIVED, {}).get("mrr"),
+                       "learnpos_preset_mrr": single.get("mrr") if args.ensemble == 1 else None,
                        "best_pykeen_model": best, "best_pykeen_mrr": pykeen[best]["mrr"] if best else None,
                        "ratio": ratio, "learnpos_wall_s": mean[ours]["wall_s"],
                        "pykeen_wall_s": pykeen[best]["wall_s"] if best else None, "pykeen_epochs": args.epochs})

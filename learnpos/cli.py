@@ -131,6 +131,13 @@ def factor_list(text: str) -> list[float]:
     return values
 
 
+def _positive_minutes(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    return value
+
+
 def device(text: str) -> str:
     if not is_device_name(text):
         raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
@@ -213,9 +220,11 @@ def cmd_train(args, overrides) -> int:
         for key, value in overrides.items():
             set_override(cfg, key, value)
         cfg.train.out_dir = str(run_dir)
+    elif args.preset is None and not args.dataset and overrides.get("task") in DERIVED_TASKS:
+        cfg = _derived_config(args, overrides)
     else:
-        preset = args.preset
-        if args.dataset and preset == "demo":  # --dataset NAME without --preset: the dataset's preset
+        preset = args.preset or "demo"
+        if args.dataset and args.preset is None:  # --dataset NAME without --preset: the dataset's preset
             preset = _dataset_preset(args.dataset)
             if overrides.get("task") == "kg":
                 del overrides["task"]  # the preset's own task
@@ -266,6 +275,26 @@ def cmd_import_hf(args, overrides) -> int:
         f"learnpos import-hf {args.hf_dir} NEW_DIR --data TEXT (to fine-tune)"
     print(f"wrote run {run}: try learnpos generate --run {run} --prompt \"...\", or {hint}")
     return 0
+
+
+DERIVED_TASKS = ("kg", "lm", "dialogue")  # tasks whose settings `learnpos train` derives from the data
+
+
+def _derived_config(args, overrides: dict[str, str]):
+    """`learnpos train --task T --data PATH` with no preset: settings derived from the data
+    (learnpos.derive), what was chosen printed to stderr."""
+    from learnpos.derive import derive_config
+
+    task = overrides.pop("task")
+    data = args.data or overrides.get(f"{task}.data")
+    if not data:
+        raise ConfigError(f"--task {task} without --preset derives its settings from the data: give --data PATH "
+                          f"(or pick a preset: `learnpos config --list`)")
+    val_data = args.val_data or overrides.get("lm.val_data") if task == "lm" else None
+    cfg, lines = derive_config(task, data, overrides, val_data)
+    if not args.quiet:
+        print("\n".join(lines), file=sys.stderr, flush=True)
+    return cfg
 
 
 def _task_key(cfg, field: str, flag: str) -> str:
@@ -408,6 +437,26 @@ def cmd_kg(args, overrides) -> int:
     return 0
 
 
+def cmd_tune(args, overrides) -> int:
+    from learnpos.tune import tune
+
+    if args.preset is None and not args.data:
+        raise ConfigError(f"learnpos tune --task {args.task} needs --data PATH (or --preset P)")
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    s = tune(args.task, args.data or "", args.budget, preset=args.preset, trials=args.trials, storage=args.storage,
+             study_name=args.study, jobs=args.jobs, out=args.out, overrides=overrides, seed=args.seed,
+             val_data=args.val_data, quiet=args.quiet, say=say)
+    if args.json:
+        _emit_json({k: s.get(k) for k in ("study", "task", "metric", "direction", "spent_minutes", "preset",
+                                           "importance")} | {"best": s["best"], "baseline": s["baseline"],
+                                                             "trials": len(s["trials"])})
+        return 0
+    from learnpos.tune import summary_markdown
+
+    print(summary_markdown(s), end="")
+    return 0
+
+
 def cmd_data(args, overrides) -> int:
     from learnpos.data.fetch import fetch
 
@@ -453,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model from a preset plus overrides")
-    p.add_argument("--preset", default="demo", help="preset name or .toml path (see `learnpos config --list`)")
+    p.add_argument("--preset", help="preset name or .toml path (see `learnpos config --list`); without it, "
+                                    "--task kg|lm|dialogue --data PATH derives the settings from the data, and "
+                                    "anything else trains the demo preset")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--data", help="the task's data: text for lm (= --lm.data), a triples folder or .tar.gz for kg "
                                   "(= --kg.data), a DailyDialog or JSONL folder for dialogue (= --dialogue.data); "
@@ -520,6 +571,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0, help=f"0..{SEED_MAX}")
     p.add_argument("--device", type=device, default="auto", help=devices)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("tune", help="search a task's settings on your data with Optuna (needs learnpos[tune])")
+    p.add_argument("--task", required=True, choices=("kg", "lm", "dialogue"))
+    p.add_argument("--data", help="the task's data (as for train --data)")
+    p.add_argument("--val-data", help="separate validation text (lm)")
+    p.add_argument("--preset", help="start from this preset (default: the settings derived from the data)")
+    p.add_argument("--budget", type=_positive_minutes, default=20.0,
+                   help="minutes for the whole study, over all its sessions (default 20)")
+    p.add_argument("--trials", type=int_at_least(0), default=0, help="stop after this many trials (default: "
+                                                                     "as many as the budget holds)")
+    p.add_argument("--storage", default="", help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    p.add_argument("--study", default="", help="study name (default TASK-DATANAME[-PRESET])")
+    p.add_argument("--jobs", type=int_at_least(1), default=1, help="trials at once (default 1: on 2 cores one "
+                                                                   "trial uses both)")
+    p.add_argument("--out", default="", help="folder of the trials, the study and its summary "
+                                             "(default runs/tune-STUDY)")
+    p.add_argument("--seed", type=seed, default=0, help="the sampler's seed")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("compare", help="train one preset with every positional encoding and compare them across "
                                        "evaluation lengths (resumable)")

@@ -107,6 +107,10 @@ class TrainConfig:
     min_lr: float = 1e-4  # floor of the cosine decay
     warmup_iters: int = 100
     max_iters: int = 1000  # also the end of the cosine schedule
+    # Minutes of wall time the run may take (data loading, steps and evaluations, summed over
+    # resumes); 0 = no bound. When it is spent the run evaluates, checkpoints and ends at that
+    # step. Data-derived settings (`learnpos train --task T --data PATH`) size max_iters to fit it.
+    time_budget: float = 0.0
     weight_decay: float = 0.1  # on matrices; each learned table has its own switch (positional/tables)
     beta1: float = 0.9
     beta2: float = 0.99
@@ -520,6 +524,8 @@ def validate(cfg: Config) -> None:
     if t.warmup_iters < 0 or t.warmup_iters > t.max_iters:
         raise ConfigError(f"train.warmup_iters={t.warmup_iters} must be in [0, max_iters={t.max_iters}]; "
                           f"set --train.warmup_iters to at most {t.max_iters}")
+    if t.time_budget < 0:
+        raise ConfigError(f"train.time_budget is in minutes and must be >= 0 (0 = no bound), got {t.time_budget}")
     if t.grad_clip < 0 or t.weight_decay < 0 or t.momentum < 0:
         raise ConfigError("train.grad_clip, train.weight_decay and train.momentum must be >= 0")
     if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):

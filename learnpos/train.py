@@ -166,7 +166,7 @@ def _load_checkpoint(folder: Path, model, optimizer, device: torch.device, dist:
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quiet: bool = False,
-          accept_data_change: bool = False) -> TrainResult:
+          accept_data_change: bool = False, on_eval=None) -> TrainResult:
     """Train `cfg` into `cfg.train.out_dir`.
 
     resume: continue from the run directory's last checkpoint (bit-exact on CPU).
@@ -174,6 +174,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
         process were killed there; the schedule still runs to `train.max_iters`.
     accept_data_change: resume although the data differs from the run's data.json (which is
         then rewritten); otherwise that is a DataError naming the change.
+    on_eval: called as on_eval(step, metrics) after each evaluation (rank 0); a true result
+        ends the run there, checkpointed, like an early stop (`learnpos tune`'s pruner).
 
     A run directory has one writer: the lock (`learnpos.files.lock_dir`) is taken before
     anything is checked or written and held to the end; a second writer gets a RunDirError
@@ -195,14 +197,16 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
         torch.manual_seed(t.seed)
         run_dir = Path(t.out_dir)
         if not dist.main:
-            return _train(cfg, run_dir, device, autocast, resume, stop_after, True, t0, dist, accept_data_change)
+            return _train(cfg, run_dir, device, autocast, resume, stop_after, True, t0, dist, accept_data_change,
+                          on_eval)
         if resume and not run_dir.is_dir():
             raise RunDirError(f"cannot resume {run_dir}: no such run directory")
         with lock_dir(run_dir) as lock:
             remove_leftovers(run_dir)  # of killed writers: the lock proves none is alive
             _check_run_dir(run_dir, resume)
             try:
-                return _train(cfg, run_dir, device, autocast, resume, stop_after, quiet, t0, dist, accept_data_change)
+                return _train(cfg, run_dir, device, autocast, resume, stop_after, quiet, t0, dist, accept_data_change,
+                              on_eval)
             except BaseException:
                 # A fresh run that fails before its first checkpoint leaves nothing to resume:
                 # remove what it wrote (config, tokenizer, metrics), so the same command can
@@ -260,7 +264,7 @@ def _resolve_vocab(cfg: Config, task) -> None:
 
 
 def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: bool, stop_after: int | None,
-           quiet: bool, t0: float, dist: Dist, accept_data_change: bool = False) -> TrainResult:
+           quiet: bool, t0: float, dist: Dist, accept_data_change: bool = False, on_eval=None) -> TrainResult:
     t = cfg.train
     folder = _resume_point(run_dir, t) if resume else None
     if folder is not None:  # before config.json is rewritten with a schedule the run has passed
@@ -282,6 +286,12 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
     history = truncate_metrics(run_dir, step) if (resume and dist.main) else []  # drops a line cut mid-append
     skipped = sum(r.get("skipped", 0) for r in history if r.get("split") == "train")
     best, since_best = _best_so_far(history, t)
+    spent = next((r["time_s"] for r in reversed(history) if "time_s" in r), 0.0)  # seconds before this call
+    budget_s = t.time_budget * 60
+    if budget_s and spent >= budget_s:
+        raise ConfigError(f"{run_dir} has used its train.time_budget of {t.time_budget:g} minutes; raise "
+                          f"--train.time_budget to go on")
+    elapsed = lambda: spent + time.perf_counter() - t0  # noqa: E731
     tables = {name: table.weight for name, table in model.learned_tables().items()}
     stats = None
     if t.position_stats and tables and dist.main:
@@ -346,8 +356,11 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         step += 1
         bar.update(1)
 
-        log_now = step % t.log_interval == 0 or step == end
-        eval_now = step % t.eval_interval == 0 or step == end
+        out_of_time = bool(budget_s) and elapsed() >= budget_s
+        if budget_s and dist.active:
+            out_of_time = dist.broadcast(out_of_time)  # rank 0's clock decides for all
+        log_now = step % t.log_interval == 0 or step == end or out_of_time
+        eval_now = step % t.eval_interval == 0 or step == end or out_of_time
         if not (log_now or eval_now):
             continue
         loss_value = loss.item()  # checked only here (a host sync): NaN is sticky, later losses stay NaN
@@ -357,7 +370,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
                                    f"{run_dir} is kept")
         if log_now and dist.main:
             record = {"step": step, "split": "train", "loss": loss_value, "lr": lr,
-                      "time_s": round(time.perf_counter() - t0, 3)}
+                      "time_s": round(elapsed(), 3)}
             if t.on_nonfinite == "skip":
                 record["skipped"] = skipped
             append_metrics(run_dir, record)
@@ -367,7 +380,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
             if dist.main:
                 metrics = task.evaluate(model, device, autocast=autocast)
                 faults.point("eval")  # crash tests: killed with an evaluation done but not logged
-                append_metrics(run_dir, {"step": step, "split": "val", **metrics})
+                append_metrics(run_dir, {"step": step, "split": "val", **metrics, "time_s": round(elapsed(), 3)})
                 if t.early_stop_metric:
                     value = _metric(metrics, t.early_stop_metric, cfg.task)
                     if best is None or (value > best if t.early_stop_mode == "max" else value < best):
@@ -377,18 +390,25 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
                     else:
                         since_best += 1
                     stop = t.early_stop_patience > 0 and since_best >= t.early_stop_patience
+                if on_eval is not None and on_eval(step, metrics):
+                    stop = "asked"
             stop = dist.broadcast(stop)  # the other ranks wait here for rank 0's evaluation
             checkpoint()
             if not quiet:
                 bar.write(_summary(step, metrics))
-            if stop:
+            if out_of_time and not stop:
                 if dist.main:
+                    log.warning("train.time_budget of %g minutes spent at step %d of %d; the run ends here",
+                                t.time_budget, step, t.max_iters)
+                break
+            if stop:
+                if dist.main and stop != "asked":
                     log.warning("early stop at step %d: %s has not improved on %.6g for %d evaluations",
                                 step, t.early_stop_metric, best, since_best)
                 break
     bar.close()
 
-    if dist.main and (step == t.max_iters or (t.early_stop_patience and step < t.max_iters)):
+    if dist.main and (step == t.max_iters or (step < end and step < t.max_iters)):  # ended early: no resume to come
         from learnpos.analysis.plots import save_position_plots
 
         save_position_plots(model, run_dir)

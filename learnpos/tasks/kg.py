@@ -64,6 +64,10 @@ class KGConfig:
     data: str = ""  # a folder or .tar.gz with train/valid/test.txt; "" = PyKEEN's copy of the dataset
     queries: str = "coke"  # coke | reciprocal
     targets: str = "triple"  # triple (an example per triple) | query (an example per distinct query, all its answers)
+    # kg.targets=query: how queries weigh in a batch's loss. uniform: each query alike; answers:
+    # by its answer count k, as ranking weighs them (a test query with k answers is ranked k
+    # times) and as kg.targets=triple does in expectation
+    query_weight: str = "uniform"
     label_smoothing: float = 0.1
     negatives: int = 0  # training only: 0 = score every entity (1-N); N = the batch's answers + N drawn uniformly
     eval_split: str = "valid"  # the split evaluated during training (early stopping reads it)
@@ -134,6 +138,8 @@ class KGTask(Task):
             raise ConfigError("task 'kg' needs a bidirectional encoder: set --model.causal=false")
         if m.positional.kind == "learned" and m.positional.max_len < 3:
             raise ConfigError("task 'kg' reads 3-token queries: set --model.positional.max_len=3 (or more)")
+        if kg.query_weight not in ("uniform", "answers"):
+            raise ConfigError(f"kg.query_weight='{kg.query_weight}' is not one of: uniform, answers")
         if kg.targets not in TARGET_KINDS:
             raise ConfigError(f"kg.targets='{kg.targets}' is not one of: {', '.join(TARGET_KINDS)}")
         if not 0 <= kg.label_smoothing < 1:
@@ -244,6 +250,8 @@ class KGTask(Task):
         nll = torch.zeros(len(count), device=scores.device).index_add_(0, rows, logp[rows, cols]).neg_() / count
         eps = self.kg.label_smoothing
         per_query = (1 - eps) * nll - eps * logp.mean(-1) if eps else nll
+        if self.kg.query_weight == "answers":
+            return (per_query * count).sum() / count.sum()
         return per_query.mean()
 
     def ensemble(self, models: list[nn.Module], others: list[Task], names: list[str]) -> Ensemble:

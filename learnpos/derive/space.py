@@ -1,0 +1,29 @@
+"""Search spaces for `learnpos tune`, declared as data beside each task's derivation
+(`SPACE` in learnpos.derive.kg, .lm, .dialogue). No Optuna here: `learnpos.tune` turns a
+`Param` into a suggestion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched key. kind: "float" (low..high, log-uniform if `log`), "int" (low..high),
+    "choice" (one of `choices`), or "scale" (the base config's value times one of `choices`,
+    for step counts that depend on the data)."""
+
+    key: str
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple = ()
+
+    def __post_init__(self):
+        if self.kind not in ("float", "int", "choice", "scale"):
+            raise ValueError(f"{self.key}: kind '{self.kind}' is not float, int, choice or scale")
+        if self.kind in ("choice", "scale") and not self.choices:
+            raise ValueError(f"{self.key}: a {self.kind} parameter needs choices")
+        if self.kind in ("float", "int") and not self.low <= self.high:
+            raise ValueError(f"{self.key}: low {self.low} > high {self.high}")

@@ -57,6 +57,8 @@ def main() -> None:
                       for m in filter(None, args.models.split(","))}
         best = max(pykeen, key=lambda m: mean(pykeen[m], "mrr")) if pykeen else None
         row = {"derived_mrr": mean(derived, "mrr"), "preset_mrr": mean(preset, "mrr"),
+               "derived_tail_mrr": mean(derived, "tail_mrr"), "derived_head_mrr": mean(derived, "head_mrr"),
+               "preset_tail_mrr": mean(preset, "tail_mrr"), "preset_head_mrr": mean(preset, "head_mrr"),
                "derived_steps": [r["steps"] for r in derived],
                "derived_wall_s": mean(derived, "wall_s"), "preset_wall_s": mean(preset, "wall_s"),
                "best_pykeen_model": best, "best_pykeen_mrr": mean(pykeen[best], "mrr") if best else None,
@@ -79,6 +81,11 @@ def main() -> None:
             f"{r['pykeen_wall_s']:.0f}" if r["pykeen_wall_s"] else "-")
         print(f"| {name} | {r['derived_mrr']:.3f} | {r['preset_mrr']:.3f} | {r['ratio_to_preset']:.3f} | {pk} | "
               f"{ratio} | {walls} |")
+    print("\nby direction (test MRR): tail [h, r, ?] / head [?, r, t]")
+    print("| graph | derived tail | derived head | preset tail | preset head |\n|---|---|---|---|---|")
+    for name, r in out.items():
+        print(f"| {name} | {r['derived_tail_mrr']:.3f} | {r['derived_head_mrr']:.3f} | {r['preset_tail_mrr']:.3f} | "
+              f"{r['preset_head_mrr']:.3f} |")
     C.emit(args.json, {"graphs": out, "seeds": seeds, "budget_minutes": args.budget, "pykeen_epochs": args.epochs})
 
 

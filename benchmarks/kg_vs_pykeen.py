@@ -176,8 +176,8 @@ def run_ensemble(dataset: str, data: str, seed: str, steps: int, sets: list[str]
 def _test_metrics(dirs: list[str], t0: float) -> dict:
     model, _, task = load_runs(dirs)
     m = task.evaluate(model, torch.device("cpu"), split="test")
-    return {"mrr": m["mrr"], "hits@1": m["hits@1"], "hits@10": m["hits@10"],
-            "wall_s": round(time.perf_counter() - t0, 1)}
+    return {"mrr": m["mrr"], "hits@1": m["hits@1"], "hits@10": m["hits@10"], "tail_mrr": m["tail_mrr"],
+            "head_mrr": m["head_mrr"], "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def main() -> None:

@@ -18,6 +18,9 @@ last checkpoint. The budget counts the minutes of every session of the study. On
 writes an OUT folder at a time (its lock); several studies can share one storage file and be
 compared by name.
 
+`--jobs J` runs J trials at once, in threads of this process, each with 1/J of torch's threads
+(on 2 cores the default, one trial at a time with both, is usually as fast).
+
 At the end (and after every trial) OUT holds `best.toml` (a preset: `learnpos train --preset
 OUT/best.toml`), `summary.json`, `summary.md` (the trials table and the parameters that
 mattered, by PED-ANOVA importance) and `trials.png` (the metric by trial).
@@ -223,6 +226,10 @@ def tune(task: str, data: str, budget: float, preset: str | None = None, trials:
                     f"({trial.user_attrs.get('wall_s', 0):.0f} s; {max(0.0, left()) / 60:.1f} min left)")
             write_summary(study, out_dir, base, metric, mode)
 
+        if jobs > 1:  # trials run in threads of this process: each gets its share of the cores
+            import torch
+
+            torch.set_num_threads(max(1, torch.get_num_threads() // jobs))
         done = len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")])  # a failed one is retried
         n = (trials - done) if trials else None
         if (n is None or n > 0) and left() > 0:
@@ -268,6 +275,8 @@ def write_summary(study, out_dir: Path, base: Config, metric: str, mode: str) ->
     if best is not None:
         best_cfg = json.loads((Path(best["run_dir"]) / "config.json").read_text(encoding="utf-8"))
         best_cfg["train"]["out_dir"] = f"runs/{study.study_name}-tuned"
+        best_cfg["model"]["vocab_size"] = base.model.vocab_size  # 0: from the data, as the run resolved it
+        best_cfg["train"]["dtype"], best_cfg["train"]["device"] = base.train.dtype, base.train.device  # e.g. auto
         header = (f"learnpos tune: trial {best['trial']} of study '{study.study_name}', validation {metric} "
                   f"{best['value']:.4f}" + (f" (the base config: {baseline['value']:.4f})" if baseline else ""))
         atomic_write_text(out_dir / BEST_PRESET, to_toml(best_cfg, header))

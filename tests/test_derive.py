@@ -187,6 +187,7 @@ def test_tune_writes_a_preset_a_summary_and_a_plot(graph, tmp_path):
     trial_cfg = json.loads((Path(best["run_dir"]) / "config.json").read_text())
     assert cfg.model.n_embd == trial_cfg["model"]["n_embd"] and cfg.train.lr == trial_cfg["train"]["lr"]
     assert cfg.train.out_dir.endswith("-tuned")
+    assert cfg.model.vocab_size == 0 and cfg.train.dtype == "auto"  # as a preset says them, not as a run resolved
 
 
 def test_tune_resumes_after_kill_9(graph, tmp_path):
@@ -217,3 +218,42 @@ def test_tune_resumes_after_kill_9(graph, tmp_path):
     assert retry.params == study.trials[1].params and retry.user_attrs["run_dir"].endswith("trial-0001")
     steps_after = [json.loads(x)["step"] for x in (out / "trial-0001" / "metrics.jsonl").read_text().splitlines()]
     assert steps_after[: len(steps_before)] == steps_before and steps_after[-1] > steps_before[-1]  # continued
+
+
+# ------------------------------------------------------------------ text and dialogue, derived
+
+
+def test_derived_chinese_dialogue_trains_evaluates_and_chats(tmp_path, capsys):
+    from test_cjk import chinese_dialogues
+
+    data = chinese_dialogues(tmp_path / "zh")
+    out = tmp_path / "run"
+    assert main(["train", "--task", "dialogue", "--data", str(data), "--train.time_budget=0.25",
+                 f"--train.out_dir={out}", "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dialogue"]["tokenizer"] == "char" and cfg["train"]["time_budget"] == 0.25
+    assert main(["eval", "--run", str(out), "--split", "test", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert m["distinct_unit"] in ("characters", "words+characters") and 0 < m["distinct_1"] < 1
+    script = tmp_path / "chat.txt"
+    script.write_text("你好\n周末有空吗\n/quit\n", encoding="utf-8")
+    assert main(["chat", "--run", str(out), "--script", str(script), "--max-new-tokens", "12"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("> ") >= 4 and "\ufffd" not in said
+
+
+def test_derived_chinese_text_lm_generates(tmp_path, capsys):
+    from test_cjk import PHRASES
+
+    rng = np.random.default_rng(0)
+    text = "\n".join("".join(rng.choice(PHRASES, 3)) + "。" for _ in range(600))
+    (tmp_path / "zh.txt").write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "--task", "lm", "--data", str(tmp_path / "zh.txt"), "--train.time_budget=0.2",
+                 f"--train.out_dir={out}", "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["lm"]["tokenizer"] == "char" and cfg["lm"]["block_size"] == cfg["model"]["positional"]["max_len"]
+    capsys.readouterr()
+    assert main(["generate", "--run", str(out), "--prompt", "今天", "--max-new-tokens", "30", "--seed", "1"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("今天") and "\ufffd" not in said

@@ -51,7 +51,8 @@ def derive_config(task: str, data: str, overrides: dict[str, str], val_data: str
         budget = float(overrides.get("train.time_budget", DEFAULT_BUDGET))
     except ValueError:
         budget = DEFAULT_BUDGET  # load_config below names the bad value
-    settings, why, most = derived_settings(task, data, val_data, (budget or DEFAULT_BUDGET) * 60)
+    sizing_budget = budget if budget > 0 else DEFAULT_BUDGET  # 0 = no bound; < 0 is refused by load_config
+    settings, why, most = derived_settings(task, data, val_data, sizing_budget * 60)
     settings.setdefault("train.out_dir", f"runs/{task}-{settings.pop('_name', 'data')}")
     settings["train.time_budget"] = DEFAULT_BUDGET
     try:  # the user fixed the steps: the schedule follows them (warmup, evaluations), no probe

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+import learnpos.derive.sizing as sizing
 from learnpos.data.dialogue import load_dialogues
-from learnpos.derive import sizing
 from learnpos.derive.lm import _chars_per_token
 from learnpos.derive.space import Param
 

@@ -4,7 +4,8 @@ From the training text's size (characters) and alphabet: the tokenizer and its v
 (`sizing.tokenizer_for`), the model (`sizing.shape_for`: T tokens, the time budget), and
 
 - block: 64 tokens for a small character model (the CPU recipe's), 128 for BPE or a model of
-  2M+ parameters, 256 from 10M parameters; the learned table has exactly that many rows;
+  2M+ parameters, 256 from 10M parameters, and a power of two below each split's length when
+  the text is that short; the learned table has exactly that many rows;
 - batch: about 1,024 tokens a step for characters, 2,048 for BPE (at least 8 sequences);
 - learning rate 1e-3 below 5M parameters, 6e-4 above (nanoGPT's small and GPT-2-small
   rates), cosine to a tenth; AdamW beta2 0.99, weight decay 0.1, clipping at 1;
@@ -17,8 +18,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import learnpos.derive.sizing as sizing
 from learnpos.data.text import load_corpus
-from learnpos.derive import sizing
 from learnpos.derive.space import Param
 
 EPOCHS = 20
@@ -41,6 +42,9 @@ def derive(data: str, val_data: str | None = None, budget_s: float = 600.0) -> t
     (L, C, H), size_why = sizing.shape_for(tokens, budget_s, sizing.matmul_flops())
     params = 12 * L * C * C
     block = 64 if kind == "char" and params < 2e6 else 128 if params < 10e6 else 256
+    shortest = min(tokens, round(len(corpus.val_text) / (1 if kind == "char" else _chars_per_token(corpus.val_text))))
+    if shortest <= block and shortest > 8:  # a short text: a window must fit in each split
+        block = 2 ** int(math.log2(shortest - 1))
     batch = max(8, (1024 if kind == "char" else 2048) // block)
     lr = 1e-3 if params < 5e6 else 6e-4
     dropout = 0.1 if tokens < 20 * params else 0.0

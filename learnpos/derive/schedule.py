@@ -79,6 +79,6 @@ def fit(cfg: Config, p: Probe, budget_s: float, most_steps: int, fixed: set[str]
              + (f", early stop after {t.early_stop_patience} without progress" if t.early_stop_patience else ""),
              f"planned {planned / 60:.1f} of the {budget_s / 60:g} minutes (train.time_budget stops the run if "
              f"it runs longer)" if budget_s > 0 else f"planned {planned / 60:.1f} minutes (no train.time_budget)"]
-    if steps < 100 and "train.max_iters" not in fixed:
+    if steps < 100 and "train.max_iters" not in fixed and bound == "the time budget":
         lines.append(f"warning: only {steps} steps fit; give more time with --train.time_budget=MINUTES")
     return lines

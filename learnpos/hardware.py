@@ -33,11 +33,3 @@ def _cpu_flags() -> frozenset[str]:
 def cpu_has_amx_bf16() -> bool:
     """True if the CPU has AMX bf16 tile instructions (Intel Sapphire Rapids and later)."""
     return "amx_bf16" in _cpu_flags()
-
-
-def cpu_supports_bf16() -> bool:
-    """True if the CPU computes bf16 matrix products natively: AMX-BF16 or AVX512-BF16
-    (the latter, without AMX, is e.g. AMD Zen 4: about 2x the fp32 peak in theory, not
-    measured here). Without either, bf16 on CPU is emulated and slower than fp32."""
-    flags = _cpu_flags()
-    return "amx_bf16" in flags or "avx512_bf16" in flags

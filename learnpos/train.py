@@ -303,56 +303,15 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
              model.num_params(), model.num_params(include_tables=False), t.dtype, device,
              f", {dist.world} processes" if dist.active else "")
 
-    def checkpoint() -> None:
-        rng = dist.gather(torch.get_rng_state()) if dist.active else None
-        if not dist.main:
-            return
-        writers = {MODEL_FILE: lambda p: save_weights(p, model, step),
-                   STATE_FILE: lambda p: save_trainer_state(p, optimizer, step, rng)}
-        if stats is not None:
-            writers[STATS_FILE] = stats.save
-        write_checkpoint(run_dir, step, writers)
-
+    run = _Run(cfg, run_dir, task, model, optimizer, dist, device, autocast, step_loss_fn, stats)
     end = t.max_iters if stop_after is None else min(t.max_iters, step + stop_after)
     metrics: dict = {}
     bar = tqdm(total=t.max_iters, initial=step, disable=quiet, desc="train", unit="it", dynamic_ncols=True)
     model.train()
     while step < end:
         lr = lr_at(step, t)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = task.train_batch(step, t.batch_size)  # the global batch, the same on every rank
-        model.check_ids(batch.position_ids, batch.extra_ids, batch.idx.shape[1])  # on the host, before the step
-        batch = replace(batch, ids_checked=True)
-        parts = micro_batches(batch, dist, t.grad_accum)
-        if len(parts) == 1 and not dist.active:  # the common case: one micro-batch, the loss as it is
-            with autocast():
-                loss = step_loss_fn(parts[0].to(device))
-            loss.backward()
-            loss = loss.detach()
-        else:
-            total = task.loss_terms(batch)
-            losses = []
-            for i, part in enumerate(parts):
-                weight = task.loss_terms(part) * dist.world / total  # its share of the batch's loss terms
-                with no_sync(step_loss_fn, last=i == len(parts) - 1), autocast():
-                    part_loss = step_loss_fn(part.to(device)) * weight
-                part_loss.backward()
-                losses.append(part_loss.detach())
-            loss = torch.stack(losses).sum()
-        if dist.active:
-            loss = dist.sum(loss) / dist.world  # the global batch's mean loss
-        if t.on_nonfinite == "skip" and not _finite_step(loss, model):
-            optimizer.zero_grad(set_to_none=True)
-            skipped += 1
-            log.warning("step %d: non-finite loss or gradient; batch skipped (%d so far)", step + 1, skipped)
-        else:
-            if stats is not None:
-                stats.update()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        loss, was_skipped = run.step(step, lr)
+        skipped += was_skipped
         step += 1
         bar.update(1)
 
@@ -369,31 +328,14 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
                                    f"train.grad_clip or set train.on_nonfinite=skip; the last checkpoint in "
                                    f"{run_dir} is kept")
         if log_now and dist.main:
-            record = {"step": step, "split": "train", "loss": loss_value, "lr": lr,
-                      "time_s": round(elapsed(), 3)}
+            record = {"step": step, "split": "train", "loss": loss_value, "lr": lr, "time_s": round(elapsed(), 3)}
             if t.on_nonfinite == "skip":
                 record["skipped"] = skipped
             append_metrics(run_dir, record)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
         if eval_now:
-            stop = False
-            if dist.main:
-                metrics = task.evaluate(model, device, autocast=autocast)
-                faults.point("eval")  # crash tests: killed with an evaluation done but not logged
-                append_metrics(run_dir, {"step": step, "split": "val", **metrics, "time_s": round(elapsed(), 3)})
-                if t.early_stop_metric:
-                    value = _metric(metrics, t.early_stop_metric, cfg.task)
-                    if best is None or (value > best if t.early_stop_mode == "max" else value < best):
-                        best, since_best = value, 0  # the best weights go first: see _best_so_far
-                        write_checkpoint(run_dir, step, {MODEL_FILE: lambda p, n=step: save_weights(p, model, n)},
-                                         BEST_DIR)
-                    else:
-                        since_best += 1
-                    stop = t.early_stop_patience > 0 and since_best >= t.early_stop_patience
-                if on_eval is not None and on_eval(step, metrics):
-                    stop = "asked"
-            stop = dist.broadcast(stop)  # the other ranks wait here for rank 0's evaluation
-            checkpoint()
+            metrics, best, since_best, stop = run.evaluate(step, elapsed, best, since_best, on_eval)
+            run.checkpoint(step)
             if not quiet:
                 bar.write(_summary(step, metrics))
             if out_of_time and not stop:
@@ -413,6 +355,92 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
 
         save_position_plots(model, run_dir)
     return TrainResult(run_dir, model, step, metrics, time.perf_counter() - t0)
+
+
+@dataclass
+class _Run:
+    """What one training call steps, evaluates and checkpoints (built once by `_train`)."""
+
+    cfg: Config
+    run_dir: Path
+    task: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    dist: Dist
+    device: torch.device
+    autocast: object
+    loss_fn: object  # the task's loss through the (compiled, DDP-wrapped) model
+    stats: PositionStats | None
+
+    def step(self, step: int, lr: float) -> tuple[torch.Tensor, bool]:
+        """One optimizer step on the global batch of `step` at learning rate `lr`: (the batch's
+        mean loss, undetached from the device, and whether the step was skipped as non-finite)."""
+        t, dist, model, optimizer = self.cfg.train, self.dist, self.model, self.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.task.train_batch(step, t.batch_size)  # the global batch, the same on every rank
+        model.check_ids(batch.position_ids, batch.extra_ids, batch.idx.shape[1])  # on the host, before the step
+        batch = replace(batch, ids_checked=True)
+        parts = micro_batches(batch, dist, t.grad_accum)
+        if len(parts) == 1 and not dist.active:  # the common case: one micro-batch, the loss as it is
+            with self.autocast():
+                loss = self.loss_fn(parts[0].to(self.device))
+            loss.backward()
+            loss = loss.detach()
+        else:
+            total = self.task.loss_terms(batch)
+            losses = []
+            for i, part in enumerate(parts):
+                weight = self.task.loss_terms(part) * dist.world / total  # its share of the batch's loss terms
+                with no_sync(self.loss_fn, last=i == len(parts) - 1), self.autocast():
+                    part_loss = self.loss_fn(part.to(self.device)) * weight
+                part_loss.backward()
+                losses.append(part_loss.detach())
+            loss = torch.stack(losses).sum()
+        if dist.active:
+            loss = dist.sum(loss) / dist.world  # the global batch's mean loss
+        if t.on_nonfinite == "skip" and not _finite_step(loss, model):
+            optimizer.zero_grad(set_to_none=True)
+            log.warning("step %d: non-finite loss or gradient; batch skipped", step + 1)
+            return loss, True
+        if self.stats is not None:
+            self.stats.update()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss, False
+
+    def evaluate(self, step: int, elapsed, best: float | None, since_best: int, on_eval):
+        """Rank 0 evaluates, logs, keeps the best weights and asks `on_eval`; every rank gets
+        the decision. Returns (metrics, best, since_best, stop: False, True or "asked")."""
+        t, run_dir, model = self.cfg.train, self.run_dir, self.model
+        metrics, stop = {}, False
+        if self.dist.main:
+            metrics = self.task.evaluate(model, self.device, autocast=self.autocast)
+            faults.point("eval")  # crash tests: killed with an evaluation done but not logged
+            append_metrics(run_dir, {"step": step, "split": "val", **metrics, "time_s": round(elapsed(), 3)})
+            if t.early_stop_metric:
+                value = _metric(metrics, t.early_stop_metric, self.cfg.task)
+                if best is None or (value > best if t.early_stop_mode == "max" else value < best):
+                    best, since_best = value, 0  # the best weights go first: see _best_so_far
+                    write_checkpoint(run_dir, step, {MODEL_FILE: lambda p: save_weights(p, model, step)}, BEST_DIR)
+                else:
+                    since_best += 1
+                stop = t.early_stop_patience > 0 and since_best >= t.early_stop_patience
+            if on_eval is not None and on_eval(step, metrics):
+                stop = "asked"
+        return metrics, best, since_best, self.dist.broadcast(stop)  # the other ranks wait here for rank 0
+
+    def checkpoint(self, step: int) -> None:
+        rng = self.dist.gather(torch.get_rng_state()) if self.dist.active else None
+        if not self.dist.main:
+            return
+        writers = {MODEL_FILE: lambda p: save_weights(p, self.model, step),
+                   STATE_FILE: lambda p: save_trainer_state(p, self.optimizer, step, rng)}
+        if self.stats is not None:
+            writers[STATS_FILE] = self.stats.save
+        write_checkpoint(self.run_dir, step, writers)
 
 
 def _finite_step(loss: torch.Tensor, model) -> bool:

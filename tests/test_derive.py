@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 
 import learnpos.tasks  # noqa: F401
 from learnpos.cli import main
@@ -76,6 +76,10 @@ def test_lm_picks_characters_for_small_text_and_bpe_for_large(tmp_path):
     large.write_text(("the quick brown fox jumps over the lazy dog " * 80000), encoding="utf-8")  # 3.5M characters
     s, why, _ = derived_settings("lm", str(large))
     assert s["lm.tokenizer"] == "bpe" and 1024 <= s["lm.bpe_vocab_size"] <= 16384
+    from learnpos.derive.sizing import tokenizer_for
+
+    assert tokenizer_for(100_000, 5000) == ("char", 0)  # a Chinese text: thousands of characters, still char
+    assert tokenizer_for(100_000, 20000)[0] == "bpe"  # too many distinct characters for one row each
 
 
 def test_dialogue_settings_from_a_chinese_corpus(tmp_path):

@@ -182,7 +182,7 @@ def test_run_config_file(raw):
 @given(raw=blobs)
 def test_tokenizer_file(raw):
     tok = _read_or_refuse("tokenizer.json", raw, load_tokenizer)
-    assert tok is None or tok.vocab_size >= 0
+    assert tok is None or isinstance(tok.decode(list(range(min(tok.vocab_size, 64)))), str)  # loaded means usable
 
 
 @pytest.fixture(scope="module")

@@ -190,6 +190,20 @@ def test_extend_positions_on_the_model_keeps_outputs_for_short_inputs():
         make("rope").extend_positions(24)
 
 
+def test_crop_positions_keeps_the_first_rows_and_refuses_beyond():
+    model = make("learned", max_len=16)
+    idx = torch.randint(0, V, (2, 8))
+    before, rows = model(idx).logits, model.pos.weight[:8].detach().clone()
+    model.crop_positions(8)
+    assert model.config.positional.max_len == 8 and model.max_len == 8 and model.pos.weight.shape[0] == 8
+    assert torch.equal(model.pos.weight.detach(), rows)
+    torch.testing.assert_close(model(idx).logits, before)  # inputs within the kept rows: unchanged
+    with pytest.raises(PositionOutOfRange, match="max_len=8"):
+        model(torch.randint(0, V, (1, 9)))
+    with pytest.raises(ValueError, match="only a learned table"):
+        make("alibi").crop_positions(4)
+
+
 def test_position_gradient_reaches_only_used_rows():
     model = make("learned", max_len=32).train()
     idx = torch.randint(0, V, (2, 7))

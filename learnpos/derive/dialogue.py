@@ -43,7 +43,7 @@ def derive(data: str, budget_s: float = 600.0) -> tuple[dict, list[str], int]:
     train = d.split("train")
     utterances = [t.text for dialogue in train for t in dialogue]
     chars = sum(len(u) for u in utterances)
-    kind, vocab = sizing.tokenizer_for(chars)
+    kind, vocab = sizing.tokenizer_for(chars, len(set("".join(utterances))))
     per_token = 1.0 if kind == "char" else _chars_per_token("\n".join(utterances[:5000]))
     tokens = max(1, round((chars + len(utterances)) / per_token))  # + an end-of-utterance token each
     (L, C, H), size_why = sizing.shape_for(tokens, budget_s, sizing.matmul_flops())

@@ -37,7 +37,7 @@ SPACE = (  # what `learnpos tune --task lm` searches
 def derive(data: str, val_data: str | None = None, budget_s: float = 600.0) -> tuple[dict, list[str], int]:
     corpus = load_corpus(data, val_data or "")
     chars, alphabet = len(corpus.train_text), len(set(corpus.train_text))
-    kind, vocab = sizing.tokenizer_for(chars)
+    kind, vocab = sizing.tokenizer_for(chars, alphabet)
     tokens = chars if kind == "char" else max(1, round(chars / _chars_per_token(corpus.train_text)))
     (L, C, H), size_why = sizing.shape_for(tokens, budget_s, sizing.matmul_flops())
     params = 12 * L * C * C
@@ -60,7 +60,7 @@ def derive(data: str, val_data: str | None = None, budget_s: float = 600.0) -> t
     most = math.ceil(EPOCHS * tokens / (batch * block))
     why = [f"text: {chars:,} characters, {alphabet:,} distinct",
            f"tokenizer: {kind}" + (f", {vocab:,} tokens (about {tokens:,} training tokens)" if vocab else
-                                   f" (under {sizing.CHAR_UNDER:,} characters)"),
+                                   f" (under {sizing.CHAR_UNDER:,} characters, {alphabet:,} of them distinct)"),
            size_why,
            f"block {block}, batch {batch}, lr {lr:g} cosine to {lr / 10:g}, dropout {dropout:g}",
            f"at most {EPOCHS} epochs = {most:,} steps; early stopping on validation loss"]

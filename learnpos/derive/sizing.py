@@ -1,8 +1,10 @@
 """Model size and tokenizer from a corpus's size, shared by the lm and dialogue derivations.
 
 - Tokenizer: characters below CHAR_UNDER characters of training text (Tiny Shakespeare's
-  1.1M, the known character-level CPU recipe), else byte-level BPE, its vocabulary growing
-  with the text (4,096 at 10M characters, a power of two in 1,024..16,384).
+  1.1M, the known character-level CPU recipe) with an alphabet of at most MAX_ALPHABET
+  characters (a Chinese text of a few thousand distinct characters stays character-level, as
+  small Chinese LMs usually are), else byte-level BPE, its vocabulary growing with the text
+  (4,096 at 10M characters, a power of two in 1,024..16,384).
 - Size: non-embedding parameters 12 L C^2 at most min(T, N_compute): one parameter per
   training token (the nanoGPT shakespeare-char recipe: 0.8M parameters on 1.0M tokens, the
   largest that stays clear of overfitting there), and no more than the budget trains at
@@ -20,14 +22,16 @@ import math
 import time
 
 CHAR_UNDER = 3_000_000
+MAX_ALPHABET = 8192  # distinct characters a character vocabulary may hold
 SHAPES = ((2, 64, 2), (2, 96, 3), (3, 128, 4), (4, 128, 4), (4, 192, 6), (6, 256, 8), (6, 384, 6), (8, 512, 8))
 UTILISATION = 0.6
 TOKENS_PER_PARAM = 2
 
 
-def tokenizer_for(chars: int) -> tuple[str, int]:
-    """(tokenizer, BPE vocabulary size) for `chars` characters of training text."""
-    if chars < CHAR_UNDER:
+def tokenizer_for(chars: int, alphabet: int) -> tuple[str, int]:
+    """(tokenizer, BPE vocabulary size) for `chars` characters of training text holding
+    `alphabet` distinct characters."""
+    if chars < CHAR_UNDER and alphabet <= MAX_ALPHABET:
         return "char", 0
     vocab = 2 ** round(math.log2(4096 * chars / 10_000_000))
     return "bpe", min(16384, max(1024, vocab))

@@ -8,6 +8,7 @@ cross-entropy over the model's vocabulary head, with `IGNORE_INDEX` targets skip
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -180,6 +181,22 @@ def run_tokenizer(run_dir: Path, kind: str, vocab_size: int, training_text: Call
                          lambda: train_tokenizer(kind, training_text(), vocab_size), lambda tok, file: tok.save(file))
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """`model` in eval mode inside the block; its training mode is restored after, errors too."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def autocast_context(autocast):
+    """The trainer's autocast (a callable giving a context manager), or nothing when it is None."""
+    return autocast() if autocast else contextlib.nullcontext()
+
+
 def register(task_cls: type[Task]) -> type[Task]:
     """Make `task_cls` available as `task = <task_cls.name>` and declare its config section
     (usable as a class decorator)."""
@@ -188,6 +205,10 @@ def register(task_cls: type[Task]) -> type[Task]:
     TASKS[task_cls.name] = task_cls
 
     def check(cfg) -> None:
+        if task_cls.causal is not None and cfg.model.causal != task_cls.causal:  # Task.causal, enforced here once
+            mode = "decoder: set --model.causal=true" if task_cls.causal else \
+                "bidirectional encoder: set --model.causal=false"
+            raise ConfigError(f"task '{cfg.task}' needs a {mode}")
         unfilled = [t.name for t in cfg.model.tables if t.name not in task_cls.fills_tables]
         if unfilled:
             can = f"can fill the tables {', '.join(task_cls.fills_tables)}" if task_cls.fills_tables else \

@@ -30,7 +30,6 @@ without spaces (`learnpos.analysis.diversity`; `distinct_unit` says which).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -50,7 +49,7 @@ from learnpos.errors import ConfigError, DataError
 from learnpos.files import atomic_write_text
 from learnpos.model import IGNORE_INDEX
 from learnpos.runs import kept_with_run
-from learnpos.tasks.base import Batch, EpochOrder, Task, register, run_tokenizer
+from learnpos.tasks.base import Batch, EpochOrder, Task, autocast_context, eval_mode, register, run_tokenizer
 
 log = logging.getLogger(__name__)
 SPEAKERS_FILE = "speakers.json"
@@ -84,6 +83,7 @@ class DialogueConfig:
     distinct_samples: int = 200  # test responses sampled for distinct-1/2 (0 = skip)
     sample_top_p: float = 0.9  # nucleus sampling for distinct-n and chat replies
     sample_temperature: float = 1.0
+    CHOICES = {"positions": tuple(SCHEMES), "tokenizer": ("bpe", "char")}
 
 
 @dataclass
@@ -136,12 +136,6 @@ class DialogueTask(Task):
     @classmethod
     def check_config(cls, cfg) -> None:
         d, m = cfg.dialogue, cfg.model
-        if d.positions not in SCHEMES:
-            raise ConfigError(f"dialogue.positions='{d.positions}' is not one of: {', '.join(SCHEMES)}")
-        if not m.causal:
-            raise ConfigError("task 'dialogue' needs a decoder (model.causal=true)")
-        if d.tokenizer not in ("bpe", "char"):
-            raise ConfigError(f"dialogue.tokenizer='{d.tokenizer}' is not one of: bpe, char")
         if d.tokenizer == "bpe" and d.bpe_vocab_size < 257:
             raise ConfigError(f"dialogue.bpe_vocab_size must be > 256 (the byte alphabet), got {d.bpe_vocab_size}")
         if d.block_size < 4 or d.max_turns < 1 or d.eval_examples < 0 or d.distinct_samples < 0:
@@ -291,16 +285,14 @@ class DialogueTask(Task):
         ex = self.examples(split)
         picks = self.eval_picks(ex, self.dlg.eval_examples)
         picks = picks[np.argsort(ex.starts[picks + 1] - ex.starts[picks], kind="stable")]  # similar lengths together
-        was_training = model.training
-        model.eval()
-        nll, tokens = 0.0, 0
-        for i in range(0, len(picks), batch_size):
-            b = self.batch(ex, picks[i:i + batch_size]).to(device)
-            with autocast() if autocast else contextlib.nullcontext():
-                logits, targets = self.response_logits(model, b)
-            nll += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-            tokens += len(targets)
-        model.train(was_training)
+        with eval_mode(model):
+            nll, tokens = 0.0, 0
+            for i in range(0, len(picks), batch_size):
+                b = self.batch(ex, picks[i:i + batch_size]).to(device)
+                with autocast_context(autocast):
+                    logits, targets = self.response_logits(model, b)
+                nll += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+                tokens += len(targets)
         loss = nll / tokens
         metrics = {"loss": loss, "perplexity": math.exp(loss),
                    "bits_per_char": nll / math.log(2) / int(ex.response_chars[picks].sum()),
@@ -315,24 +307,22 @@ class DialogueTask(Task):
         response loss by token position within the response."""
         ex = self.examples("valid")
         picks = self.eval_picks(ex, self.dlg.eval_examples)
-        was_training = model.training
-        model.eval()
-        turn_nll, turn_n = np.zeros(self.dlg.max_turns + 1), np.zeros(self.dlg.max_turns + 1)
-        pos_nll, pos_n = np.zeros(self.dlg.block_size + 1), np.zeros(self.dlg.block_size + 1)
-        for i in range(0, len(picks), batch_size):
-            chunk = picks[i:i + batch_size]
-            b = self.batch(ex, chunk).to(device)
-            logits, targets = self.response_logits(model, b)
-            nll = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu().numpy()
-            keep = (b.targets != IGNORE_INDEX).cpu()
-            rows = keep.nonzero()[:, 0].numpy()
-            within = (keep.long().cumsum(1) - 1)[keep].numpy()  # 0 = the response's first token
-            history = ex.turns[ex.starts[chunk]][rows]  # the first token's turn index = history turns
-            np.add.at(turn_nll, history, nll)
-            np.add.at(turn_n, history, 1)
-            np.add.at(pos_nll, within, nll)
-            np.add.at(pos_n, within, 1)
-        model.train(was_training)
+        with eval_mode(model):
+            turn_nll, turn_n = np.zeros(self.dlg.max_turns + 1), np.zeros(self.dlg.max_turns + 1)
+            pos_nll, pos_n = np.zeros(self.dlg.block_size + 1), np.zeros(self.dlg.block_size + 1)
+            for i in range(0, len(picks), batch_size):
+                chunk = picks[i:i + batch_size]
+                b = self.batch(ex, chunk).to(device)
+                logits, targets = self.response_logits(model, b)
+                nll = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu().numpy()
+                keep = (b.targets != IGNORE_INDEX).cpu()
+                rows = keep.nonzero()[:, 0].numpy()
+                within = (keep.long().cumsum(1) - 1)[keep].numpy()  # 0 = the response's first token
+                history = ex.turns[ex.starts[chunk]][rows]  # the first token's turn index = history turns
+                np.add.at(turn_nll, history, nll)
+                np.add.at(turn_n, history, 1)
+                np.add.at(pos_nll, within, nll)
+                np.add.at(pos_n, within, 1)
         turns = [k for k in range(1, len(turn_n)) if turn_n[k]]
         upto = int(np.flatnonzero(pos_n >= 20).max()) + 1 if (pos_n >= 20).any() else 0  # 20+ tokens: not noise
         return [Figure("perplexity_by_history_turns", "validation response perplexity by history length", turns,

@@ -28,7 +28,6 @@ Evaluation is filtered ranking in both directions (`learnpos.analysis.ranking`).
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import logging
@@ -48,7 +47,7 @@ from learnpos.data.kg import SPLITS, KGData, load_kg
 from learnpos.errors import ConfigError, DataError
 from learnpos.files import atomic_write, write_bytes
 from learnpos.model import IGNORE_INDEX
-from learnpos.tasks.base import Batch, EpochOrder, Task, register
+from learnpos.tasks.base import Batch, EpochOrder, Task, autocast_context, eval_mode, register
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +71,7 @@ class KGConfig:
     negatives: int = 0  # training only: 0 = score every entity (1-N); N = the batch's answers + N drawn uniformly
     eval_split: str = "valid"  # the split evaluated during training (early stopping reads it)
     eval_batch_size: int = 256  # queries scored at once in evaluation
+    CHOICES = {"queries": QUERY_KINDS, "targets": TARGET_KINDS, "query_weight": ("uniform", "answers")}
 
 
 class EntityHead(nn.Module):
@@ -132,16 +132,8 @@ class KGTask(Task):
     @classmethod
     def check_config(cls, cfg) -> None:
         kg, m = cfg.kg, cfg.model
-        if kg.queries not in QUERY_KINDS:
-            raise ConfigError(f"kg.queries='{kg.queries}' is not one of: {', '.join(QUERY_KINDS)}")
-        if m.causal:
-            raise ConfigError("task 'kg' needs a bidirectional encoder: set --model.causal=false")
         if m.positional.kind == "learned" and m.positional.max_len < 3:
             raise ConfigError("task 'kg' reads 3-token queries: set --model.positional.max_len=3 (or more)")
-        if kg.query_weight not in ("uniform", "answers"):
-            raise ConfigError(f"kg.query_weight='{kg.query_weight}' is not one of: uniform, answers")
-        if kg.targets not in TARGET_KINDS:
-            raise ConfigError(f"kg.targets='{kg.targets}' is not one of: {', '.join(TARGET_KINDS)}")
         if not 0 <= kg.label_smoothing < 1:
             raise ConfigError(f"kg.label_smoothing must be in [0, 1), got {kg.label_smoothing}")
         if kg.negatives < 0:
@@ -287,26 +279,24 @@ class KGTask(Task):
         if len(triples) == 0:
             raise DataError(f"the {split} split of {self.kg.dataset} has no triple to rank")
         B = batch_size or self.kg.eval_batch_size
-        was_training = model.training
-        model.eval()
-        acc, loss_sum, count = RankAccumulator(), 0.0, 0
-        all_scores, all_queries = [], []
-        keep = save_scores is not None
-        for d, direction in enumerate(("tail", "head")):
-            idx, answers = self.queries(triples, direction)
-            for i in range(0, len(idx), B):
-                x = torch.from_numpy(idx[i:i + B]).to(device)
-                a = torch.from_numpy(answers[i:i + B]).to(device)
-                with autocast() if autocast else contextlib.nullcontext():
-                    s = self.scores(model, x).float()
-                loss_sum += float(F.cross_entropy(s, a, reduction="sum"))
-                count += len(a)
-                acc.add(direction, filtered_ranks(s, a, self.known.mask(direction, triples[i:i + B])))
-                if keep:
-                    all_scores.append(s.cpu())
-                    rows = torch.from_numpy(triples[i:i + B])
-                    all_queries.append(torch.cat([rows, torch.full((len(rows), 1), d)], 1))
-        model.train(was_training)
+        with eval_mode(model):
+            acc, loss_sum, count = RankAccumulator(), 0.0, 0
+            all_scores, all_queries = [], []
+            keep = save_scores is not None
+            for d, direction in enumerate(("tail", "head")):
+                idx, answers = self.queries(triples, direction)
+                for i in range(0, len(idx), B):
+                    x = torch.from_numpy(idx[i:i + B]).to(device)
+                    a = torch.from_numpy(answers[i:i + B]).to(device)
+                    with autocast_context(autocast):
+                        s = self.scores(model, x).float()
+                    loss_sum += float(F.cross_entropy(s, a, reduction="sum"))
+                    count += len(a)
+                    acc.add(direction, filtered_ranks(s, a, self.known.mask(direction, triples[i:i + B])))
+                    if keep:
+                        all_scores.append(s.cpu())
+                        rows = torch.from_numpy(triples[i:i + B])
+                        all_queries.append(torch.cat([rows, torch.full((len(rows), 1), d)], 1))
         if keep:
             tensors = {"scores": torch.cat(all_scores).contiguous(), "queries": torch.cat(all_queries).contiguous()}
             meta = {"entities": json.dumps(self.data.entities), "relations": json.dumps(self.data.relations),
@@ -362,10 +352,8 @@ class KGTask(Task):
         triple = np.asarray([[e, r, 0]] if direction == "tail" else [[0, r, e]])
         idx, _ = self.queries(triple, direction)
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        scores = self.scores(model, torch.from_numpy(idx).to(device))[0].float().cpu()
-        model.train(was_training)
+        with eval_mode(model):
+            scores = self.scores(model, torch.from_numpy(idx).to(device))[0].float().cpu()
         known = set(self.known.answers(direction, tuple(triple[0])).tolist())
         best = scores.topk(min(top, self.E))
         return [{"entity": self.data.entities[i], "score": float(s), "known": i in known}

@@ -8,7 +8,6 @@ tokenizers), and the mean loss at each position 0..T-1 (`loss_by_position.json`)
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,7 @@ from learnpos.data.text import Corpus, TokenData, load_corpus, tokenize_cached
 from learnpos.data.tokenizers import TOKENIZER_FILE, StreamDecoder
 from learnpos.errors import ConfigError, DataError, PositionOutOfRange
 from learnpos.files import atomic_write_text, user_cache_dir
-from learnpos.tasks.base import Batch, Task, register, run_tokenizer
-
-LOSS_BY_POSITION_FILE = "loss_by_position.json"
+from learnpos.tasks.base import Batch, Task, autocast_context, eval_mode, register, run_tokenizer
 
 
 def loss_by_position_file(length: int | None = None, tag: str = "") -> str:
@@ -47,6 +44,7 @@ class LMConfig:
     # the token cache lives in the user's cache folder ($LEARNPOS_CACHE/tokens or ~/.cache/learnpos/tokens),
     # never where a config says: `cache_dir` of older configs is ignored
     RETIRED = ("cache_dir",)
+    CHOICES = {"tokenizer": ("char", "bpe")}
 
 
 @register
@@ -77,10 +75,6 @@ class LMTask(Task):
     @classmethod
     def check_config(cls, cfg) -> None:
         lm, p = cfg.lm, cfg.model.positional
-        if not cfg.model.causal:
-            raise ConfigError("task 'lm' needs a decoder (model.causal=true)")
-        if lm.tokenizer not in ("char", "bpe"):
-            raise ConfigError(f"lm.tokenizer='{lm.tokenizer}' is not one of: char, bpe")
         if lm.block_size <= 0 or lm.eval_windows < 0:
             raise ConfigError("lm.block_size must be positive and lm.eval_windows >= 0")
         if p.kind == "learned" and lm.block_size > p.max_len:
@@ -162,17 +156,15 @@ class LMTask(Task):
                           autocast=None) -> torch.Tensor:
         """Mean validation cross-entropy (T,) at each position of the windows at `starts`."""
         val = self.data.val
-        was_training = model.training
-        model.eval()
-        loss_by_pos = torch.zeros(T, dtype=torch.float64)
-        for i in range(0, len(starts), batch_size):
-            windows = np.stack([val[s:s + T + 1] for s in starts[i:i + batch_size]]).astype(np.int64)
-            w = torch.from_numpy(windows).to(device)
-            with autocast() if autocast else contextlib.nullcontext():
-                logits = model(w[:, :-1]).logits  # (B, T, V)
-            nll = F.cross_entropy(logits.float().transpose(1, 2), w[:, 1:], reduction="none")  # (B, T)
-            loss_by_pos += nll.sum(0).double().cpu()
-        model.train(was_training)
+        with eval_mode(model):
+            loss_by_pos = torch.zeros(T, dtype=torch.float64)
+            for i in range(0, len(starts), batch_size):
+                windows = np.stack([val[s:s + T + 1] for s in starts[i:i + batch_size]]).astype(np.int64)
+                w = torch.from_numpy(windows).to(device)
+                with autocast_context(autocast):
+                    logits = model(w[:, :-1]).logits  # (B, T, V)
+                nll = F.cross_entropy(logits.float().transpose(1, 2), w[:, 1:], reduction="none")  # (B, T)
+                loss_by_pos += nll.sum(0).double().cpu()
         return loss_by_pos / len(starts)
 
     def figures(self, model, device) -> list:

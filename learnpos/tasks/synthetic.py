@@ -26,7 +26,6 @@ than guessing among the n symbols: chance is exactly 1/n.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +34,7 @@ import torch
 from learnpos.analysis.report import Figure
 from learnpos.errors import ConfigError
 from learnpos.model import IGNORE_INDEX, cross_entropy
-from learnpos.tasks.base import Batch, Task, register
+from learnpos.tasks.base import Batch, Task, autocast_context, eval_mode, register
 
 
 @dataclass
@@ -111,9 +110,6 @@ class SyntheticTask(Task):
         if not 0 <= s.min_length <= s.length:
             raise ConfigError(f"synthetic.min_length must be between 0 (off) and synthetic.length={s.length}, "
                               f"got {s.min_length}")
-        if cls.causal is not None and cfg.model.causal != cls.causal:
-            mode = "decoder (model.causal=true)" if cls.causal else "encoder (model.causal=false)"
-            raise ConfigError(f"task '{cfg.task}' needs a {mode}")
         longest = cls.seq_len(max(s.length, s.eval_length), cfg.model.causal)
         need = {"segment": 2, "symbol_index": cls.first_segment(max(s.length, s.eval_length), cfg.model.causal)}
         for table in cfg.model.tables:  # the names were checked against `fills_tables` before
@@ -174,26 +170,24 @@ class SyntheticTask(Task):
         if length is not None:
             self.check_length(length, model)
         data = self.eval_set(length)
-        was_training = model.training
-        model.eval()
-        loss_sum, exact, correct, count = 0.0, 0, 0, 0
-        per_pos_right = per_pos_total = None
-        for i in range(0, data.idx.shape[0], batch_size):
-            b = Batch(data.idx[i:i + batch_size], data.targets[i:i + batch_size],
-                      extra_ids={k: v[i:i + batch_size] for k, v in data.extra_ids.items()}).to(device)
-            with autocast() if autocast else contextlib.nullcontext():
-                logits = model(b.idx, **b.model_inputs()).logits
-            answer = b.targets != IGNORE_INDEX  # (B, T)
-            n_answer = int(answer.sum())
-            loss_sum += float(cross_entropy(logits, b.targets)) * n_answer
-            right = (logits.argmax(-1) == b.targets) & answer  # (B, T)
-            exact += int((right.sum(1) == answer.sum(1)).sum())
-            correct += int(right.sum())
-            count += n_answer
-            r, t = self._per_position(b, right, answer)
-            per_pos_right = r if per_pos_right is None else per_pos_right + r
-            per_pos_total = t if per_pos_total is None else per_pos_total + t
-        model.train(was_training)
+        with eval_mode(model):
+            loss_sum, exact, correct, count = 0.0, 0, 0, 0
+            per_pos_right = per_pos_total = None
+            for i in range(0, data.idx.shape[0], batch_size):
+                b = Batch(data.idx[i:i + batch_size], data.targets[i:i + batch_size],
+                          extra_ids={k: v[i:i + batch_size] for k, v in data.extra_ids.items()}).to(device)
+                with autocast_context(autocast):
+                    logits = model(b.idx, **b.model_inputs()).logits
+                answer = b.targets != IGNORE_INDEX  # (B, T)
+                n_answer = int(answer.sum())
+                loss_sum += float(cross_entropy(logits, b.targets)) * n_answer
+                right = (logits.argmax(-1) == b.targets) & answer  # (B, T)
+                exact += int((right.sum(1) == answer.sum(1)).sum())
+                correct += int(right.sum())
+                count += n_answer
+                r, t = self._per_position(b, right, answer)
+                per_pos_right = r if per_pos_right is None else per_pos_right + r
+                per_pos_total = t if per_pos_total is None else per_pos_total + t
         n_seq = data.idx.shape[0]
         return {"loss": loss_sum / count, "exact_match": exact / n_seq, "token_accuracy": correct / count,
                 "per_position_accuracy": (per_pos_right / per_pos_total.clamp(min=1)).tolist()}
@@ -334,10 +328,6 @@ class IndexTask(SyntheticTask):
         hit = right[:, -1].cpu().to(torch.long)
         return (torch.zeros(n, dtype=torch.long).index_add_(0, k, hit),
                 torch.zeros(n, dtype=torch.long).index_add_(0, k, torch.ones_like(hit)))
-
-    def chance(self) -> float:
-        """Best accuracy without any notion of order: 1/n (see module docstring)."""
-        return 1.0 / self.eval_n
 
     def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:
         body, _, query = prompt.partition("?")

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from learnpos import faults
 from learnpos.analysis.position_stats import PositionStats
+from learnpos.analysis.tensorboard import TensorBoardLog
 from learnpos.config import Config, config_diff, is_device_name, load_run_config
 from learnpos.distributed import Dist, check_split, micro_batches, no_sync, wrap_for_training
 from learnpos.errors import ConfigError, DataError, LearnposError, RunDirError, TrainingDiverged
@@ -303,6 +304,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
              model.num_params(), model.num_params(include_tables=False), t.dtype, device,
              f", {dist.world} processes" if dist.active else "")
 
+    board = TensorBoardLog(run_dir, step) if t.tensorboard and dist.main else None
     run = _Run(cfg, run_dir, task, model, optimizer, dist, device, autocast, step_loss_fn, stats)
     end = t.max_iters if stop_after is None else min(t.max_iters, step + stop_after)
     metrics: dict = {}
@@ -310,7 +312,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
     model.train()
     while step < end:
         lr = lr_at(step, t)
-        loss, was_skipped = run.step(step, lr)
+        norms_now = board is not None and ((step + 1) % t.log_interval == 0 or step + 1 == end)
+        loss, was_skipped, norms = run.step(step, lr, norms_now)
         skipped += was_skipped
         step += 1
         bar.update(1)
@@ -333,8 +336,12 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
                 record["skipped"] = skipped
             append_metrics(run_dir, record)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            if board is not None:
+                board.train(step, loss_value, lr, {k: float(v) for k, v in norms.items()})
         if eval_now:
             metrics, best, since_best, stop = run.evaluate(step, elapsed, best, since_best, on_eval)
+            if board is not None:
+                board.eval(step, metrics, {k: v.weight for k, v in model.learned_tables().items()})
             run.checkpoint(step)
             if not quiet:
                 bar.write(_summary(step, metrics))
@@ -349,6 +356,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
                                 step, t.early_stop_metric, best, since_best)
                 break
     bar.close()
+    if board is not None:
+        board.close()
 
     if dist.main and (step == t.max_iters or (step < end and step < t.max_iters)):  # ended early: no resume to come
         from learnpos.analysis.plots import save_position_plots
@@ -372,9 +381,10 @@ class _Run:
     loss_fn: object  # the task's loss through the (compiled, DDP-wrapped) model
     stats: PositionStats | None
 
-    def step(self, step: int, lr: float) -> tuple[torch.Tensor, bool]:
+    def step(self, step: int, lr: float, norms: bool = False) -> tuple[torch.Tensor, bool, dict]:
         """One optimizer step on the global batch of `step` at learning rate `lr`: (the batch's
-        mean loss, undetached from the device, and whether the step was skipped as non-finite)."""
+        mean loss, on the device, whether the step was skipped as non-finite, and with `norms`
+        each learned table's gradient norm before clipping, as device tensors)."""
         t, dist, model, optimizer = self.cfg.train, self.dist, self.model, self.optimizer
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -402,14 +412,18 @@ class _Run:
         if t.on_nonfinite == "skip" and not _finite_step(loss, model):
             optimizer.zero_grad(set_to_none=True)
             log.warning("step %d: non-finite loss or gradient; batch skipped", step + 1)
-            return loss, True
+            return loss, True, {}
+        grad_norms = {}
+        if norms:
+            grad_norms = {name: torch.linalg.vector_norm(table.weight.grad) for name, table
+                          in model.learned_tables().items() if table.weight.grad is not None}
         if self.stats is not None:
             self.stats.update()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss, False
+        return loss, False, grad_norms
 
     def evaluate(self, step: int, elapsed, best: float | None, since_best: int, on_eval):
         """Rank 0 evaluates, logs, keeps the best weights and asks `on_eval`; every rank gets

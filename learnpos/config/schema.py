@@ -114,6 +114,9 @@ class TrainConfig:
     early_stop_mode: str = "max"  # max | min: which direction is better
     early_stop_patience: int = 0
     position_stats: bool = False  # record per-row gradient norms/counts/displacement of every learned table
+    # TensorBoard event files in RUN/tensorboard/: losses, lr, each learned table's gradient norm,
+    # every metric, and each table's similarity heatmap at every evaluation (learnpos[tensorboard])
+    tensorboard: bool = False
     out_dir: str = "runs/default"
 
 

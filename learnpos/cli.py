@@ -392,7 +392,7 @@ def cmd_inspect(args, overrides) -> int:
 def cmd_compare(args, overrides) -> int:
     from learnpos.compare import main as compare_main
 
-    return compare_main(args.preset, args.variants, args.seeds, args.lengths, args.out, overrides)
+    return compare_main(args.preset, args.variants, args.seeds, args.lengths, args.out, overrides, args.json)
 
 
 def cmd_chat(args, overrides) -> int:
@@ -603,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=factor_list, default=[1, 1.5, 2, 4],
                    help="evaluation lengths as multiples (> 0) of the training length (default 1,1.5,2,4)")
     p.add_argument("--out", help="results and runs (default runs/compare-PRESET); run again to continue")
+    p.add_argument("--json", action="store_true", help="print the runs as one JSON object last")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("inspect", help="plots and one self-contained report.html of what a run learned")

@@ -317,11 +317,15 @@ def _md_table_html(md: list[str]) -> str:
 
 
 def main(preset: str, variants: str, seed_list: list[int], factors: list[float], out: str | None,
-         overrides: dict) -> int:
+         overrides: dict, as_json: bool = False) -> int:
     names = list(VARIANTS) if variants == "all" else [v for v in variants.split(",") if v]
     folder = Path(out) if out else Path("runs") / f"compare-{Path(preset).stem}"
     t0 = time.perf_counter()
     report = run_compare(preset, names, seed_list, factors, folder, overrides)
     print((folder / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {folder}/results.md, results.csv and {report} in {time.perf_counter() - t0:.0f} s")
+    if as_json:  # the runs of this comparison, one record each (results.jsonl), as one object
+        runs = [json.loads(line) for line in (folder / RESULTS).read_text(encoding="utf-8").splitlines() if line]
+        print(json.dumps({"preset": preset, "out": str(folder), "variants": names, "seeds": seed_list,
+                          "lengths": factors, "runs": runs}))
     return 0

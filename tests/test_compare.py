@@ -139,3 +139,12 @@ def test_each_grown_lm_table_keeps_its_own_loss_by_position_file(tmp_path):
         assert len(by_pos) == 64 and sum(by_pos) / 64 == pytest.approx(r["loss"], rel=1e-5)
     assert not (run / "loss_by_position_64.json").exists()  # no untagged file a grown copy could have written
     assert len({r["loss"] for r in rows}) == 3  # the methods really are different models
+
+
+def test_compare_json_is_the_last_line_and_holds_every_run(tmp_path, capsys):
+    over = [f"--{k}={v}" for k, v in FAST.items()]
+    assert cli_main(["compare", "--variants", "learned,none", "--seeds", "1", "--lengths", "1,2",
+                     "--out", str(tmp_path / "c"), "--json", *over]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["variants"] == ["learned", "none"] and record["lengths"] == [1.0, 2.0]
+    assert sorted(r["variant"] for r in record["runs"]) == ["learned", "none"]

@@ -89,7 +89,7 @@ class ChatSession:
         t0 = time.perf_counter()
         feed = self.task.streamer(lambda piece: self.write(piece, end=""))
         reply = self.task.sample(self.model, [layout], [self.bot], self.max_new_tokens, generator=self.generator,
-                                 on_token=feed, **self.sampling)[0]
+                                 on_token=feed.on_token, **self.sampling)[0]
         feed.flush()
         self.last_reply_s = time.perf_counter() - t0
         self.write()

@@ -16,6 +16,10 @@ Two layouts of a dataset folder (`dialogue.data`):
 Malformed input (a line that is not JSON, a turn without text or speaker, an empty dialogue,
 a speaker of the validation or test split never seen in training) is a `DataError` naming the
 file and the line.
+
+Examples (`build_examples`): (history, response) windows of whole turns laid out as token,
+position, speaker and turn ids (`layout`), the history cut from the left at whole turns;
+`newest_turns_that_fit` makes the same cut for a conversation in progress (chat).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from learnpos.data.sources import FileLog
 from learnpos.data.text import decode_utf8, not_regular
@@ -174,3 +180,77 @@ def load_dialogues(path: str | Path) -> DialogueData:
             raise DataError(f"the {split} split of {folder} has no dialogue")
     counts = {split: sum(len(d) for d in ds) for split, ds in splits.items()}
     return DialogueData(splits, names, str(folder), layout, counts, files.record())
+
+
+# ------------------------------------------------------------------------------ examples
+
+
+@dataclass
+class Examples:
+    """One split's examples, flat: tokens of example i are tokens[starts[i]:starts[i+1]]."""
+
+    tokens: np.ndarray  # int32: history + response, each utterance followed by EOU
+    positions: np.ndarray
+    speakers: np.ndarray
+    turns: np.ndarray
+    starts: np.ndarray  # (N + 1,)
+    context: np.ndarray  # (N,) tokens before the response
+    response_chars: np.ndarray  # (N,) characters of the response + 1 for its end
+    dropped: int  # responses that did not fit with their previous turn
+
+    def __len__(self) -> int:
+        return len(self.context)
+
+
+def layout(utterances: list[list[int]], speakers: list[int], eou: int, restart: bool) -> tuple[list[int], ...]:
+    """(tokens, positions, speakers, turns) of consecutive utterances, the last one being turn 0:
+    each utterance's ids followed by `eou`; positions running over all of them, or restarting at
+    0 in every utterance (`restart`); turns counted back from the last."""
+    toks, pos, spk, turn = [], [], [], []
+    n = len(utterances)
+    for k, (ids, s) in enumerate(zip(utterances, speakers, strict=True)):
+        m = len(ids) + 1
+        toks += ids + [eou]
+        pos += list(range(m)) if restart else list(range(len(pos), len(pos) + m))
+        spk += [s] * m
+        turn += [n - 1 - k] * m
+    return toks, pos, spk, turn
+
+
+def newest_turns_that_fit(lengths: list[int], budget: int, max_turns: int) -> int:
+    """How many of the newest turns (token counts `lengths`, oldest first) fit in `budget`
+    tokens with an end token each, at most `max_turns` of them."""
+    keep, used = 0, 0
+    for k in range(len(lengths) - 1, -1, -1):
+        if keep == max_turns or used + lengths[k] + 1 > budget:
+            break
+        keep += 1
+        used += lengths[k] + 1
+    return keep
+
+
+def build_examples(dialogues: list[list[Turn]], encode, eou: int, restart: bool, block_size: int,
+                   max_turns: int) -> Examples:
+    """A (history, response) example for every turn after the first of each dialogue: the
+    response and as many whole turns before it as fit in `block_size` + 1 tokens (inputs and
+    targets are shifted by one), at most `max_turns`; a response that does not fit with even
+    its previous turn is dropped (counted). `encode` maps a list of texts to token ids."""
+    T = block_size + 1
+    cols: list[list[int]] = [[], [], [], []]
+    starts, context, chars, dropped = [0], [], [], 0
+    for dialogue in dialogues:
+        ids = encode([t.text for t in dialogue])
+        for k in range(1, len(dialogue)):
+            j = k - newest_turns_that_fit([len(i) for i in ids[:k]], T - len(ids[k]) - 1, max_turns)
+            if j == k:  # not even the previous turn fits with the response
+                dropped += 1
+                continue
+            parts = layout(ids[j:k + 1], [t.speaker for t in dialogue[j:k + 1]], eou, restart)
+            for col, part in zip(cols, parts, strict=True):
+                col += part
+            starts.append(len(cols[0]))
+            context.append(len(parts[0]) - len(ids[k]) - 1)
+            chars.append(len(dialogue[k].text) + 1)
+    arrays = [np.asarray(c, dtype=np.int32) for c in cols]  # int32: a split holds millions of tokens
+    return Examples(*arrays, np.asarray(starts, dtype=np.int64), np.asarray(context, dtype=np.int64),
+                    np.asarray(chars, dtype=np.int64), dropped)

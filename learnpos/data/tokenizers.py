@@ -209,14 +209,24 @@ class StreamDecoder:
     UTF-8 are dropped, and an unfinished character at the end is dropped by `flush`, so the
     stream never shows U+FFFD and equals `tokenizer.decode` of all the tokens."""
 
-    def __init__(self, tokenizer, stream):
-        self.tokenizer, self.stream = tokenizer, stream
+    def __init__(self, tokenizer, stream, stop: int | None = None):
+        self.tokenizer, self.stream, self.stop = tokenizer, stream, stop
         self.utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
+        self.stopped = False
 
     def add(self, token: int) -> None:
+        """Stream `token`'s text; nothing from `stop` (an id past the vocabulary, e.g. an end of
+        utterance) on."""
+        self.stopped = self.stopped or token == self.stop
+        if self.stopped:
+            return
         piece = self.utf8.decode(self.tokenizer.token_bytes(token))
         if piece:
             self.stream(piece)
+
+    def on_token(self, tokens) -> None:
+        """The `on_token` callback of generation: the new token of its first (only) row."""
+        self.add(int(tokens[0]))
 
     def flush(self) -> None:
         piece = self.utf8.decode(b"", final=True)

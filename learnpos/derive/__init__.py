@@ -57,7 +57,8 @@ def derive_config(task: str, data: str, overrides: dict[str, str], val_data: str
     settings["train.time_budget"] = DEFAULT_BUDGET
     try:  # the user fixed the steps: the schedule follows them (warmup, evaluations), no probe
         steps = int(overrides["train.max_iters"])
-        settings |= {"train.warmup_iters": min(200, steps // 20), "train.eval_interval": max(1, -(-steps // 10)),
+        settings |= {"train.warmup_iters": min(200, round(steps * _module(task).WARMUP_SHARE)),
+                     "train.eval_interval": max(1, -(-steps // 10)),
                      "train.log_interval": max(1, min(100, steps // 50))}
     except (KeyError, ValueError):
         pass  # not given (the probe fits it), or not a number (load_config names it)
@@ -66,5 +67,6 @@ def derive_config(task: str, data: str, overrides: dict[str, str], val_data: str
     lines = [f"settings derived from the data (learnpos.derive.{task}); any --key=value overrides them:",
              *(f"  {line}" for line in why)]
     if fit_schedule and "train.max_iters" not in overrides:
-        lines += [f"  {line}" for line in fit(cfg, probe(cfg), cfg.train.time_budget * 60, most, set(overrides))]
+        lines += [f"  {line}" for line in fit(cfg, probe(cfg), cfg.train.time_budget * 60, most, set(overrides),
+                                              _module(task).WARMUP_SHARE)]
     return cfg, lines

@@ -27,6 +27,7 @@ from learnpos.derive.lm import _chars_per_token
 from learnpos.derive.space import Param
 
 EPOCHS = 20
+WARMUP_SHARE = 0.05  # of the steps (at most 200): the dailydialog preset warms up 50 of 700
 SPACE = (  # what `learnpos tune --task dialogue` searches
     Param("train.lr", "float", 3e-4, 4e-3, log=True),
     Param("model.dropout", "float", 0.0, 0.3),

@@ -23,6 +23,7 @@ from learnpos.data.text import load_corpus
 from learnpos.derive.space import Param
 
 EPOCHS = 20
+WARMUP_SHARE = 0.05  # of the steps (at most 200): the nanoGPT CPU recipe warms up 100 of 2,000
 SPACE = (  # what `learnpos tune --task lm` searches
     Param("train.lr", "float", 2e-4, 3e-3, log=True),
     Param("model.dropout", "float", 0.0, 0.3),

@@ -51,9 +51,11 @@ def probe(cfg: Config, steps: int = PROBE_STEPS) -> Probe:
                  eval_s=max(0.0, result.wall_s - times[-1]), wall_s=result.wall_s)
 
 
-def fit(cfg: Config, p: Probe, budget_s: float, most_steps: int, fixed: set[str]) -> list[str]:
-    """Size max_iters, the evaluations, warmup and early stopping of `cfg` so that the run
-    fits `budget_s` seconds after the probe; keys in `fixed` (the user's) are left alone."""
+def fit(cfg: Config, p: Probe, budget_s: float, most_steps: int, fixed: set[str],
+        warmup_share: float = 0.05) -> list[str]:
+    """Size max_iters, the evaluations, warmup (`warmup_share` of the steps, at most 200) and
+    early stopping of `cfg` so that the run fits `budget_s` seconds after the probe; keys in
+    `fixed` (the user's) are left alone."""
     t = cfg.train
     avail = USE * (budget_s - p.wall_s) - p.setup_s
     n_evals = MAX_EVALS
@@ -63,7 +65,7 @@ def fit(cfg: Config, p: Probe, budget_s: float, most_steps: int, fixed: set[str]
     steps = t.max_iters if "train.max_iters" in fixed else min(fits, most_steps)
     every = t.eval_interval if "train.eval_interval" in fixed else max(1, math.ceil(steps / n_evals))
     set_ = {"train.max_iters": steps, "train.eval_interval": every,
-            "train.warmup_iters": min(200, max(1, steps // 20)),
+            "train.warmup_iters": min(200, max(1, round(steps * warmup_share))),
             "train.log_interval": max(1, min(100, every // 5)),
             "train.early_stop_patience": 3 if steps // every >= 5 and t.early_stop_metric else 0}
     for key, value in set_.items():

@@ -43,7 +43,16 @@ from torch import Tensor
 
 from learnpos.analysis.diversity import distinct_n, unit_name
 from learnpos.analysis.report import Figure
-from learnpos.data.dialogue import SPLITS, DialogueData, Turn, load_dialogues
+from learnpos.data.dialogue import (
+    SPLITS,
+    DialogueData,
+    Examples,
+    Turn,
+    build_examples,
+    layout,
+    load_dialogues,
+    newest_turns_that_fit,
+)
 from learnpos.data.tokenizers import StreamDecoder
 from learnpos.errors import ConfigError, DataError
 from learnpos.files import atomic_write_text
@@ -84,23 +93,6 @@ class DialogueConfig:
     sample_top_p: float = 0.9  # nucleus sampling for distinct-n and chat replies
     sample_temperature: float = 1.0
     CHOICES = {"positions": tuple(SCHEMES), "tokenizer": ("bpe", "char")}
-
-
-@dataclass
-class Examples:
-    """One split's examples, flat: tokens of example i are tokens[starts[i]:starts[i+1]]."""
-
-    tokens: np.ndarray  # int64: history + response, each utterance followed by EOU
-    positions: np.ndarray
-    speakers: np.ndarray
-    turns: np.ndarray
-    starts: np.ndarray  # (N + 1,)
-    context: np.ndarray  # (N,) tokens before the response
-    response_chars: np.ndarray  # (N,) characters of the response + 1 for its end
-    dropped: int  # responses that did not fit with their previous turn
-
-    def __len__(self) -> int:
-        return len(self.context)
 
 
 @register
@@ -186,51 +178,21 @@ class DialogueTask(Task):
         return [self.tokenizer.encode(t, unknown="skip") for t in texts]
 
     def layout(self, utterances: list[list[int]], speakers: list[int]) -> tuple[list[int], ...]:
-        """(tokens, positions, speakers, turns) of consecutive utterances, the last one being
-        turn 0 (each utterance's ids followed by EOU)."""
-        toks, pos, spk, turn = [], [], [], []
-        n = len(utterances)
-        for k, (ids, s) in enumerate(zip(utterances, speakers, strict=True)):
-            m = len(ids) + 1
-            toks += ids + [self.EOU]
-            pos += list(range(m)) if self.restart else list(range(len(pos), len(pos) + m))
-            spk += [s] * m
-            turn += [n - 1 - k] * m
-        return toks, pos, spk, turn
+        """(tokens, positions, speakers, turns) of consecutive utterances, the last being turn 0."""
+        return layout(utterances, speakers, self.EOU, self.restart)
 
     def examples(self, split: str) -> Examples:
-        if split in self._examples:
-            return self._examples[split]
-        T, max_turns = self.dlg.block_size + 1, self.dlg.max_turns  # +1: inputs and targets are shifted
-        cols: list[list[int]] = [[], [], [], []]
-        starts, context, chars, dropped = [0], [], [], 0
-        for dialogue in self.data.split(split):
-            ids = self.encode([t.text for t in dialogue])
-            for k in range(1, len(dialogue)):
-                need = len(ids[k]) + 1
-                j = k
-                while j > 0 and k - j < max_turns and need + len(ids[j - 1]) + 1 <= T:
-                    j -= 1
-                    need += len(ids[j]) + 1
-                if j == k:  # not even the previous turn fits with the response
-                    dropped += 1
-                    continue
-                parts = self.layout(ids[j:k + 1], [t.speaker for t in dialogue[j:k + 1]])
-                for col, part in zip(cols, parts, strict=True):
-                    col += part
-                starts.append(len(cols[0]))
-                context.append(len(parts[0]) - len(ids[k]) - 1)
-                chars.append(len(dialogue[k].text) + 1)
-        if not context:
-            raise DataError(f"no {split} example fits dialogue.block_size={self.dlg.block_size} tokens; raise it")
-        if dropped:
-            log.warning("%s: %d responses do not fit dialogue.block_size=%d with their previous turn; left out",
-                        split, dropped, self.dlg.block_size)
-        arrays = [np.asarray(c, dtype=np.int32) for c in cols]  # int32: a split holds millions of tokens
-        ex = Examples(*arrays, np.asarray(starts, dtype=np.int64), np.asarray(context, dtype=np.int64),
-                      np.asarray(chars, dtype=np.int64), dropped)
-        self._examples[split] = ex
-        return ex
+        if split not in self._examples:
+            ex = build_examples(self.data.split(split), self.encode, self.EOU, self.restart, self.dlg.block_size,
+                                self.dlg.max_turns)
+            if not len(ex):
+                raise DataError(f"no {split} example fits dialogue.block_size={self.dlg.block_size} tokens; "
+                                f"raise it")
+            if ex.dropped:
+                log.warning("%s: %d responses do not fit dialogue.block_size=%d with their previous turn; left out",
+                            split, ex.dropped, self.dlg.block_size)
+            self._examples[split] = ex
+        return self._examples[split]
 
     def batch(self, ex: Examples, picks: np.ndarray) -> Batch:
         """Right-padded examples `picks` (pads come after every real token, so causal
@@ -386,13 +348,7 @@ class DialogueTask(Task):
         """The layout of the newest whole turns of `turns` (at most dialogue.max_turns) that
         leave `reply_room` tokens for the reply, and how many older turns were dropped."""
         ids = self.encode([t.text for t in turns])
-        budget = self.dlg.block_size - reply_room
-        keep, used = 0, 0
-        for k in range(len(turns) - 1, -1, -1):
-            if keep == self.dlg.max_turns or used + len(ids[k]) + 1 > budget:
-                break
-            keep += 1
-            used += len(ids[k]) + 1
+        keep = newest_turns_that_fit([len(i) for i in ids], self.dlg.block_size - reply_room, self.dlg.max_turns)
         if keep == 0:
             raise DataError(f"the last turn alone needs {len(ids[-1]) + 1} tokens; with {reply_room} for the reply "
                             f"that is more than dialogue.block_size={self.dlg.block_size}: say it shorter")
@@ -424,31 +380,17 @@ class DialogueTask(Task):
         on_token = None
         if stream is not None:
             stream(prompt.strip() + "\n")
-            on_token = self.streamer(stream)
+            streamer = self.streamer(stream)
+            on_token = streamer.on_token
         sampling.pop("sliding", None), sampling.pop("skip_unknown", None)
         reply = self.sample(model, [history], [1], max_new_tokens, on_token=on_token, **sampling)[0]
         if stream is not None:
-            on_token.flush()
+            streamer.flush()
         return prompt.strip() + "\n" + reply
 
-    def streamer(self, stream):
-        decoder = StreamDecoder(self.tokenizer, stream)
-        eou = self.EOU
-
-        class _Feed:
-            done = False
-
-            def __call__(self, tok):
-                t = int(tok[0])
-                if t == eou:
-                    self.done = True
-                if not self.done:
-                    decoder.add(t)
-
-            def flush(self):
-                decoder.flush()
-
-        return _Feed()
+    def streamer(self, stream) -> StreamDecoder:
+        """A stream of the reply's text that ends at its end-of-utterance token."""
+        return StreamDecoder(self.tokenizer, stream, stop=self.EOU)
 
 
 __all__ = ["SPLITS", "SCHEMES", "DialogueConfig", "DialogueTask", "scheme_tables"]

@@ -204,7 +204,7 @@ class LMTask(Task):
         if stream is not None:  # only then pay a host sync per token
             stream(prompt_text)
             printer = StreamDecoder(self.tokenizer, stream)
-            on_token = lambda tok: printer.add(int(tok[0]))  # noqa: E731
+            on_token = printer.on_token
         if fits:
             out = model.generate([ids], max_new_tokens, on_token=on_token, vocab_limit=V, **sampling)[0]
         else:

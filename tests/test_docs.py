@@ -326,7 +326,7 @@ def test_the_checkers_catch_planted_mistakes():
     planted = ("[`table_gradient`](../learnpos/reference/layers.py) [`no_such_function`](../learnpos/positional.py)\n"
                "[`gone`](../learnpos/nowhere.py) [`table identity nowhere`](../learnpos/verify.py)\n"
                "[`LearnedPositionalEmbedding.embed`](../learnpos/positional.py) "
-               "[`PositionalConfig.no_field`](../learnpos/config.py)\n\n```math\na = b\n```\n\nno pointer here\n"
+               "[`PositionalConfig.no_field`](../learnpos/config/schema.py)\n\n```math\na = b\n```\n\nno pointer here\n"
                "```math\nc = d\n```\n\n[`table_gradient`](../learnpos/reference/layers.py) · "
                "[`table identity arange`](../learnpos/verify.py)\n")
     assert broken_links(planted, doc_path) == ["[gone](../learnpos/nowhere.py): no such file"]

@@ -29,6 +29,7 @@ import torch
 from learnpos.config import load_config
 from learnpos.derive import derive_config
 from learnpos.load import load_run
+from learnpos.runs import read_metrics
 from learnpos.train import train
 
 KEEP = ("loss", "perplexity", "bits_per_char", "distinct_1", "distinct_2", "distinct_unit")
@@ -43,7 +44,8 @@ def _figures(run_dir: str, split: str, t0: float, extra: dict | None = None) -> 
         task.dlg.eval_examples = 0
         m = task.evaluate(model, torch.device("cpu"), split=split)
     return {**{k: m[k] for k in KEEP if k in m}, "wall_s": round(time.perf_counter() - t0, 1),
-            "steps": cfg.train.max_iters, "tokenizer": getattr(cfg, cfg.task).tokenizer,
+            "steps": max(r["step"] for r in read_metrics(run_dir)), "planned_steps": cfg.train.max_iters,
+            "tokenizer": getattr(cfg, cfg.task).tokenizer,
             "shape": f"{cfg.model.n_layer}x{cfg.model.n_embd}", **(extra or {})}
 
 

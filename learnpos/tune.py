@@ -148,7 +148,9 @@ def tune(task: str, data: str, budget: float, preset: str | None = None, trials:
         metric, mode = _metric(base)
         space = [p for p in space_of(task) if p.key not in overrides]  # what the user sets is not searched
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+        # no pruning during warmup: every trial is low there (on UMLS 33 of 44 trials were cut at
+        # their first evaluation, 3 s in, with n_warmup_steps=0)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=base.train.warmup_iters)
         try:
             study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, sampler=sampler,
                                         pruner=pruner, direction="maximize" if mode == "max" else "minimize")

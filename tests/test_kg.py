@@ -268,6 +268,14 @@ def test_query_targets_spread_each_query_over_all_its_answers(tmp_path):
         answers = task._answer_ids[task._answer_offsets[q]:task._answer_offsets[q + 1]]
         expected.append(-0.7 * logp[row, answers].mean() - 0.3 * logp[row].mean())
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-6)
+    # kg.query_weight=answers: the same per-query terms, weighed by each query's answer count
+    counts = torch.tensor([float(task._answer_offsets[q + 1] - task._answer_offsets[q])
+                           for q in batch.targets[batch.idx == task.MASK].tolist()])
+    task.kg.query_weight = "answers"
+    weighted = (torch.stack(expected) * counts).sum() / counts.sum()
+    assert task.loss(model, batch).item() == pytest.approx(weighted.item(), rel=1e-6)
+    assert abs(weighted.item() - loss.item()) > 1e-4  # the weights change the loss here
+    task.kg.query_weight = "uniform"
     # each distinct query's answers are exactly its training answers
     for q, x in enumerate(idx):
         answers = set(task._answer_ids[task._answer_offsets[q]:task._answer_offsets[q + 1]].tolist())

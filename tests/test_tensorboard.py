@@ -33,7 +33,8 @@ def test_events_hold_the_metrics_norms_and_heatmaps(tmp_path):
     assert events.keys() == logged.keys() and all(abs(events[k] - logged[k]) < 1e-5 for k in logged)
     assert all(e.value > 0 for e in acc.Scalars("train/grad_norm/pos"))
     val = {r["step"]: r["exact_match"] for r in records if r["split"] == "val"}
-    assert {e.step: round(e.value, 6) for e in acc.Scalars("val/exact_match")} == {k: round(v, 6) for k, v in val.items()}
+    got = {e.step: round(e.value, 6) for e in acc.Scalars("val/exact_match")}
+    assert got == {k: round(v, 6) for k, v in val.items()}
     images = acc.Images("val/similarity/pos")
     assert [i.step for i in images] == [10, 20] and images[0].width >= 256
 

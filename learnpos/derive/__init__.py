@@ -33,10 +33,7 @@ def _module(task: str):
 def derived_settings(task: str, data: str, val_data: str | None = None,
                      budget_s: float = DEFAULT_BUDGET * 60) -> tuple[dict, list[str], int]:
     """(settings, reasons, most steps worth training) of `task` on `data`, before any probe."""
-    module = _module(task)
-    if task == "lm":
-        return module.derive(data, val_data, budget_s)
-    return module.derive(data, budget_s) if task == "dialogue" else module.derive(data)
+    return _module(task).derive(data, val_data, budget_s)  # one signature; kg and dialogue ignore val_data
 
 
 def derive_config(task: str, data: str, overrides: dict[str, str], val_data: str | None = None,

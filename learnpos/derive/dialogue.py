@@ -39,7 +39,7 @@ SPACE = (  # what `learnpos tune --task dialogue` searches
 MAX_TURNS = 8
 
 
-def derive(data: str, budget_s: float = 600.0) -> tuple[dict, list[str], int]:
+def derive(data: str, val_data: str | None = None, budget_s: float = 600.0) -> tuple[dict, list[str], int]:
     d = load_dialogues(data)
     train = d.split("train")
     utterances = [t.text for dialogue in train for t in dialogue]

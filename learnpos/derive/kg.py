@@ -66,7 +66,7 @@ def statistics(data: str) -> dict:
             "valid": len(d.split("valid"))}
 
 
-def derive(data: str) -> tuple[dict[str, object], list[str], int]:
+def derive(data: str, val_data: str | None = None, budget_s: float = 600.0) -> tuple[dict, list[str], int]:
     """(settings as dotted keys, the reasons in a few lines, the most steps worth training)."""
     s = statistics(data)
     E, R, N, Q = s["entities"], s["relations"], s["triples"], s["queries"]

@@ -12,8 +12,8 @@
   what the nanoGPT CPU recipe uses (0.8M parameters, 1.5M tokens); Hoffmann et al. (2022) found
   20 compute-optimal for large models, which at 10 CPU minutes would give a 0.3M-parameter
   model, smaller than that known-good recipe. C is this machine's measured float32
-  matrix-multiply rate over the budget at 60 % utilisation (a training step of the 4 x 128
-  model runs at about that share of it).
+  matrix-multiply rate over the budget at an assumed 60 % utilisation (`benchmarks/mfu.py`
+  measures a model's real share; this rule's value was not measured).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import torch
 
 import learnpos.reference as ref
 from learnpos.config import ModelConfig, PositionalConfig
+from learnpos.fixtures import N_HEAD, N_LAYER, B, C, L, T, V, reference_params
 from learnpos.model import GPT
-from learnpos.verify import N_HEAD, N_LAYER, B, C, L, T, V, reference_params
 
 
 def median_ms(step, reps: int, warmup: int = 20) -> float:

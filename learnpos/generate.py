@@ -97,11 +97,8 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     was_training = model.training
     model.eval()
     try:
-        idx = torch.full((B, T), pad_id, dtype=torch.long)
-        mask = torch.zeros(B, T, dtype=torch.long)
-        for b, r in enumerate(rows):
-            idx[b, T - len(r):] = torch.tensor(r)
-            mask[b, T - len(r):] = 1
+        idx = left_pad(rows, T, pad_id)
+        mask = left_pad([[1] * len(r) for r in rows], T)
         idx, mask = idx.to(device), mask.to(device)
         padded = bool((mask == 0).any())
         if custom is not None:
@@ -170,6 +167,15 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     return result
 
 
+def left_pad(rows: Sequence[Sequence[int]], T: int, fill: int = 0) -> Tensor:
+    """Rows of at most T ints -> (B, T) long, each row right-aligned after `fill`s."""
+    out = torch.full((len(rows), T), fill, dtype=torch.long)
+    for b, r in enumerate(rows):
+        if len(r):
+            out[b, T - len(r):] = torch.as_tensor(r, dtype=torch.long)
+    return out
+
+
 def _custom_positions(rows: list[list[int]], position_ids, next_position) -> tuple[Tensor, Tensor] | None:
     """Left-padded (B, T) prompt positions and (B, 1) first new positions, or None for the
     default 0..len-1 layout."""
@@ -182,9 +188,7 @@ def _custom_positions(rows: list[list[int]], position_ids, next_position) -> tup
     B, T = len(rows), max(len(r) for r in rows)
     if len(position_ids) != B or any(len(p) != len(r) for p, r in zip(position_ids, rows, strict=True)):
         raise ValueError("position_ids must hold one position per prompt token, row by row")
-    ids = torch.zeros(B, T, dtype=torch.long)
-    for b, p in enumerate(position_ids):
-        ids[b, T - len(p):] = torch.tensor(p, dtype=torch.long)
+    ids = left_pad(position_ids, T)
     if next_position is None:
         nxt = torch.tensor([[p[-1] + 1] for p in position_ids], dtype=torch.long)
     else:
@@ -219,9 +223,7 @@ def _extra_ids(model, rows: list[list[int]], T: int, extra_ids, next_extra_ids):
             given = given.tolist()
         if len(given) != B or any(len(g) != len(r) for g, r in zip(given, rows, strict=True)):
             raise ValueError(f"extra_ids['{name}'] must hold one id per prompt token, row by row")
-        ids = torch.zeros(B, T, dtype=torch.long)
-        for b, g in enumerate(given):
-            ids[b, T - len(g):] = torch.tensor(g, dtype=torch.long)
+        ids = left_pad(given, T)
         model.tables[name].check(ids, 0, T)
         prompt[name] = ids
         rule = next_extra_ids.get(name, [g[-1] for g in given])  # default: each row's last prompt id

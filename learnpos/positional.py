@@ -89,12 +89,29 @@ class PositionalEncoding(nn.Module):
         the ids first (encodings with a limit)."""
         return None
 
-    plans_positions: bool = False  # True: the model passes ids through `plan` before embedding them
+    plans_positions: bool = False  # True: `resolve` maps the ids through `plan` before they are embedded
+
+    def resolve(self, position_ids: Tensor | None, T: int, batch: int, cache=None,
+                attention_mask: Tensor | None = None, check: bool = True) -> Tensor | None:
+        """The position ids the model uses for its T new tokens (the one call `GPT.forward`
+        makes): `position_ids` as given, unless the encoding plans positions (a randomized
+        table), which maps them through `plan`. `cache` (a KVCache or None) gives the offset
+        and each row's planned length; a cache nobody planned for is read as its capacity
+        less each row's padding."""
+        if not self.plans_positions:
+            return position_ids
+        offset, planned = 0, None
+        if cache is not None:
+            if cache.planned is None:
+                capacity = torch.full((batch,), cache.capacity, dtype=torch.long, device=self.weight.device)
+                cache.planned = capacity - ((attention_mask == 0).sum(1) if attention_mask is not None else 0)
+            offset, planned = cache.length, cache.planned
+        return self.plan(position_ids, offset, T, batch, planned, attention_mask, check)
 
     def plan(self, position_ids: Tensor | None, offset: int, T: int, batch: int = 1,
              planned: Tensor | None = None, attention_mask: Tensor | None = None, check: bool = True) -> Tensor:
         """The position ids the model uses for the T new tokens of `batch` rows, for encodings
-        with `plans_positions` (the model calls nothing otherwise). `planned` (B, 1): each row's
+        with `plans_positions` (`resolve` calls nothing otherwise). `planned` (B, 1): each row's
         positions over the whole sequence when it is decoded in pieces (set on the KV cache by
         `generate`); `attention_mask` marks the real tokens of a padded batch."""
         raise NotImplementedError

@@ -38,15 +38,25 @@ import torch
 import torch.nn.functional as F
 
 import learnpos.reference.model as ref_model
-from learnpos.config import ModelConfig, PositionalConfig, TableConfig
+from learnpos.config import PositionalConfig
+from learnpos.fixtures import (
+    GRAD_CASES,
+    TABLE_RECIPES,
+    TABLES_CASE,
+    B,
+    Case,
+    Inputs,
+    L,
+    T,
+    make_inputs,
+    make_model,
+    model_config,
+    reference_params,
+)
 from learnpos.model import GPT, IGNORE_INDEX
 from learnpos.optim import param_groups
-from learnpos.positional import position_ids_from_mask
 from learnpos.reference.layers import table_gradient
 from learnpos.reference.optim import adamw_step, sgd_step, weight_decay_policy
-
-V, C, N_HEAD, N_LAYER, L = 30, 16, 2, 2, 16  # the small model of every check
-B, T = 3, 8  # the batch of every check
 
 # Tolerances, one per kind of comparison (why each is what it is):
 GRAD_REL_TOL = 1e-9  # float64 reference vs autograd: both compute the same sums in other orders,
@@ -99,137 +109,6 @@ def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:
 
 def _abs_err(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(actual) - np.asarray(expected)), initial=0.0))
-
-
-# ---------------------------------------------------------------------- models, inputs
-
-
-@dataclass(frozen=True)
-class Case:
-    """One model configuration and one input recipe (see `make_inputs`)."""
-
-    name: str
-    kind: str = "learned"
-    causal: bool = True
-    bias: bool = True
-    tie_weights: bool = True
-    inputs: str = "arange"
-    tables: tuple[tuple, ...] = ()  # named extra tables: (name, rows) or (name, rows, weight_decay)
-    attention: str = "auto"  # model.attention (float64 -> SDPA under auto)
-    mlp: str = "gelu"  # model.mlp
-
-
-GRAD_CASES = [
-    Case("learned causal"),
-    Case("learned encoder", causal=False, inputs="right-padded"),
-    Case("sinusoidal", kind="sinusoidal", inputs="left-padded"),
-    Case("none", kind="none"),
-    Case("learned untied no-bias", bias=False, tie_weights=False, inputs="offset"),
-    Case("learned + 2 tables", tables=(("turn", 6), ("speaker", 3)), inputs="left-padded"),
-    Case("matmul attention", attention="matmul", inputs="left-padded"),
-    Case("matmul attention causal", attention="matmul"),
-    Case("swiglu encoder", mlp="swiglu", causal=False, inputs="right-padded"),
-]
-TABLES_CASE = next(c for c in GRAD_CASES if c.tables)  # the case whose tables `named_table_checks` examines
-TABLE_RECIPES = ["arange", "offset", "left-padded", "repeated", "random ids per row"]
-
-
-def model_config(case: Case) -> ModelConfig:
-    return ModelConfig(vocab_size=V, n_layer=N_LAYER, n_head=N_HEAD, n_embd=C, dropout=0.0, bias=case.bias,
-                       tie_weights=case.tie_weights, causal=case.causal, attention=case.attention, mlp=case.mlp,
-                       positional=PositionalConfig(kind=case.kind, max_len=L),
-                       tables=[TableConfig(name=t[0], rows=t[1], weight_decay=bool(t[2:] and t[2]))
-                               for t in case.tables])
-
-
-def make_model(case: Case, seed: int) -> GPT:
-    """A float64 GPT in eval mode with every parameter drawn afresh at a scale where every
-    path matters. At the default init (std 0.02, zero biases, unit gains) attention is
-    nearly uniform and biases and gains sit at 0 and 1, which would hide a wrong softmax
-    backward or a wrong bias/gain term; here attention is peaked and nothing is at rest."""
-    torch.manual_seed(seed)
-    model = GPT(model_config(case)).double().eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
-            is_gain = name.endswith("weight") and (".ln1." in name or ".ln2." in name or name.startswith("ln_f."))
-            if p.dim() >= 2:
-                p.copy_(0.3 * noise)  # matrices, token embedding, position table
-            elif is_gain:
-                p.copy_(1.0 + 0.1 * noise)  # LayerNorm gains
-            else:
-                p.copy_(0.1 * noise)  # Linear and LayerNorm biases
-    return model
-
-
-@dataclass
-class Inputs:
-    idx: torch.Tensor  # (B, T)
-    targets: torch.Tensor  # (B, T), IGNORE_INDEX where there is no loss
-    position_ids: torch.Tensor | None  # (B, T) or None = 0..T-1
-    attention_mask: torch.Tensor | None  # (B, T) 1 = token, 0 = pad; or None
-    extra_ids: dict[str, torch.Tensor]  # table name -> (B, T) ids
-
-    def ids(self) -> np.ndarray:
-        """The position ids the model uses, (B|1, T)."""
-        return np.arange(T)[None] if self.position_ids is None else self.position_ids.numpy()
-
-    def numpy(self) -> tuple:
-        n = lambda t: None if t is None else t.numpy()  # noqa: E731
-        return n(self.idx), n(self.targets), n(self.position_ids), n(self.attention_mask)
-
-    def extra_numpy(self) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in self.extra_ids.items()}
-
-
-def make_inputs(recipe: str, seed: int, tables: tuple[tuple[str, int], ...] = ()) -> Inputs:
-    """A (B, T) batch and its positions:
-    arange              ids None (= 0..T-1, broadcast over the batch)
-    offset              ids 5..5+T-1, as a KV cache of 5 tokens would give the new ones
-    left-padded         rows with 0, 3 and 5 pads in front, ids from `position_ids_from_mask`
-    right-padded        rows with 0, 2 and 4 pads at the end, ids from the mask
-    repeated            ids t // 2 + b: every id used twice in a row
-    random ids per row  ids drawn with replacement from 0..L-1, different in each row
-    Targets are random, with one ignored target, and ignored at pads. Each named table
-    (name, rows) gets ids drawn from 0..rows-2, so its last row is never used."""
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, V, (B, T), generator=gen)
-    targets = torch.randint(0, V, (B, T), generator=gen)
-    targets[0, 0] = IGNORE_INDEX
-    position_ids, mask = None, None
-    if recipe == "offset":
-        position_ids = (torch.arange(T) + 5).expand(B, T).contiguous()
-    elif recipe in ("left-padded", "right-padded"):
-        mask = torch.ones(B, T, dtype=torch.long)
-        for b, n_pad in enumerate((0, 3, 5) if recipe == "left-padded" else (0, 2, 4)):
-            if recipe == "left-padded":
-                mask[b, :n_pad] = 0
-            else:
-                mask[b, T - n_pad:] = 0
-        position_ids = position_ids_from_mask(mask)
-        targets = targets.masked_fill(mask == 0, IGNORE_INDEX)
-    elif recipe == "repeated":
-        position_ids = torch.arange(T).view(1, T) // 2 + torch.arange(B).view(B, 1)
-    elif recipe == "random ids per row":
-        position_ids = torch.randint(0, L, (B, T), generator=gen)
-    elif recipe != "arange":
-        raise ValueError(f"unknown input recipe '{recipe}'")
-    extra = {t[0]: torch.randint(0, t[1] - 1, (B, T), generator=gen) for t in tables}
-    return Inputs(idx, targets, position_ids, mask, extra)
-
-
-def reference_params(model: GPT) -> dict[str, np.ndarray]:
-    """The model's `state_dict` as float64 NumPy copies. Tensors that share storage (a tied
-    head) become one array under both names, so an in-place optimizer step reaches both."""
-    arrays: dict[int, np.ndarray] = {}
-    params = {}
-    for name, tensor in model.state_dict().items():
-        key = tensor.data_ptr()
-        if key not in arrays:
-            arrays[key] = tensor.detach().to(torch.float64).numpy().copy()
-        params[name] = arrays[key]
-    return params
 
 
 # ------------------------------------------------------------------- the two sides

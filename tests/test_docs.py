@@ -29,6 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = {"en": ROOT / "docs" / "derivation.md", "zh": ROOT / "docs" / "derivation.zh.md"}
 VERIFY_PY = ROOT / "learnpos" / "verify.py"
+FIXTURES_PY = ROOT / "learnpos" / "fixtures.py"  # GRAD_CASES: the case names verify.py reports
 MARK = "tests/test_docs.py"  # first line of every machine-checked block names this file
 
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.M | re.S)
@@ -118,14 +119,15 @@ def verify_name_patterns() -> list[re.Pattern]:
     f-string fields become `.+`; a name made of fields only (`f"{what} {case.name}"`) is
     expanded with what it takes: "loss"/"logits" over the names of GRAD_CASES."""
     tree = ast.parse(VERIFY_PY.read_text(encoding="utf-8"))
+    cases = ast.parse(FIXTURES_PY.read_text(encoding="utf-8"))
     case_names = [
         call.args[0].value
-        for node in tree.body if isinstance(node, ast.Assign) and any(
+        for node in cases.body if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "GRAD_CASES" for t in node.targets)
         for call in ast.walk(node.value)
         if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Case" and call.args
     ]
-    assert case_names, "GRAD_CASES not found in learnpos/verify.py"
+    assert case_names, "GRAD_CASES not found in learnpos/fixtures.py"
 
     def is_check(call: ast.AST) -> bool:
         return isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Check" and bool(call.args)

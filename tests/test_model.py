@@ -42,9 +42,9 @@ def test_kv_cache_matches_full_recomputation(kind):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("causal", [True, False])
 def test_reading_some_positions_equals_the_full_forward_there(kind, causal):
-    """forward(read=...) computes the last block at the read positions only: its hidden states,
-    logits and the gradients of every parameter equal the full forward's at those positions,
-    with and without a padding mask, and a last_only prefill fills the KV cache as the full one."""
+    """forward(read=...) returns the outputs at the read positions: its hidden states, logits
+    and the gradients of every parameter equal the full forward's at those positions, with and
+    without a padding mask, and a last_only prefill fills the KV cache as the full one."""
     model = make(kind, causal=causal).double()  # float64: the two paths differ by rounding alone
     torch.manual_seed(2)
     idx = torch.randint(0, V, (3, 9))

@@ -1,6 +1,6 @@
 """The NumPy float64 reference against PyTorch autograd, finite differences and torch.optim.
 
-The models and batches come from `learnpos.verify` (small random float64 GPTs: V 30, C 16,
+The models and batches come from `learnpos.fixtures` (small random float64 GPTs: V 30, C 16,
 2 heads, 2 layers, L 16, B 3, T 8); every comparison here is written out directly.
 """
 
@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 import learnpos.reference as ref
 from learnpos.config import ModelConfig, PositionalConfig
 from learnpos.errors import PositionOutOfRange
+from learnpos.fixtures import Case, L, T, make_inputs, make_model, reference_params
 from learnpos.model import GPT
 from learnpos.optim import param_groups
 from learnpos.positional import sinusoid_scale, sinusoid_table
 from learnpos.reference import layers
-from learnpos.verify import Case, L, T, adamw_run, make_inputs, make_model, reference_params
+from learnpos.verify import adamw_run
 
 REFERENCE_DIR = Path(layers.__file__).parent
 GRAD_TOL = 1e-9  # relative to each tensor's largest entry (see learnpos.verify.rel_err)

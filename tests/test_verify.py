@@ -9,10 +9,12 @@ import time
 import numpy as np
 import pytest
 
+import learnpos.fixtures as fixtures
 import learnpos.reference.layers as ref_layers
 import learnpos.reference.model as ref_model
 import learnpos.verify as verify
-from learnpos.verify import Case, Check, format_table, main, rel_err, run_checks
+from learnpos.fixtures import Case
+from learnpos.verify import Check, format_table, main, rel_err, run_checks
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +30,12 @@ def test_every_check_passes_and_every_tensor_is_covered(checks):
     rows = by_name(checks)
     assert len(rows) == len(checks)  # names are unique
     assert [c.name for c in checks if not c.ok] == []
-    for case in verify.GRAD_CASES:
-        model = verify.make_model(case, 0)
+    for case in fixtures.GRAD_CASES:
+        model = fixtures.make_model(case, 0)
         for name, _ in model.named_parameters():
             assert f"grad {case.name}: {name}" in rows
         assert f"fd {case.name}" in rows and f"loss {case.name}" in rows
-    for recipe in verify.TABLE_RECIPES:
+    for recipe in fixtures.TABLE_RECIPES:
         assert rows[f"table identity {recipe}"].max_abs_err <= 1e-12
         assert f"table reference {recipe}" in rows
     for name in ("sgd: torch step = P - lr*g", "sgd: sgd_step = P - lr*g", "adamw: 10-step loss trajectory",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -16,9 +17,8 @@ def cosine_similarity_matrix(table: Tensor) -> Tensor:
     return rows @ rows.T
 
 
-def plot_position_similarity(table: Tensor, path: str | Path, title: str = "learned positions",
-                             axis: str = "position") -> Path:
-    """Heatmap of cosine similarity between every pair of table rows. A band along the
+def similarity_png(table: Tensor, title: str = "learned positions", axis: str = "position") -> bytes:
+    """PNG heatmap of cosine similarity between every pair of table rows. A band along the
     diagonal means neighbouring positions learned similar vectors."""
     import matplotlib
 
@@ -26,16 +26,23 @@ def plot_position_similarity(table: Tensor, path: str | Path, title: str = "lear
     import matplotlib.pyplot as plt
 
     sim = cosine_similarity_matrix(table).numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=100)
     im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1, origin="upper")
-    ax.set_xlabel(f"{axis} j")
-    ax.set_ylabel(f"{axis} i")
-    ax.set_title(f"{title}: cos(W[i], W[j])")
+    ax.set(xlabel=f"{axis} j", ylabel=f"{axis} i", title=f"{title}: cos(W[i], W[j])")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_position_similarity(table: Tensor, path: str | Path, title: str = "learned positions",
+                             axis: str = "position") -> Path:
+    """`similarity_png` written (atomically) to `path`."""
+    png = similarity_png(table, title, axis)
+    path = Path(path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(png))
     return path
 
 

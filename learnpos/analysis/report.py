@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from learnpos.analysis.plots import similarity_png
 from learnpos.files import atomic_write, atomic_write_text
 
 RARE = 0.01  # a row is "rarely trained" when fewer than 1% of the run's steps reached it
@@ -136,17 +137,7 @@ def draw_table(table: Tensor, title: str, axis: str) -> dict[str, bytes]:
     """The four pictures of one learned table: similarity heatmap, similarity by distance, PCA
     curve, row norms."""
     plt = _plt()
-    from learnpos.analysis.plots import cosine_similarity_matrix
-
-    out = {}
-    sim = cosine_similarity_matrix(table).numpy()
-    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=100)
-    im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1, origin="upper")
-    ax.set(xlabel=f"{axis} j", ylabel=f"{axis} i", title=f"{title}: cos(W[i], W[j])")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    out["similarity"] = _png(fig)
-
+    out = {"similarity": similarity_png(table, title, axis)}
     d, mean = similarity_by_distance(table)
     fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
     ax.plot(d, mean, marker="." if len(d) <= 64 else None)

@@ -195,7 +195,7 @@ class KGTask(Task):
             assert entities is None, "an ensemble scores every entity (it is evaluated, not trained)"
             return torch.stack([F.log_softmax(self.scores(m, idx).float(), -1) for m in model.members]).mean(0)
         where = (idx == self.MASK).long().argmax(1, keepdim=True)  # (B, 1): one MASK per query
-        at_mask = model(idx, return_hidden=True, read=where).hidden[:, 0]  # (B, C): the last block runs at MASK only
+        at_mask = model(idx, return_hidden=True, read=where).hidden[:, 0]  # (B, C): the outputs at MASK
         head = model.heads["entity"]
         return head(at_mask, model.tok_emb.weight[:self.E], entities)
 

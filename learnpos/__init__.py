@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "learnpos.config", "ModelConfig": "learnpos.config", "PositionalConfig": "learnpos.config",
     "TableConfig": "learnpos.config", "TrainConfig": "learnpos.config",
-    "GPT": "learnpos.model", "KVCache": "learnpos.model",
+    "GPT": "learnpos.model", "KVCache": "learnpos.cache",
     "LearnedPositionalEmbedding": "learnpos.positional", "position_ids_from_mask": "learnpos.positional",
     "load_run": "learnpos.load", "train": "learnpos.train",
 }

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from learnpos.attention import attend
+from learnpos.cache import KVCache
 from learnpos.config import ModelConfig, mlp_width
 from learnpos.positional import (
     LearnedPositionalEmbedding,
@@ -43,58 +44,6 @@ from learnpos.positional import (
 )
 
 IGNORE_INDEX = -100  # targets with this value contribute no loss (prompt tokens, padding)
-
-
-class KVCache:
-    """Keys and values of every layer for incremental decoding, preallocated to `capacity`.
-
-    The model writes into it in place during `forward(..., past_kv=cache)` and then
-    advances `length`; the default positions of new tokens continue from `length`.
-    It also keeps, per cached slot, whether it is a real token (for left-padded batches)
-    and its position id (for ALiBi's distance bias). Every buffer is allocated once, so a
-    decoding step only writes its new slots and reads views of the first `length + T`.
-    """
-
-    def __init__(self, n_layer: int, capacity: int):
-        self.capacity = capacity
-        self.length = 0
-        self.k: list[Tensor | None] = [None] * n_layer  # each (B, nh, capacity, hs)
-        self.v: list[Tensor | None] = [None] * n_layer
-        self.key_mask: Tensor | None = None  # (B, capacity) bool; None while nothing is padded
-        self.positions: Tensor | None = None  # (B, capacity) long
-        # (B,): each row's positions over the whole decode (its largest position + 1), for encodings
-        # that plan positions (randomized tables); `generate` sets it before the prefill
-        self.planned: Tensor | None = None
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store this step's k, v (B, nh, T, hs); return all keys/values so far (B, nh, S, hs)."""
-        B, nh, T, hs = k.shape
-        if self.k[layer] is None:
-            self.k[layer] = k.new_empty(B, nh, self.capacity, hs)
-            self.v[layer] = v.new_empty(B, nh, self.capacity, hs)
-        end = self.length + T
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def record(self, key_mask: Tensor | None, positions: Tensor) -> None:
-        """Before the layers run: store the T new tokens' mask (B, T) and positions (B, T) in
-        slots length..length+T-1, so `key_mask`/`positions` [:, :length + T] describe every key."""
-        B, T = positions.shape
-        end = self.length + T
-        if end > self.capacity:
-            raise ValueError(f"KV cache full: {self.length} + {T} > capacity {self.capacity}")
-        if self.positions is None:
-            self.positions = torch.zeros(B, self.capacity, dtype=torch.long, device=positions.device)
-        self.positions[:, self.length:end] = positions
-        if key_mask is not None and self.key_mask is None:
-            self.key_mask = torch.ones(B, self.capacity, dtype=torch.bool, device=positions.device)
-        if self.key_mask is not None:
-            self.key_mask[:, self.length:end] = True if key_mask is None else key_mask.bool()
-
-    def advance(self, T: int) -> None:
-        """After the layers ran: the T new tokens are now part of the cache."""
-        self.length += T
 
 
 class ModelOutput(NamedTuple):
@@ -232,6 +181,26 @@ def _block_at(block: Block, x: Tensor, index: Tensor, rope, mask: Tensor | None,
 
 
 class GPT(nn.Module):
+    """token embedding + positional encoding + named tables -> blocks -> ln_f -> head.
+
+    forward(idx, targets=None, position_ids=None, attention_mask=None, past_kv=None, last_only=False,
+            extra_ids=None, check_ids=True, return_hidden=False, read=None) -> ModelOutput:
+    position_ids (B, T): explicit positions; default `offset + arange(T)` where offset
+        is the cache length. Derive them from a mask with `position_ids_from_mask`.
+    attention_mask (B, T): 1 for real tokens, 0 for padding (keys that are padding are
+        never attended to).
+    past_kv: a `KVCache`, updated in place; the new tokens attend to everything in it.
+    last_only: outputs at the last position only, (B, 1, V) (generation: with a large
+        vocabulary the head over a whole prompt is the costliest part of prefill).
+    read (B, R) long: outputs at these positions only, (B, R, V) or hidden (B, R, C) (a
+        masked-token task reads its MASK). Without a cache the last block runs at those
+        positions alone (`_block_at`); the values are the full forward's there.
+    extra_ids: table name -> (B, T) ids, one entry per table of `model.tables`.
+    check_ids: range-check position and table ids (two host syncs per tensor of ids).
+    return_hidden: skip the vocabulary head and return `hidden` (B, T, C) after ln_f, for
+        a task's own head; logits and loss are then None.
+    """
+
     def __init__(self, cfg: ModelConfig, heads: dict[str, nn.Module] | None = None):
         super().__init__()
         if cfg.vocab_size <= 0:
@@ -330,23 +299,8 @@ class GPT(nn.Module):
                 attention_mask: Tensor | None = None, past_kv: KVCache | None = None,
                 last_only: bool = False, extra_ids: dict[str, Tensor] | None = None,
                 check_ids: bool = True, return_hidden: bool = False, read: Tensor | None = None) -> ModelOutput:
-        """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the loss.
-
-        position_ids (B, T): explicit positions; default `offset + arange(T)` where offset
-            is the cache length. Derive them from a mask with `position_ids_from_mask`.
-        attention_mask (B, T): 1 for real tokens, 0 for padding (keys that are padding are
-            never attended to).
-        past_kv: a `KVCache`, updated in place; the new tokens attend to everything in it.
-        last_only: outputs at the last position only, (B, 1, V) (generation: with a large
-            vocabulary the head over a whole prompt is the costliest part of prefill).
-        read (B, R) long: outputs at these positions only, (B, R, V) or hidden (B, R, C) (a
-            masked-token task reads its MASK). Without a cache the last block runs at those
-            positions alone (`_block_at`); the values are the full forward's there.
-        extra_ids: table name -> (B, T) ids, one entry per table of `model.tables`.
-        check_ids: range-check position and table ids (two host syncs per tensor of ids).
-        return_hidden: skip the vocabulary head and return `hidden` (B, T, C) after ln_f, for
-            a task's own head; logits and loss are then None.
-        """
+        """idx (B, T) token ids -> logits (B, T, V) and, given targets (B, T), the loss (arguments:
+        see the class docstring)."""
         B, T = idx.shape
         read = _read_index(read, last_only, targets, idx)  # (B, R) or None
         fast = read is not None and past_kv is None and len(self.blocks) > 0  # the last block at `read` only

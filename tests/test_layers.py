@@ -96,7 +96,8 @@ def test_cycle_finder_finds_a_cycle():  # the rule above can fail
 
 LAYER = {"learnpos.errors": 0, "learnpos.faults": 0, "learnpos.files": 0, "learnpos.config": 1,
          "learnpos.hardware": 1, "learnpos.data": 2, "learnpos.reference": 2, "learnpos.positional": 3,
-         "learnpos.attention": 3, "learnpos.model": 4, "learnpos.generate": 4, "learnpos.optim": 5, "learnpos.runs": 5,
+         "learnpos.attention": 3, "learnpos.cache": 3,
+         "learnpos.model": 4, "learnpos.generate": 4, "learnpos.optim": 5, "learnpos.runs": 5,
          "learnpos.distributed": 5, "learnpos.fixtures": 5,
          "learnpos.verify": 6, "learnpos.analysis": 6, "learnpos.tasks": 7, "learnpos.load": 8,
          "learnpos.train": 9, "learnpos.chat": 9, "learnpos.inspection": 9, "learnpos.compare": 9, "learnpos.hf": 9,

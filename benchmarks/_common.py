@@ -154,7 +154,7 @@ def default_cpu_precision() -> str:
     """What learnpos trains in on this CPU by default (`train.dtype=auto`): 'bfloat16' when its
     policy turns on bf16 autocast here, else 'float32'. Read from learnpos itself so this
     benchmark follows the policy wherever it is defined."""
-    from learnpos.train import autocast_for
+    from learnpos.hardware import autocast_for
 
     ctx = autocast_for(torch.device("cpu"), "auto")()
     return "bfloat16" if isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 else "float32"

@@ -26,7 +26,7 @@ thousands at the large config and learnpos's none; that is part of what the rati
 in the environment removes them for both sides, to compare without that effect.
 
 Precision: `default` is what learnpos trains in on this CPU by default (`train.dtype=auto`,
-read from `learnpos.train.autocast_for`); both sides then run in it. float32 is always
+read from `learnpos.hardware.autocast_for`); both sides then run in it. float32 is always
 reported too (`ratio_vs_hf_float32`), so a bf16-vs-bf16 ratio never hides behind a
 precision difference. Timing: contenders alternate in the same process, `--repeats`
 rounds of `--iters` steps each; figures are medians, ratios the median of per-round

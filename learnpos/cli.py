@@ -317,8 +317,8 @@ def _dataset_preset(name: str) -> str:
 
 
 def cmd_eval(args, overrides) -> int:
+    from learnpos.hardware import autocast_for, resolve_device
     from learnpos.load import load_runs
-    from learnpos.train import autocast_for, resolve_device
 
     device = resolve_device(args.device, "--device")
     model, cfg, task = load_runs(args.run, device, data=_data_flags(args), check_data=True)
@@ -363,8 +363,8 @@ def _out_dir(out: str) -> Path:
 def cmd_generate(args, overrides) -> int:
     import torch
 
+    from learnpos.hardware import resolve_device
     from learnpos.load import load_run
-    from learnpos.train import resolve_device
 
     device = resolve_device(args.device, "--device")
     model, cfg, task = load_run(args.run, device)
@@ -399,8 +399,8 @@ def cmd_chat(args, overrides) -> int:
     import torch
 
     from learnpos.chat import ChatSession, run_chat
+    from learnpos.hardware import resolve_device
     from learnpos.load import load_run
-    from learnpos.train import resolve_device
 
     lines = None
     if args.script:
@@ -419,8 +419,8 @@ def cmd_chat(args, overrides) -> int:
 
 
 def cmd_kg(args, overrides) -> int:
+    from learnpos.hardware import resolve_device
     from learnpos.load import load_runs
-    from learnpos.train import resolve_device
 
     device = resolve_device(args.device, "--device")
     model, cfg, task = load_runs(args.run, device, command=("learnpos kg predict", "kg"), data=_data_flags(args),

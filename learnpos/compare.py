@@ -39,11 +39,12 @@ from learnpos.analysis.report import Figure, Section, draw_figure, write_report
 from learnpos.config import load_config
 from learnpos.errors import ConfigError, LearnposError
 from learnpos.files import append_line, atomic_write_text, lock_dir
+from learnpos.hardware import autocast_for, resolve_device
 from learnpos.load import load_run
 from learnpos.positional import LearnedPositionalEmbedding
 from learnpos.runs import has_checkpoint, latest_checkpoint, read_metrics
 from learnpos.tasks import TASKS
-from learnpos.train import autocast_for, resolve_device, train
+from learnpos.train import train
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from learnpos.analysis.report import (
     write_report,
 )
 from learnpos.errors import LearnposError, RunDirError
+from learnpos.hardware import resolve_device
 from learnpos.load import load_run
 from learnpos.runs import BEST_DIR, latest_checkpoint, model_checkpoint, read_metrics
-from learnpos.train import resolve_device
 
 VERIFY_FILE = "verify.json"  # `learnpos verify --json > RUN/verify.json` puts a summary in the report
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -15,34 +14,29 @@ from tqdm.auto import tqdm
 from learnpos import faults
 from learnpos.analysis.position_stats import PositionStats
 from learnpos.analysis.tensorboard import TensorBoardLog
-from learnpos.config import Config, config_diff, is_device_name, load_run_config
+from learnpos.config import Config
 from learnpos.distributed import Dist, check_split, micro_batches, no_sync, wrap_for_training
 from learnpos.errors import ConfigError, DataError, LearnposError, RunDirError, TrainingDiverged
-from learnpos.files import folder_contents, lock_dir
-from learnpos.hardware import cpu_has_amx_bf16
-from learnpos.load import absolute_data_paths, build_model, check_config_against_weights, data_change, data_keys
+from learnpos.files import lock_dir
+from learnpos.hardware import autocast_for, resolve_device, resolve_dtype
+from learnpos.load import absolute_data_paths, build_model, check_config_against_weights, data_change
 from learnpos.model import GPT
 from learnpos.optim import build_optimizer, lr_at
+from learnpos.resume import check_run_dir, load_checkpoint, resume_point, write_run_config
 from learnpos.runs import (
     BEST_DIR,
-    CONFIG_FILE,
     MODEL_FILE,
     STATE_FILE,
     STATS_FILE,
     append_metrics,
     has_checkpoint,
-    latest_checkpoint,
-    load_trainer_state,
-    load_weights,
     read_data_manifest,
-    read_metrics,
     remove_leftovers,
     save_trainer_state,
     save_weights,
     truncate_metrics,
     verify_checkpoint,
     write_checkpoint,
-    write_config,
     write_data_manifest,
 )
 from learnpos.tasks import build_task
@@ -57,113 +51,6 @@ class TrainResult:
     step: int
     metrics: dict  # the last evaluation
     wall_s: float
-
-
-def resolve_device(name: str, flag: str = "--train.device") -> torch.device:
-    """auto | cpu | cuda | cuda:N as a torch.device, or a ConfigError naming `flag` (the
-    option the user set it with) when it is not one, or not here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not is_device_name(name):
-        raise ConfigError(f"{flag}={name} is not one of: auto, cpu, cuda, cuda:N")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"{flag}={name} but CUDA is not available here; use {flag}=cpu or auto")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise ConfigError(f"{flag}={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(name)
-
-
-def resolve_dtype(device: torch.device, dtype: str) -> str:
-    """`auto` = bf16 autocast where it is fast and measured to keep quality: CUDA with bf16
-    support, and CPUs with AMX-BF16 (there a training step of the large benchmark config is
-    ~1.8x faster and shakespeare-char ends within 0.003 of the fp32 val loss; see
-    benchmarks/time_to_quality.py). Elsewhere (e.g. AVX512-BF16 without AMX, not measured) fp32."""
-    if dtype != "auto":
-        return dtype
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if device.type == "cpu" and cpu_has_amx_bf16() else "float32"
-
-
-def autocast_for(device: torch.device, dtype: str):
-    """A zero-argument context factory: bf16 autocast, or nothing for float32."""
-    if resolve_dtype(device, dtype) == "bfloat16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / CONFIG_FILE).exists():
-            raise RunDirError(f"cannot resume: {run_dir} has no {CONFIG_FILE}")
-    elif has_checkpoint(run_dir):
-        raise RunDirError(f"{run_dir} already holds a trained model; pass --resume to continue it "
-                          f"or choose another --train.out_dir")
-    elif run_dir.exists() and (held := ", ".join(folder_contents(run_dir)[:5])):
-        raise RunDirError(f"{run_dir} is not empty ({held}) but holds no checkpoint: files of an interrupted "
-                          f"or another run. Remove it or choose another --train.out_dir (a fresh run never "
-                          f"mixes with old files), or --resume it if it is this run")
-
-
-def _write_config(cfg: Config, run_dir: Path, resume: bool) -> None:
-    if resume:
-        saved = load_run_config(run_dir / CONFIG_FILE)
-        # data paths may change (data that moved): its content is checked against data.json instead
-        changed = config_diff(saved, cfg, ignore=("train", *data_keys(cfg)))
-        if changed:
-            raise RunDirError(f"cannot resume {run_dir}: {', '.join(changed)} differ from its config.json "
-                              f"(only train.* settings, and where the data is, may change on resume)")
-        if saved.train.optimizer != cfg.train.optimizer:
-            raise RunDirError(f"cannot resume {run_dir} with train.optimizer={cfg.train.optimizer}: its optimizer "
-                              f"state is {saved.train.optimizer}'s; start a new run to switch optimizers")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, cfg.to_json() + "\n")
-
-
-def _resume_point(run_dir: Path, t) -> Path | None:
-    """The checkpoint to resume from; None for a run that stopped before its first checkpoint
-    was complete (killed in its first steps, evaluation or checkpoint write: it starts again
-    at step 0, which gives the same run since every batch is a function of the step). A run
-    whose log goes past its first checkpoint but has none left is refused."""
-    if has_checkpoint(run_dir):
-        return latest_checkpoint(run_dir)
-    if (run_dir / MODEL_FILE).exists():
-        raise RunDirError(f"{run_dir} was made by an older learnpos ({MODEL_FILE} at the top, no checkpoints/); "
-                          f"this version cannot resume it: train it again")
-    first = min(t.eval_interval, t.max_iters)  # where the first checkpoint is written
-    if any(r.get("step", 0) > first for r in read_metrics(run_dir)):
-        raise RunDirError(f"cannot resume {run_dir}: its metrics.jsonl records training steps but no checkpoint "
-                          f"is left (checkpoints/ was removed?); train it again in a new directory")
-    return None
-
-
-def _load_checkpoint(folder: Path, model, optimizer, device: torch.device, dist: Dist) -> int:
-    """Weights, optimizer state and RNG of `folder`; returns its step. The optimizer's
-    hyper-parameters (weight decay, betas, momentum: what `load_state_dict` would bring back
-    from the checkpoint) are the current config's, so a resumed run trains with what its
-    config.json says; only its moments come from the checkpoint."""
-    state = load_trainer_state(folder)
-    weights_step = load_weights(model, folder)
-    if weights_step != state["step"]:
-        raise RunDirError(f"{folder}: weights are from step {weights_step} but optimizer state from "
-                          f"step {state['step']}; cannot resume exactly")
-    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
-    for group, current in zip(optimizer.param_groups, settings, strict=True):
-        if group.get("name") != current.get("name"):
-            raise RunDirError(f"{folder}: parameter group '{group.get('name')}' where this model has "
-                              f"'{current.get('name')}'; cannot resume")
-        group.update(current)
-    ranks = state.get("rng_ranks")
-    if dist.active and (ranks is None or len(ranks) != dist.world):
-        log.warning("%s was saved by %s process(es), this run has %d: the dropout streams of ranks > 0 restart, "
-                    "so the run continues correctly but not bit-identically", folder,
-                    len(ranks) if ranks else 1, dist.world)
-        ranks = None
-    torch.set_rng_state(ranks[dist.rank] if ranks is not None else state["rng_cpu"])
-    if "rng_cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return state["step"]
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quiet: bool = False,
@@ -204,7 +91,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None, quie
             raise RunDirError(f"cannot resume {run_dir}: no such run directory")
         with lock_dir(run_dir) as lock:
             remove_leftovers(run_dir)  # of killed writers: the lock proves none is alive
-            _check_run_dir(run_dir, resume)
+            check_run_dir(run_dir, resume)
             try:
                 return _train(cfg, run_dir, device, autocast, resume, stop_after, quiet, t0, dist, accept_data_change,
                               on_eval)
@@ -238,7 +125,7 @@ def _setup(cfg: Config, run_dir: Path, resume: bool, dist: Dist, accept_data_cha
                                 f"data as it is now")
             if changed:
                 log.warning("resuming %s on changed data: %s", run_dir, changed)
-            _write_config(cfg, run_dir, resume)
+            write_run_config(cfg, run_dir, resume)
             if sources and (changed or not resume or read_data_manifest(run_dir) is None):
                 write_data_manifest(run_dir, sources)
         except Exception as e:
@@ -267,7 +154,7 @@ def _resolve_vocab(cfg: Config, task) -> None:
 def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: bool, stop_after: int | None,
            quiet: bool, t0: float, dist: Dist, accept_data_change: bool = False, on_eval=None) -> TrainResult:
     t = cfg.train
-    folder = _resume_point(run_dir, t) if resume else None
+    folder = resume_point(run_dir, t) if resume else None
     if folder is not None:  # before config.json is rewritten with a schedule the run has passed
         reached = verify_checkpoint(folder)["step"]
         if t.max_iters < reached:
@@ -283,7 +170,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         torch.manual_seed(t.seed * 1_000_003 + dist.rank)
     step = 0
     if folder is not None:
-        step = _load_checkpoint(folder, model, optimizer, device, dist)
+        step = load_checkpoint(folder, model, optimizer, device, dist)
     history = truncate_metrics(run_dir, step) if (resume and dist.main) else []  # drops a line cut mid-append
     skipped = sum(r.get("skipped", 0) for r in history if r.get("split") == "train")
     best, since_best = _best_so_far(history, t)

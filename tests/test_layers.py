@@ -99,7 +99,7 @@ LAYER = {"learnpos.errors": 0, "learnpos.faults": 0, "learnpos.files": 0, "learn
          "learnpos.attention": 3, "learnpos.cache": 3,
          "learnpos.model": 4, "learnpos.generate": 4, "learnpos.optim": 5, "learnpos.runs": 5,
          "learnpos.distributed": 5, "learnpos.fixtures": 5,
-         "learnpos.verify": 6, "learnpos.analysis": 6, "learnpos.tasks": 7, "learnpos.load": 8,
+         "learnpos.verify": 6, "learnpos.analysis": 6, "learnpos.tasks": 7, "learnpos.load": 8, "learnpos.resume": 8,
          "learnpos.train": 9, "learnpos.chat": 9, "learnpos.inspection": 9, "learnpos.compare": 9, "learnpos.hf": 9,
          "learnpos.derive": 9, "learnpos.tune": 9,
          "learnpos.cli": 10,

@@ -122,14 +122,14 @@ def test_fresh_train_refuses_a_directory_with_stale_files(tmp_path):
 
 
 def test_auto_precision_is_recorded_and_kept_on_resume(tmp_path, monkeypatch):
-    from learnpos import train as train_module
+    from learnpos import hardware
 
     over = {**FAST, "train.max_iters": "20", "train.out_dir": str(tmp_path), "train.dtype": "auto"}
-    monkeypatch.setattr(train_module, "cpu_has_amx_bf16", lambda: True)  # as on an AMX machine
+    monkeypatch.setattr(hardware, "cpu_has_amx_bf16", lambda: True)  # as on an AMX machine
     train(load_config("demo", over), quiet=True, stop_after=10)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["train"]["dtype"] == "bfloat16"
-    monkeypatch.setattr(train_module, "cpu_has_amx_bf16", lambda: False)  # resumed on another machine
+    monkeypatch.setattr(hardware, "cpu_has_amx_bf16", lambda: False)  # resumed on another machine
     r = cli("train", "--resume", str(tmp_path), "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "config.json").read_text())["train"]["dtype"] == "bfloat16"

@@ -16,7 +16,7 @@ SEED_MAX = 2**63 - 1  # what torch.Generator.manual_seed and NumPy's SeedSequenc
 
 def is_device_name(name: str) -> bool:
     """auto | cpu | cuda | cuda:N: the device names learnpos takes (whether the machine has the
-    device is `learnpos.train.resolve_device`'s question)."""
+    device is `learnpos.hardware.resolve_device`'s question)."""
     return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from learnpos.cli import main
+
+sys.exit(main())

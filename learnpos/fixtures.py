@@ -1,4 +1,6 @@
-"""The small float64 models and batches that `learnpos verify` and the tests check.
+"""What every check of `learnpos verify` (and the tests beside it) is made of: the small
+float64 models and batches, the two sides compared (autograd and the NumPy reference), and
+the `Check` record with its tolerances.
 
 Every check runs on a `learnpos.model.GPT(...).double()` of vocab V = 30, C = 16, 2 heads,
 2 layers and L = 16 table rows, with parameters drawn at a scale where every path matters
@@ -9,11 +11,14 @@ cases the gradient checks run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+import learnpos.reference.model as ref_model
 from learnpos.config import ModelConfig, PositionalConfig, TableConfig
 from learnpos.model import GPT, IGNORE_INDEX
 from learnpos.positional import position_ids_from_mask
@@ -148,3 +153,113 @@ def reference_params(model: GPT) -> dict[str, np.ndarray]:
             arrays[key] = tensor.detach().to(torch.float64).numpy().copy()
         params[name] = arrays[key]
     return params
+
+
+# ------------------------------------------------------------------- the two sides
+
+
+@dataclass
+class Result:
+    loss: float
+    logits: np.ndarray  # (B, T, V)
+    grads: dict[str, np.ndarray]  # keyed like named_parameters()
+    dh: np.ndarray  # (B, T, C) dL/dh at the embedding sum
+
+
+def loss_of(model: GPT, batch: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) in float64. The loss is computed here rather than taken from
+    `GPT.forward(targets=...)` because the model casts logits to float32 before its
+    cross-entropy, which would cap the agreement at float32 precision."""
+    logits = model(batch.idx, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
+                   extra_ids=batch.extra_ids or None).logits
+    loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
+    return loss, logits
+
+
+def autograd_side(model: GPT, batch: Inputs) -> Result:
+    """Loss, logits, parameter gradients and dL/dh from PyTorch autograd.
+
+    dL/dh is captured at the input of `model.drop`, which `GPT.forward` applies to
+    h = tok_emb(idx) + pos.embed(...) + the named tables and nothing else (dropout is the
+    identity in eval)."""
+    captured: list[torch.Tensor] = []
+
+    def keep_h(module, inputs):
+        inputs[0].retain_grad()
+        captured.append(inputs[0])
+
+    handle = model.drop.register_forward_pre_hook(keep_h)
+    try:
+        model.zero_grad(set_to_none=True)
+        loss, logits = loss_of(model, batch)
+        loss.backward()
+    finally:
+        handle.remove()
+    if len(captured) != 1 or captured[0].grad is None:
+        raise RuntimeError("could not capture dL/dh at model.drop; has GPT.forward changed?")
+    grads = {n: p.grad.detach().numpy().copy() for n, p in model.named_parameters()}
+    return Result(loss.item(), logits.detach().numpy(), grads, captured[0].grad.detach().numpy())
+
+
+def reference_side(model: GPT, batch: Inputs, params: dict[str, np.ndarray] | None = None) -> Result:
+    params = reference_params(model) if params is None else params
+    idx, targets, position_ids, mask = batch.numpy()
+    loss, logits, cache = ref_model.forward(params, idx, targets, model.config, position_ids, mask,
+                                            batch.extra_numpy())
+    grads, dh = ref_model.backward(cache, return_dh=True)
+    return Result(loss, logits, grads, dh)
+
+
+# ---------------------------------------------------------------- checks, tolerances
+
+# Tolerances, one per kind of comparison (why each is what it is):
+GRAD_REL_TOL = 1e-9  # float64 reference vs autograd: both compute the same sums in other orders,
+#                      so they agree to ~1e-15 of each tensor's scale; 1e-9 leaves room for
+#                      conditioning, and any wrong term (a missing factor, a dropped use) is O(1).
+FD_REL_TOL = 1e-6  # central differences, eps = 1e-5: truncation ~eps^2 and rounding ~1e-16/eps
+#                    leave ~1e-9 of each tensor's scale; a wrong formula is off by O(1).
+FD_EPS = 1e-5
+FD_ENTRIES = 8  # entries sampled per tensor (all of them when a tensor is smaller)
+TABLE_ABS_TOL = 1e-12  # the identity sums the same float64 numbers as autograd: only the
+#                        order of additions may differ, ~1e-16 for gradients of size ~1.
+OPTIM_ABS_TOL = 1e-10  # 10 AdamW steps: the same float64 update rule on the same (or ~1e-16-close)
+#                        gradients agrees to ~1e-16; a wrong update rule is off by ~lr = 1e-2.
+EXACT = 0.0  # the seed formula P <- P - lr*g: the same float64 operations must give the same bits
+
+
+@dataclass
+class Check:
+    """One line of the verify table. `ok` is `max_abs_err <= tol` or `max_rel_err <= tol`
+    as `tol_on` says (and any structural condition written in `detail`)."""
+
+    name: str
+    max_abs_err: float
+    max_rel_err: float
+    tol: float
+    ok: bool
+    tol_on: str = "rel"  # "rel" | "abs": which error `tol` bounds
+    detail: str = ""
+
+    def __post_init__(self):  # plain Python numbers (NumPy scalars do not serialise to JSON)
+        self.max_abs_err, self.max_rel_err, self.tol = float(self.max_abs_err), float(self.max_rel_err), float(self.tol)
+        self.ok = bool(self.ok)
+
+
+def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max|actual - expected| / max|expected| over the whole tensor.
+
+    Element-wise relative error is meaningless where the true value is 0 or tiny (rows of
+    P no position uses are exactly 0; cancellation leaves some entries near 1e-17 next to
+    neighbours near 1), while the rounding error of a float64 sum scales with the size of
+    the terms summed, not with the result. So the error is measured against the tensor's
+    own scale. An all-zero `expected` gives 0 if `actual` is all zero too, else inf.
+    """
+    abs_err = float(np.max(np.abs(actual - expected), initial=0.0))
+    scale = float(np.max(np.abs(expected), initial=0.0))
+    if scale == 0.0:
+        return 0.0 if abs_err == 0.0 else math.inf
+    return abs_err / scale
+
+
+def abs_err(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(actual) - np.asarray(expected)), initial=0.0))

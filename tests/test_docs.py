@@ -28,7 +28,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = {"en": ROOT / "docs" / "derivation.md", "zh": ROOT / "docs" / "derivation.zh.md"}
-VERIFY_PY = ROOT / "learnpos" / "verify.py"
+VERIFY_PY = ROOT / "learnpos" / "verify.py"  # the command; its rows are linked to it
+VERIFY_OPTIM_PY = ROOT / "learnpos" / "verify_optim.py"  # the optimizer rows it runs
 FIXTURES_PY = ROOT / "learnpos" / "fixtures.py"  # GRAD_CASES: the case names verify.py reports
 MARK = "tests/test_docs.py"  # first line of every machine-checked block names this file
 
@@ -118,7 +119,8 @@ def verify_name_patterns() -> list[re.Pattern]:
     `_final_params_check(name, ...)`), the matching argument at every call of the helper.
     f-string fields become `.+`; a name made of fields only (`f"{what} {case.name}"`) is
     expanded with what it takes: "loss"/"logits" over the names of GRAD_CASES."""
-    tree = ast.parse(VERIFY_PY.read_text(encoding="utf-8"))
+    tree = ast.Module(body=[node for path in (VERIFY_PY, VERIFY_OPTIM_PY)
+                            for node in ast.parse(path.read_text(encoding="utf-8")).body], type_ignores=[])
     cases = ast.parse(FIXTURES_PY.read_text(encoding="utf-8"))
     case_names = [
         call.args[0].value

@@ -26,10 +26,10 @@ from learnpos.model import GPT
 from learnpos.optim import param_groups
 from learnpos.positional import sinusoid_scale, sinusoid_table
 from learnpos.reference import layers
-from learnpos.verify import adamw_run
+from learnpos.verify_optim import adamw_run
 
 REFERENCE_DIR = Path(layers.__file__).parent
-GRAD_TOL = 1e-9  # relative to each tensor's largest entry (see learnpos.verify.rel_err)
+GRAD_TOL = 1e-9  # relative to each tensor's largest entry (see learnpos.fixtures.rel_err)
 
 CASES = {
     "learned causal": Case("learned causal"),
@@ -469,7 +469,7 @@ def test_adamw_ten_steps_on_given_gradients_match_torch():
 @pytest.mark.parametrize("end_to_end", [False, True])
 def test_adamw_ten_steps_with_the_models_parameter_groups_match_torch(end_to_end):
     """Optimizer alone (autograd's gradients, all three groups) and end to end (reference
-    gradients; no biases, see `learnpos.verify.adamw_checks` for why)."""
+    gradients; no biases, see `learnpos.verify_optim.adamw_checks` for why)."""
     case = Case("adamw no-bias", bias=False) if end_to_end else Case("adamw")
     run = adamw_run(case, seed=14, steps=10, reference_gradients=end_to_end)
     assert max(abs(a - b) for a, b in zip(run.losses_ref, run.losses_torch, strict=True)) <= 1e-10

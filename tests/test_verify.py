@@ -13,8 +13,9 @@ import learnpos.fixtures as fixtures
 import learnpos.reference.layers as ref_layers
 import learnpos.reference.model as ref_model
 import learnpos.verify as verify
-from learnpos.fixtures import Case
-from learnpos.verify import Check, format_table, main, rel_err, run_checks
+import learnpos.verify_optim as verify_optim
+from learnpos.fixtures import Case, Check, rel_err
+from learnpos.verify import format_table, main, run_checks
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_a_table_gradient_that_drops_repeated_ids_fails(monkeypatch):
 
 
 def test_wrong_optimizers_fail(monkeypatch):
-    real_sgd = verify.sgd_step
+    real_sgd = verify_optim.sgd_step
 
     def decays_everything(params, grads, lr, momentum=0.0, weight_decay=0.0, state=None):  # P included
         return real_sgd(params, grads, lr, momentum, 0.1, state)
@@ -108,11 +109,11 @@ def test_wrong_optimizers_fail(monkeypatch):
             params[name] -= lr * s["m"] / (np.sqrt(s["v"]) + eps)
         return state
 
-    monkeypatch.setattr(verify, "sgd_step", decays_everything)
-    rows = by_name(verify.sgd_checks(0))
+    monkeypatch.setattr(verify_optim, "sgd_step", decays_everything)
+    rows = by_name(verify_optim.sgd_checks(0))
     assert not rows["sgd: sgd_step = P - lr*g"].ok and rows["sgd: torch step = P - lr*g"].ok
-    monkeypatch.setattr(verify, "adamw_step", no_bias_correction)
-    rows = by_name(verify.adamw_checks(0, steps=3))
+    monkeypatch.setattr(verify_optim, "adamw_step", no_bias_correction)
+    rows = by_name(verify_optim.adamw_checks(0, steps=3))
     assert not rows["adamw: adamw_step, 3 steps, same grads"].ok
     assert not rows["adamw: parameters after 3 steps"].ok
 

@@ -1,4 +1,5 @@
-"""Parameter groups (with an explicit decay policy per learned table) and the LR schedule."""
+"""Parameter groups (with an explicit decay policy per learned table), the optimizers
+(`train.optimizer`: adamw, sgd, muon) and the LR schedule."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn as nn
 from learnpos.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, leave_out: frozenset[int] = frozenset()) -> list[dict]:
     """Groups named so the policy is visible in checkpoints and logs:
 
     decay        matrices of Linear layers and the token embedding (weight decay applies)
@@ -21,12 +22,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                  row by (1 - lr*wd) each step, including rows no sequence ever reaches
                  (they get zero gradient), so by default no table is decayed. (With SGD the
                  same setting is coupled L2: wd*W is added to the gradient.)
+
+    leave_out: ids of parameters another optimizer updates (Muon's matrices); groups left empty go.
     """
     tables = model.learned_tables() if hasattr(model, "learned_tables") else {}
     table_params = {id(t.weight): name for name, t in tables.items()}
     decay, no_decay = [], []
     for p in model.parameters():  # each shared parameter once (a tied head is tok_emb.weight)
-        if not p.requires_grad or id(p) in table_params:
+        if not p.requires_grad or id(p) in table_params or id(p) in leave_out:
             continue
         (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [
@@ -36,10 +39,57 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, table in tables.items():
         groups.append({"name": f"table {name}", "params": [table.weight],
                        "weight_decay": weight_decay if table.weight_decay else 0.0})
-    return groups
+    return [g for g in groups if g["params"] or not leave_out]
+
+
+def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The matrices Muon updates: every 2-D weight inside the blocks (attention qkv and proj, the
+    MLP's fc, gate and proj). The token embedding, every learned table, the heads, norms and
+    biases are not hidden-layer matrices and stay with AdamW, as Muon's authors prescribe."""
+    return [p for p in model.blocks.parameters() if p.dim() == 2 and p.requires_grad]
+
+
+class MuonWithAdamW:
+    """torch.optim.Muon for `muon_matrices`, torch.optim.AdamW for every other parameter, as one
+    optimizer to the trainer: `param_groups` lists Muon's group (named "muon") then AdamW's; the
+    trainer's learning rate reaches Muon's group times its `lr_ratio` (train.muon_lr / train.lr),
+    so both follow one schedule; `state_dict` holds both."""
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"muon", "adamw"}:
+            raise ValueError("the optimizer state is not a Muon + AdamW state")
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
 
 
 def build_optimizer(model: nn.Module, t: TrainConfig, device_type: str = "cpu") -> torch.optim.Optimizer:
+    if t.optimizer == "muon":
+        matrices = muon_matrices(model)
+        muon = torch.optim.Muon([{"name": "muon", "params": matrices, "lr_ratio": t.muon_lr / t.lr}], lr=t.muon_lr,
+                                weight_decay=t.muon_weight_decay, momentum=t.muon_momentum,
+                                nesterov=t.muon_nesterov, ns_steps=t.muon_ns_steps)
+        groups = param_groups(model, t.weight_decay, leave_out=frozenset(map(id, matrices)))
+        adamw = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=device_type in ("cpu", "cuda"))
+        return MuonWithAdamW(muon, adamw)
     groups = param_groups(model, t.weight_decay)
     if t.optimizer == "sgd":
         # Plain SGD with momentum 0 is exactly P <- P - lr * dL/dP (weight decay here is

@@ -274,7 +274,7 @@ class _Run:
         each learned table's gradient norm before clipping, as device tensors)."""
         t, dist, model, optimizer = self.cfg.train, self.dist, self.model, self.optimizer
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_ratio", 1.0)  # Muon's group: train.muon_lr / train.lr
         batch = self.task.train_batch(step, t.batch_size)  # the global batch, the same on every rank
         model.check_ids(batch.position_ids, batch.extra_ids, batch.idx.shape[1])  # on the host, before the step
         batch = replace(batch, ids_checked=True)

@@ -63,7 +63,7 @@ from learnpos.fixtures import (
 )
 from learnpos.model import GPT
 from learnpos.reference.layers import table_gradient
-from learnpos.verify_optim import adamw_checks, sgd_checks
+from learnpos.verify_optim import adamw_checks, muon_checks, sgd_checks
 
 # ---------------------------------------------------------------------------- checks
 
@@ -242,6 +242,7 @@ def run_checks(seed: int = 0) -> list[Check]:
     groups.append(("tables", lambda: named_table_checks(seed)))
     groups.append(("sgd", lambda: sgd_checks(seed)))
     groups.append(("adamw", lambda: adamw_checks(seed)))
+    groups.append(("muon", lambda: muon_checks(seed)))
     groups.append(("randomized positions", lambda: randomized_checks(seed)))
     for kind in ("sinusoidal", "none"):
         groups.append((f"{kind}: no trainable table", lambda kind=kind: [no_table_check(kind, seed)]))

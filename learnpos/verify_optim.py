@@ -1,5 +1,5 @@
-"""The optimizer rows of `learnpos verify`: hand-written SGD and AdamW (learnpos.reference.optim)
-against torch.optim, with the model's own parameter groups, in float64."""
+"""The optimizer rows of `learnpos verify`: hand-written SGD, AdamW and Muon
+(learnpos.reference.optim) against torch.optim, with the model's own parameter groups, in float64."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from learnpos.config import TrainConfig
 from learnpos.fixtures import (
     EXACT,
     GRAD_REL_TOL,
@@ -25,8 +26,17 @@ from learnpos.fixtures import (
     reference_side,
     rel_err,
 )
-from learnpos.optim import param_groups
-from learnpos.reference.optim import adamw_step, sgd_step, weight_decay_policy
+from learnpos.optim import build_optimizer, muon_matrices, param_groups
+from learnpos.reference.optim import adamw_step, muon_step, sgd_step, weight_decay_policy
+
+# Muon runs its Newton-Schulz iteration in bfloat16 (torch.optim.Muon casts the update; so does the
+# reference with bf16=True, rounding at the same places). Its products are summed in float32 there
+# and exactly here, so now and then a sum lands on the other side of a rounding boundary: that entry
+# is one bf16 ulp (at most 2^-7 of its size) apart, and the next steps carry it. Measured (seed 0,
+# 5 steps, rel to the distance travelled): 7e-4; the same rule with a float64 iteration 0.035, and
+# a wrong rule (no Nesterov, no shape scale, 4 iterations, decay with the scaled lr) 0.12 to 0.42
+# (tests/test_verify.py::test_a_wrong_muon_fails_verify).
+MUON_REL_TOL = 2.0**-6
 
 
 def _minus_lr_times(p: np.ndarray, lr: float, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,4 +166,47 @@ def adamw_checks(seed: int, steps: int = 10) -> list[Check]:
                             "end to end, no biases; rel to the distance travelled"),
         Check("adamw: unused rows of P unchanged", moved, moved, EXACT, moved == 0.0, tol_on="abs",
               detail=f"rows {T}..{L - 1} get no gradient and no decay"),
+    ]
+
+
+def muon_checks(seed: int, steps: int = 5) -> list[Check]:
+    """`train.optimizer=muon` as the trainer builds it (`learnpos.optim.build_optimizer`: Muon for
+    the block matrices, AdamW for the rest) against `muon_step` + `adamw_step` in float64, fed the
+    same (autograd) gradients each step; and which parameters each side updates."""
+    t = TrainConfig(optimizer="muon", lr=1e-2, muon_lr=0.05, weight_decay=0.1, muon_weight_decay=0.1,
+                    beta1=0.9, beta2=0.99)
+    model = make_model(Case("muon", mlp="swiglu"), seed)
+    params = reference_params(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    matrices = [names[id(p)] for p in muon_matrices(model)]
+    expected = [n for n, p in model.named_parameters() if n.startswith("blocks.") and n.endswith(".weight")
+                and p.dim() == 2]
+    start = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, t, "cpu")
+    adamw_names = {names[id(p)] for g in optimizer.adamw.param_groups for p in g["params"]}
+    rest = [n for n in start if n not in matrices]
+    decay = weight_decay_policy({n: params[n] for n in rest}, t.weight_decay, model.config)
+    muon_state, adamw_state = {}, {}
+    for step in range(steps):
+        auto = autograd_side(model, make_inputs("arange", seed + 200 + step))
+        optimizer.step()
+        muon_step(params, {n: auto.grads[n] for n in matrices}, muon_state, t.muon_lr, t.muon_momentum,
+                  t.muon_nesterov, t.muon_weight_decay, ns_steps=t.muon_ns_steps)
+        adamw_step(params, {n: auto.grads[n] for n in rest}, adamw_state, t.lr, (t.beta1, t.beta2), 1e-8, decay)
+    after = {n: p.detach().numpy() for n, p in model.named_parameters()}
+    travelled = {n: rel_err(params[n] - start[n], after[n] - start[n]) for n in after}
+    worst_muon = max(matrices, key=travelled.get)
+    worst_adamw = max(rest, key=travelled.get)
+    abs_muon = max(abs_err(params[n], after[n]) for n in matrices)
+    abs_adamw = max(abs_err(params[n], after[n]) for n in rest)
+    split_ok = matrices == expected and adamw_names == set(rest) and not adamw_names & set(matrices)
+    return [
+        Check("muon: matrices = the blocks' 2-D weights", 0.0 if split_ok else 1.0, 0.0 if split_ok else 1.0,
+              EXACT, split_ok, tol_on="abs",
+              detail=f"{len(matrices)} to Muon (qkv, proj, fc, gate, proj per block), {len(rest)} to AdamW"),
+        Check(f"muon: muon_step, {steps} steps, same grads", abs_muon, travelled[worst_muon], MUON_REL_TOL,
+              travelled[worst_muon] <= MUON_REL_TOL,
+              detail=f"vs torch.optim.Muon (bf16 iteration); rel to the distance travelled; worst {worst_muon}"),
+        Check(f"muon: the rest by adamw_step, {steps} steps", abs_adamw, travelled[worst_adamw], GRAD_REL_TOL,
+              travelled[worst_adamw] <= GRAD_REL_TOL, detail=f"rel to the distance travelled; worst {worst_adamw}"),
     ]

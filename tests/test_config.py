@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import learnpos.tasks  # noqa: F401  (registers the task sections; config itself imports no task)
 from learnpos.config import Config, from_dict, list_presets, load_config, set_override
 from learnpos.errors import ConfigError
 

@@ -42,12 +42,13 @@ def test_every_learned_table_has_its_own_decay_group():
         assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("randomize", ["false", "true"])
-def test_resume_is_bit_exact(tmp_path, randomize):
-    """Train 2N steps straight; train N, stop, resume to 2N: identical weights and optimizer state."""
+@pytest.mark.parametrize("randomize,optimizer", [("false", "adamw"), ("true", "adamw"), ("false", "muon")])
+def test_resume_is_bit_exact(tmp_path, randomize, optimizer):
+    """Train 2N steps straight; train N, stop, resume to 2N: identical weights and optimizer state
+    (Muon's momentum buffers and AdamW's moments alike)."""
     # dropout and randomized positions: the RNG state must resume too; position stats must continue their counts
     over = {**FAST, "train.max_iters": "30", "model.dropout": "0.1", "train.position_stats": "true",
-            "model.positional.randomize": randomize}
+            "model.positional.randomize": randomize, "train.optimizer": optimizer}
     a = load_config("demo", {**over, "train.out_dir": str(tmp_path / "a")})
     train(a, quiet=True)
     b = load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")})
@@ -68,6 +69,41 @@ def test_resume_is_bit_exact(tmp_path, randomize):
     assert records(ma, "train") == records(mb, "train")
     val_b = records(mb, "val")  # b also evaluated at the stop (step 15)
     assert records(ma, "val") == [r for r in val_b if r["step"] != 15] and len(val_b) == 4
+
+
+def test_muon_takes_the_block_matrices_and_follows_the_schedule_at_its_own_lr(tmp_path):
+    """train.optimizer=muon: Muon's group holds exactly the 2-D weights inside the blocks, AdamW's
+    groups the rest (tables included, each with its own decay policy); at every step Muon's lr is
+    the schedule's times muon_lr / lr; and the run learns."""
+    from learnpos.optim import MuonWithAdamW, build_optimizer, lr_at
+
+    cfg = load_config("demo", {**FAST, "train.max_iters": "40", "train.optimizer": "muon", "train.muon_lr": "0.03",
+                               "train.out_dir": str(tmp_path)})
+    seen = []
+    real_step = MuonWithAdamW.step
+
+    def step(self):
+        seen.append({g["name"]: g["lr"] for g in self.param_groups})
+        real_step(self)
+
+    result = None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MuonWithAdamW, "step", step)
+        result = train(cfg, quiet=True)
+    model = result.model
+    opt = build_optimizer(model, cfg.train)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for p in opt.muon.param_groups[0]["params"]}
+    assert muon == {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    adamw = {names[id(p)] for g in opt.adamw.param_groups for p in g["params"]}
+    assert adamw == set(names.values()) - muon and "pos.weight" in adamw
+    assert [g["name"] for g in opt.param_groups][:2] == ["muon", "decay"]
+    for i, lrs in enumerate(seen):
+        assert lrs["decay"] == lr_at(i, cfg.train)
+        assert lrs["muon"] == pytest.approx(lr_at(i, cfg.train) * 0.03 / cfg.train.lr, rel=1e-12)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["split"] == "train"]
+    assert losses[-1] < 0.8 * losses[0]
 
 
 def test_resume_can_fail_if_state_is_not_restored(tmp_path, monkeypatch):

@@ -160,3 +160,36 @@ def test_learnpos_verify_command_prints_the_table_then_json_last():
     assert all(set(c) >= {"name", "max_abs_err", "max_rel_err", "ok"} for c in summary["checks"])
     assert all(c["ok"] is True for c in summary["checks"])
     assert time.perf_counter() - t0 < 60
+
+
+@pytest.mark.parametrize("wrong", ["no nesterov", "no shape scale", "four iterations", "float64 iteration",
+                                   "decay with the scaled lr"])
+def test_a_wrong_muon_fails_verify(monkeypatch, wrong):
+    """Each plausible slip in the hand-written Muon fails its row, and so does running its
+    iteration in float64: the tolerance is tighter than what PyTorch's bf16 rounding moves."""
+    from learnpos.reference import optim as ref_optim
+
+    real = ref_optim.muon_step
+
+    def slipped(params, grads, state, lr, momentum, nesterov, weight_decay, ns_steps=5, **kw):
+        if wrong == "no nesterov":
+            return real(params, grads, state, lr, momentum, False, weight_decay, ns_steps=ns_steps, **kw)
+        if wrong == "four iterations":
+            return real(params, grads, state, lr, momentum, nesterov, weight_decay, ns_steps=ns_steps - 1, **kw)
+        if wrong == "float64 iteration":
+            return real(params, grads, state, lr, momentum, nesterov, weight_decay, ns_steps=ns_steps, bf16=False)
+        before = {n: params[n].copy() for n in grads}
+        real(params, grads, state, lr, momentum, nesterov, weight_decay, ns_steps=ns_steps, **kw)
+        for n in grads:
+            A, B = params[n].shape
+            scale = (A / B) ** 0.5 if A > B else 1.0
+            if wrong == "no shape scale":
+                decayed = before[n] * (1 - lr * weight_decay)
+                params[n][...] = decayed + (params[n] - decayed) / scale
+            else:  # decay with lr * scale instead of lr
+                params[n] -= before[n] * lr * weight_decay * (scale - 1)
+        return state
+
+    monkeypatch.setattr(verify_optim, "muon_step", slipped)
+    row = by_name(verify_optim.muon_checks(0))["muon: muon_step, 5 steps, same grads"]
+    assert not row.ok, (wrong, row.max_rel_err)

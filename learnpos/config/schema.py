@@ -78,7 +78,10 @@ def mlp_width(m: ModelConfig) -> int:
 
 @dataclass
 class TrainConfig:
-    optimizer: str = "adamw"  # adamw | sgd (sgd is the seed formula P <- P - lr * dL/dP)
+    # adamw | sgd (sgd is the seed formula P <- P - lr * dL/dP) | muon (torch.optim.Muon for the
+    # matrices inside the blocks, AdamW with lr, betas and weight_decay for everything else:
+    # embeddings, every learned table, norms, biases and heads)
+    optimizer: str = "adamw"
     lr: float = 1e-3
     min_lr: float = 1e-4  # floor of the cosine decay
     warmup_iters: int = 100
@@ -91,6 +94,13 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     momentum: float = 0.0  # sgd only
+    # muon: its learning rate (peak; the schedule scales it like lr), momentum, Nesterov, Newton-Schulz
+    # steps and decoupled weight decay, for the block matrices only
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5
+    muon_weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 = off
     batch_size: int = 64  # the global batch: split over torchrun's processes and grad_accum micro-batches
     grad_accum: int = 1  # micro-batches per step and process (one gradient all-reduce per step)

@@ -32,7 +32,7 @@ CHOICES = {
     "model.positional.init": LEARNED_INITS,
     "model.attention": ("auto", "sdpa", "matmul"),
     "model.mlp": MLP_KINDS,
-    "train.optimizer": ("adamw", "sgd"),
+    "train.optimizer": ("adamw", "sgd", "muon"),
     "train.dtype": ("auto", "float32", "bfloat16"),
     "train.early_stop_mode": ("max", "min"),
     "train.on_nonfinite": ("stop", "skip"),
@@ -107,6 +107,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.time_budget is in minutes and must be >= 0 (0 = no bound), got {t.time_budget}")
     if t.grad_clip < 0 or t.weight_decay < 0 or t.momentum < 0:
         raise ConfigError("train.grad_clip, train.weight_decay and train.momentum must be >= 0")
+    if t.muon_lr < 0 or t.muon_weight_decay < 0 or not 0 <= t.muon_momentum < 1 or not 1 <= t.muon_ns_steps < 100:
+        raise ConfigError(f"train.muon_lr and muon_weight_decay must be >= 0, muon_momentum in [0, 1) and "
+                          f"muon_ns_steps in 1..99; got {t.muon_lr}, {t.muon_weight_decay}, {t.muon_momentum}, "
+                          f"{t.muon_ns_steps}")
     if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):
         raise ConfigError(f"train.beta1/beta2 must be in [0, 1), got {t.beta1}, {t.beta2}")
     if not is_device_name(t.device):

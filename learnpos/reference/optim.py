@@ -107,3 +107,75 @@ def adamw_step(params: dict[str, np.ndarray], grads: dict[str, np.ndarray], stat
         denom = np.sqrt(v) / math.sqrt(bias_correction2) + eps
         p -= step_size * (m / denom)
     return state
+
+
+# --------------------------------------------------------------------------------- Muon
+
+MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's (a, b, c) of PyTorch's Muon (Keller Jordan's)
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """x rounded to bfloat16 (round to nearest, ties to even), returned as float64: what a
+    tensor's `.bfloat16()` keeps of it. bf16 is float32 with the low 16 bits dropped."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def newton_schulz(g: np.ndarray, coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
+                  steps: int = 5, eps: float = 1e-7, bf16: bool = False) -> np.ndarray:
+    """An approximately orthogonal matrix with g's singular vectors (g = U S V^T -> ~U S' V^T,
+    S' within about 0.7..1.2 rather than exactly 1): from X = g / ||g||_F (so every singular
+    value is <= 1), `steps` times
+
+        A = X X^T,   X <- a X + (b A + c A^2) X
+
+    which maps each singular value s to a s + b s^3 + c s^5. X is the wide orientation of g
+    (transposed when g has more rows than columns), so A is the smaller Gram matrix.
+    bf16=True rounds where PyTorch's Muon does (it runs the iteration in bfloat16): the
+    input, the norm, the normalised X and each of the three products, each product summed
+    exactly here and once rounded (PyTorch sums in float32: a sum may land on the other side
+    of a rounding boundary, one bf16 ulp)."""
+    a, b, c = coefficients
+    r = round_bf16 if bf16 else (lambda v: v)
+    tall = g.shape[0] > g.shape[1]
+    x = r(g.T if tall else g)
+    x = r(x / r(max(float(np.linalg.norm(x)), eps)))
+    for _ in range(steps):
+        A = r(x @ x.T)
+        B = r(b * A + c * (A @ A))
+        x = r(a * x + B @ x)
+    return x.T if tall else x
+
+
+def _lerp(start: np.ndarray, end: np.ndarray, weight: float) -> np.ndarray:
+    """start + weight (end - start), evaluated as PyTorch's lerp does (from the nearer end)."""
+    return start + weight * (end - start) if weight < 0.5 else end - (end - start) * (1 - weight)
+
+
+def muon_step(params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: dict, lr: float,
+              momentum: float = 0.95, nesterov: bool = True, weight_decay: float = 0.1,
+              coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS, ns_steps: int = 5,
+              eps: float = 1e-7, bf16: bool = True) -> dict:
+    """One step of PyTorch's `Muon` on 2-D parameters (Jordan et al. 2024); `state` (a dict,
+    {} at first) holds each momentum buffer and is returned. Per matrix W (A x B) with gradient g:
+
+        buf <- buf + (1 - mu) (g - buf)                 momentum (PyTorch's lerp form), buf_0 = 0
+        u = g + mu (buf - g)  (nesterov)  or  buf
+        O = newton_schulz(u)                            the orthogonalised update
+        W <- W (1 - lr wd)                              decoupled decay, with the unscaled lr
+        W <- W - lr sqrt(max(1, A / B)) O               the shape-dependent scale
+
+    bf16=True runs the iteration in bfloat16 as PyTorch does (see `newton_schulz`)."""
+    for name, g in grads.items():
+        p = params[name]
+        if p.ndim != 2:
+            raise ValueError(f"Muon updates matrices; {name} has shape {p.shape}")
+        buf = state.setdefault(name, {"momentum_buffer": np.zeros_like(g)})["momentum_buffer"]
+        buf[...] = _lerp(buf, g, 1 - momentum)
+        update = _lerp(g, buf, momentum) if nesterov else buf
+        ortho = newton_schulz(update, coefficients, ns_steps, eps, bf16)
+        scale = math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
+        p *= 1 - lr * weight_decay
+        p -= lr * scale * ortho
+    return state

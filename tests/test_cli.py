@@ -1,4 +1,6 @@
-"""The CLI as a user runs it: subprocesses, exit codes, JSON last lines, no tracebacks."""
+"""The CLI as a user runs it: exit codes, JSON last lines, no tracebacks. The README's first
+command runs as a real process; the others through `main` in this process (conftest.run_cli;
+process-level behaviour: signals, pipes, locks, is test_robust.py's)."""
 
 import json
 import os
@@ -7,13 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def learnpos(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def learnpos_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "learnpos.cli", *args], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=600)
+
+
+learnpos = run_cli
 
 
 def last_json(out: str) -> dict:
@@ -22,7 +28,7 @@ def last_json(out: str) -> dict:
 
 def test_demo_as_in_the_readme(tmp_path):
     """`learnpos demo --json`: the README's first command, full length."""
-    r = learnpos("demo", "--json", cwd=tmp_path)
+    r = learnpos_process("demo", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = last_json(r.stdout)
     assert res["task"] == "reverse" and res["exact_match"] >= 0.99 and res["wall_s"] < 180

@@ -2,15 +2,13 @@
 CoKE-style task, and its commands."""
 
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data_dir
+from conftest import run_cli, shared_data_dir
 from safetensors import safe_open
 
 from learnpos.analysis.ranking import AnswerIndex, RankAccumulator, filtered_ranks
@@ -301,9 +299,7 @@ def test_query_targets_spread_each_query_over_all_its_answers(tmp_path):
             assert task.loss(model, batch).item() == pytest.approx(query_loss, rel=1e-6)
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "learnpos.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+cli = run_cli  # in this process: these tests are about what the commands compute and say
 
 
 def test_eval_split_save_scores_and_predict(toy_run):

@@ -5,12 +5,11 @@ precision `auto` chose is kept."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 from learnpos.config import load_config
 from learnpos.errors import RunDirError
@@ -20,9 +19,7 @@ from learnpos.train import train
 FAST = {"train.eval_interval": "10", "train.log_interval": "5", "train.warmup_iters": "4"}
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "learnpos.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+cli = run_cli  # in this process: these tests are about what the commands compute and say
 
 
 def tiny_lm(tmp_path, name="run"):

@@ -4,15 +4,13 @@ import functools
 import hashlib
 import http.server
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data_dir
+from conftest import run_cli, shared_data_dir
 
 from learnpos.config import load_config
 from learnpos.data.fetch import CORPORA, fetch
@@ -147,8 +145,7 @@ def test_fetch_rejects_a_wrong_checksum_and_keeps_nothing(tmp_path):
 
 
 def test_data_fetch_cli_unknown_name(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "learnpos.cli", "data", "fetch", "imagenet", "--dir", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = run_cli("data", "fetch", "imagenet", "--dir", str(tmp_path), cwd=tmp_path)
     assert r.returncode == 2 and "unknown corpus 'imagenet'" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -197,17 +194,14 @@ def test_lm_generation_length_handling(tiny_lm):
 @pytest.mark.skipif(not (SHARED / "tinyshakespeare").exists(), reason="needs ../shared/data")
 def test_readme_lm_commands_short(tmp_path):
     """`learnpos train --preset shakespeare-char --data FILE` then `learnpos generate`, cut to 20 steps."""
-    cli = [sys.executable, "-m", "learnpos.cli"]
     data = str(SHARED / "tinyshakespeare/input.txt")
-    r = subprocess.run([*cli, "train", "--preset", "shakespeare-char", "--data", data, "--train.max_iters=20",
-                        "--train.eval_interval=20", "--train.warmup_iters=5", "--lm.eval_windows=50",
-                        "--train.out_dir=run", "--quiet", "--json"],
-                       cwd=tmp_path, capture_output=True, text=True)
+    r = run_cli("train", "--preset", "shakespeare-char", "--data", data, "--train.max_iters=20",
+                "--train.eval_interval=20", "--train.warmup_iters=5", "--lm.eval_windows=50",
+                "--train.out_dir=run", "--quiet", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["step"] == 20 and 0 < res["loss"] < np.log(65) + 0.5 and "bits_per_char" in res
-    g = subprocess.run([*cli, "generate", "--run", "run", "--prompt", "ROMEO:", "--seed", "1"],
-                       cwd=tmp_path, capture_output=True, text=True)
+    g = run_cli("generate", "--run", "run", "--prompt", "ROMEO:", "--seed", "1", cwd=tmp_path)
     assert g.returncode == 0, g.stderr
     assert g.stdout.startswith("ROMEO:") and len(g.stdout.rstrip("\n")) == 64 + 1
 

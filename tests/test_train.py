@@ -191,9 +191,12 @@ def _run(tmp_path, name, preset, overrides):
     return train(cfg, quiet=True).metrics
 
 
+@pytest.mark.slow
 def test_reverse_learned_table_solves_it(tmp_path):
     """Science check: on reverse (16 symbols) the learned table reaches >= 0.99 exact-match in
-    400 steps (the other encodings at this budget: `learnpos compare`, docs/results.md)."""
+    400 steps (the other encodings at this budget: `learnpos compare`, docs/results.md). Slow:
+    the default suite checks the same claim at the demo's full length (test_cli.py's
+    test_demo_as_in_the_readme)."""
     budget = {"train.max_iters": "400", "train.eval_interval": "400"}
     learned = _run(tmp_path, "learned", "demo", budget)
     assert learned["exact_match"] >= 0.99

@@ -40,6 +40,8 @@ class Case:
     tables: tuple[tuple, ...] = ()  # named extra tables: (name, rows) or (name, rows, weight_decay)
     attention: str = "auto"  # model.attention (float64 -> SDPA under auto)
     mlp: str = "gelu"  # model.mlp
+    qk_norm: bool = False  # model.qk_norm
+    logit_softcap: float = 0.0  # model.logit_softcap
 
 
 GRAD_CASES = [
@@ -52,6 +54,8 @@ GRAD_CASES = [
     Case("matmul attention", attention="matmul", inputs="left-padded"),
     Case("matmul attention causal", attention="matmul"),
     Case("swiglu encoder", mlp="swiglu", causal=False, inputs="right-padded"),
+    Case("relu2 qk-norm soft-cap", mlp="relu2", qk_norm=True, logit_softcap=3.0, tie_weights=False,
+         inputs="left-padded"),
 ]
 TABLES_CASE = next(c for c in GRAD_CASES if c.tables)  # the case whose tables `named_table_checks` examines
 TABLE_RECIPES = ["arange", "offset", "left-padded", "repeated", "random ids per row"]
@@ -60,6 +64,7 @@ TABLE_RECIPES = ["arange", "offset", "left-padded", "repeated", "random ids per 
 def model_config(case: Case) -> ModelConfig:
     return ModelConfig(vocab_size=V, n_layer=N_LAYER, n_head=N_HEAD, n_embd=C, dropout=0.0, bias=case.bias,
                        tie_weights=case.tie_weights, causal=case.causal, attention=case.attention, mlp=case.mlp,
+                       qk_norm=case.qk_norm, logit_softcap=case.logit_softcap,
                        positional=PositionalConfig(kind=case.kind, max_len=L),
                        tables=[TableConfig(name=t[0], rows=t[1], weight_decay=bool(t[2:] and t[2]))
                                for t in case.tables])

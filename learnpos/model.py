@@ -44,6 +44,7 @@ from learnpos.positional import (
 )
 
 IGNORE_INDEX = -100  # targets with this value contribute no loss (prompt tokens, padding)
+QK_NORM_EPS = 1e-6  # model.qk_norm: x / sqrt(mean(x^2) + eps), the same in float32, bf16 and the reference
 
 
 class ModelOutput(NamedTuple):
@@ -79,6 +80,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = _rate(cfg.attn_dropout, cfg.dropout)
         self.attention = cfg.attention  # auto | sdpa | matmul
+        self.qk_norm = cfg.qk_norm
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
                 is_causal: bool, cache: KVCache | None, layer: int) -> Tensor:
@@ -89,8 +91,7 @@ class SelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k = self.positioned(q, rope), self.positioned(k, rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs)
         dropout_p = self.dropout if self.training else 0.0
@@ -98,9 +99,17 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.proj(y)
 
+    def positioned(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Queries or keys (B, nh, T, hs) as attention compares them: RMS-normalised per head
+        (model.qk_norm), then rotated (RoPE)."""
+        if self.qk_norm:
+            x = F.rms_norm(x, (x.shape[-1],), eps=QK_NORM_EPS)
+        return apply_rotary(x, *rope) if rope is not None else x
+
 
 class MLP(nn.Module):
-    """gelu: proj(gelu(fc(x))), GPT-2's (tanh GELU). swiglu: proj(silu(fc(x)) * gate(x))."""
+    """gelu: proj(gelu(fc(x))), GPT-2's (tanh GELU). swiglu: proj(silu(fc(x)) * gate(x)).
+    relu2: proj(relu(fc(x))^2) (So et al. 2021's Primer; the small-GPT speedruns use it)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -108,8 +117,11 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, H, bias=cfg.bias)
         self.gate = nn.Linear(cfg.n_embd, H, bias=cfg.bias) if cfg.mlp == "swiglu" else None
         self.proj = nn.Linear(H, cfg.n_embd, bias=cfg.bias)
+        self.kind = cfg.mlp
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "relu2":
+            return self.proj(F.relu(self.fc(x)).square())
         if self.gate is None:
             return self.proj(F.gelu(self.fc(x), approximate="tanh"))
         return self.proj(F.silu(self.fc(x)) * self.gate(x))
@@ -166,8 +178,7 @@ def _block_at(block: Block, x: Tensor, index: Tensor, rope, mask: Tensor | None,
     q = F.linear(_rows(h, index), w[:C], None if b is None else b[:C])  # (B, R, C)
     q, k, v = (t.view(B, t.shape[1], attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
     at = lambda t: _rows(t.expand(B, -1, -1, -1).transpose(1, 2), index).transpose(1, 2)  # noqa: E731  (B, ., T, .) -> R
-    if rope is not None:  # (cos, sin), each (B|1, 1, T, hs/2)
-        q, k = apply_rotary(q, *(at(r) for r in rope)), apply_rotary(k, *rope)
+    q, k = attn.positioned(q, None if rope is None else tuple(at(r) for r in rope)), attn.positioned(k, rope)
     if mask is not None:  # (B|1, 1|nh, T, S)
         mask = at(mask)
     elif is_causal:  # query t sees keys 0..t
@@ -219,8 +230,8 @@ class GPT(nn.Module):
             self.head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+            if name.endswith("proj.weight"):  # model.zero_init_proj: each block starts as the identity
+                nn.init.normal_(p, mean=0.0, std=0.0 if cfg.zero_init_proj else 0.02 / math.sqrt(2 * cfg.n_layer))
         # A task's own output modules (see the module docstring), attached after the init
         # above: they keep the init their task gave them.
         self.heads = nn.ModuleDict(heads or {})
@@ -323,6 +334,8 @@ class GPT(nn.Module):
         if return_hidden:
             return ModelOutput(None, None, x)
         logits = self.head(x)  # (B, T|R, V)
+        if self.config.logit_softcap:  # bounded logits: c * tanh(logits / c)
+            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         return ModelOutput(logits, cross_entropy(logits, targets) if targets is not None else None)
 
     def _attention_mask(self, positions: Tensor, attention_mask: Tensor | None,

@@ -37,7 +37,7 @@ def param_groups(model: nn.Module, weight_decay: float, leave_out: frozenset[int
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
     ]
     for name, table in tables.items():
-        groups.append({"name": f"table {name}", "params": [table.weight],
+        groups.append({"name": f"table {name}", "params": [table.weight], "lr_ratio": table.lr_scale,
                        "weight_decay": weight_decay if table.weight_decay else 0.0})
     return [g for g in groups if g["params"] or not leave_out]
 
@@ -101,10 +101,16 @@ def build_optimizer(model: nn.Module, t: TrainConfig, device_type: str = "cpu") 
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
-    """Linear warmup from 0 over `warmup_iters`, then cosine from `lr` to `min_lr` at `max_iters`."""
+    """Linear warmup from 0 over `warmup_iters`, then (cosine) cosine from `lr` to `min_lr` at
+    `max_iters`, or (wsd) `lr` held until the last `decay_frac` of `max_iters`, then linear to `min_lr`."""
     if step < t.warmup_iters:
         return t.lr * (step + 1) / t.warmup_iters
     if step >= t.max_iters:
         return t.min_lr
+    if t.schedule == "wsd":
+        decay_start = max(t.warmup_iters, t.max_iters - round(t.decay_frac * t.max_iters))
+        if step < decay_start:
+            return t.lr
+        return t.lr + (step - decay_start) / max(1, t.max_iters - decay_start) * (t.min_lr - t.lr)
     progress = (step - t.warmup_iters) / max(1, t.max_iters - t.warmup_iters)
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)

@@ -137,15 +137,16 @@ class LearnedPositionalEmbedding(PositionalEncoding):
 
     The same class serves every named table of `model.tables` (turn, speaker, segment ids):
     `name` says which table an error is about ("position" for the position table) and
-    `weight_decay` is the table's own decay policy, read by `learnpos.optim.param_groups`.
+    `weight_decay` is the table's own decay policy and `lr_scale` its learning rate as a multiple
+    of train.lr, both read by `learnpos.optim.param_groups`.
     """
 
     def __init__(self, max_len: int, n_embd: int, init: str = "normal", init_std: float = 0.02,
-                 name: str = "position", weight_decay: bool = False):
+                 name: str = "position", weight_decay: bool = False, lr_scale: float = 1.0):
         super().__init__()
         self.max_len = max_len
         self.init, self.init_std = init, init_std
-        self.name, self.weight_decay = name, weight_decay
+        self.name, self.weight_decay, self.lr_scale = name, weight_decay, lr_scale
         self.weight = nn.Parameter(torch.empty(max_len, n_embd))  # (L, C)
         self.reset_parameters()
 
@@ -362,7 +363,7 @@ def build_positional(cfg: PositionalConfig, n_embd: int, n_head: int) -> Positio
     """The registry: one `kind` string -> one encoding."""
     registry = {
         "learned": lambda: (RandomizedPositionalEmbedding if cfg.randomize else LearnedPositionalEmbedding)(
-            cfg.max_len, n_embd, cfg.init, cfg.init_std, weight_decay=cfg.weight_decay),
+            cfg.max_len, n_embd, cfg.init, cfg.init_std, weight_decay=cfg.weight_decay, lr_scale=cfg.lr_scale),
         "sinusoidal": lambda: SinusoidalPositionalEncoding(n_embd, sinusoid_scale(cfg.init_std)),
         "rope": lambda: RotaryPositionalEncoding(n_embd // n_head, cfg.rope_base),
         "alibi": lambda: ALiBiPositionalEncoding(n_head),

@@ -263,3 +263,28 @@ def test_swiglu_mlp_is_the_gated_product_and_as_large_as_gelu():
         load_config("demo", {"model.mlp": "relu"})
     with pytest.raises(ConfigError, match="model.mlp_hidden must be >= 0"):
         load_config("demo", {"model.mlp_hidden": "-1"})
+
+
+def test_recipe_switches_change_the_model_as_documented():
+    """zero_init_proj: every output projection starts at zero, so each block starts as the
+    identity and the logits are the embedding's alone; logit_softcap bounds the logits; relu2
+    and qk_norm change the outputs; and the read= fast path agrees with the full forward under
+    all of them (the formulas themselves are `learnpos verify`'s)."""
+    idx = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(0))
+    zero = make(zero_init_proj=True)
+    assert all(not p.detach().any() for n, p in zero.named_parameters() if n.endswith("proj.weight"))
+    with torch.no_grad():
+        h = zero.embed(idx, None, 0, None)
+        torch.testing.assert_close(zero(idx).logits, zero.head(zero.ln_f(h + sum(
+            b.attn.proj.bias + b.mlp.proj.bias for b in zero.blocks))))
+    capped, free = make(logit_softcap=0.5), make()
+    with torch.no_grad():
+        capped.head.weight.mul_(100), free.head.weight.mul_(100)
+        assert float(capped(idx).logits.abs().max()) <= 0.5 < float(free(idx).logits.abs().max())
+    for switch in ({"mlp": "relu2"}, {"qk_norm": True}):
+        model = make(**switch, causal=False)
+        assert not torch.allclose(model(idx).logits, make(causal=False)(idx).logits)
+        read = torch.tensor([[1, 7], [0, 8]])
+        full = model(idx, return_hidden=True).hidden[torch.arange(2)[:, None], read]
+        torch.testing.assert_close(model(idx, return_hidden=True, read=read).hidden, full)
+

@@ -389,7 +389,7 @@ def test_bad_input_is_refused_with_a_clear_error():
         other = ModelConfig(**{**vars(cfg), "positional": PositionalConfig(kind=kind, max_len=L)})
         with pytest.raises(NotImplementedError, match="learned, sinusoidal, none"):
             ref.forward({}, idx, targets, other)
-    with pytest.raises(NotImplementedError, match="model.mlp gelu and swiglu, not 'relu'"):
+    with pytest.raises(NotImplementedError, match="model.mlp gelu, swiglu and relu2, not 'relu'"):
         ref.forward(params, idx, targets, ModelConfig(**{**vars(cfg), "mlp": "relu"}))
     with pytest.raises(ValueError, match=r"missing \['blocks.0.mlp.gate.weight'"):  # gelu weights, swiglu config
         ref.forward(params, idx, targets, ModelConfig(**{**vars(cfg), "mlp": "swiglu", "mlp_hidden": 64}))

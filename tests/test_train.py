@@ -23,6 +23,35 @@ def test_lr_schedule_warms_up_then_decays_to_min():
     assert all(lr_at(s, t) >= lr_at(s + 1, t) for s in range(10, 110))
 
 
+def test_wsd_schedule_holds_then_decays_linearly_over_its_last_share():
+    t = load_config("demo", {"train.warmup_iters": "10", "train.max_iters": "110", "train.schedule": "wsd",
+                             "train.decay_frac": "0.2"}).train
+    assert lr_at(9, t) == pytest.approx(t.lr) and lr_at(10, t) == lr_at(87, t) == t.lr  # held until step 88
+    assert lr_at(88, t) == t.lr and lr_at(99, t) == pytest.approx(t.lr + 11 / 22 * (t.min_lr - t.lr))
+    assert lr_at(110, t) == pytest.approx(t.min_lr)
+    assert all(lr_at(s, t) >= lr_at(s + 1, t) for s in range(10, 110))
+
+
+def test_the_tables_own_learning_rate_follows_the_schedule(tmp_path):
+    """model.positional.lr_scale: the position table's group runs at the schedule's lr times it,
+    every other group at the schedule's lr."""
+    seen = []
+    real = torch.optim.AdamW.step
+
+    def step(self, *a, **kw):
+        seen.append({g["name"]: g["lr"] for g in self.param_groups})
+        return real(self, *a, **kw)
+
+    cfg = load_config("demo", {"train.max_iters": "12", "train.eval_interval": "12", "train.warmup_iters": "4",
+                               "model.positional.lr_scale": "0.25", "train.out_dir": str(tmp_path)})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", step)
+        train(cfg, quiet=True)
+    assert len(seen) == 12
+    for i, lrs in enumerate(seen):
+        assert lrs["decay"] == lr_at(i, cfg.train) and lrs["table pos"] == pytest.approx(0.25 * lrs["decay"])
+
+
 def test_every_learned_table_has_its_own_decay_group():
     """The policy of each table comes from its own config entry, not from its parameter name."""
     from learnpos.model import GPT

@@ -30,6 +30,9 @@ class PositionalConfig:
     # rows past the training length are trained too; evaluation spreads a sequence's positions
     # evenly over the table (learnpos.positional.RandomizedPositionalEmbedding)
     randomize: bool = False
+    # learned only: the table's own learning rate, as a multiple of train.lr (its AdamW group's
+    # rate follows the schedule times this)
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -58,22 +61,26 @@ class ModelConfig:
     bias: bool = True  # biases in Linear and LayerNorm (GPT-2 has them)
     # gelu: GPT-2's proj(gelu(fc(x))); swiglu: proj(silu(fc(x)) * gate(x)) (Shazeer 2020, as in
     # LLaMA), whose product multiplies features of the tokens attention mixed (the kg-kinships preset)
-    mlp: str = "gelu"
-    mlp_hidden: int = 0  # the MLP's inner width; 0 = 4 * n_embd (gelu), 8 * n_embd // 3 (swiglu: same parameters)
+    mlp: str = "gelu"  # gelu | swiglu | relu2 (proj(relu(fc(x))^2), modded-nanogpt's)
+    mlp_hidden: int = 0  # inner width; 0 = 4 * n_embd (gelu, relu2), 8 * n_embd // 3 (swiglu: as many weights)
     tie_weights: bool = True  # share the token embedding with the output head
     causal: bool = True  # false = bidirectional encoder (masked-token tasks, KG completion)
     # auto: the CPU bf16 matmul kernel where it was measured faster (learnpos.attention), SDPA
     # elsewhere; sdpa: always F.scaled_dot_product_attention; matmul: the matmul kernel
     # wherever it applies (no dropout, not under torch.compile), any device and dtype.
     attention: str = "auto"
+    # Recipe switches of the small-GPT speedruns (benchmarks/time_to_quality.py measures each):
+    zero_init_proj: bool = False  # attention and MLP output projections start at zero (each block starts as identity)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no gain) before attention
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c), bounded by c; 0 = off
     positional: PositionalConfig = field(default_factory=PositionalConfig)
     tables: list[TableConfig] = field(default_factory=list)  # extra learned tables, summed into h
 
 
 def mlp_width(m: ModelConfig) -> int:
-    """The MLP's inner width: model.mlp_hidden, or 4C (gelu) / 8C // 3 (swiglu, whose three
+    """The MLP's inner width: model.mlp_hidden, or 4C (gelu, relu2) / 8C // 3 (swiglu, whose three
     matrices then hold as many weights as gelu's two)."""
-    return m.mlp_hidden or (4 * m.n_embd if m.mlp == "gelu" else 8 * m.n_embd // 3)
+    return m.mlp_hidden or (8 * m.n_embd // 3 if m.mlp == "swiglu" else 4 * m.n_embd)
 
 
 @dataclass
@@ -83,7 +90,11 @@ class TrainConfig:
     # embeddings, every learned table, norms, biases and heads)
     optimizer: str = "adamw"
     lr: float = 1e-3
-    min_lr: float = 1e-4  # floor of the cosine decay
+    min_lr: float = 1e-4  # floor of the decay
+    # cosine: warmup, then cosine from lr to min_lr at max_iters. wsd (warmup-stable-decay, a
+    # trapezoid): warmup, lr held, then linear to min_lr over the last decay_frac of max_iters
+    schedule: str = "cosine"
+    decay_frac: float = 0.2
     warmup_iters: int = 100
     max_iters: int = 1000  # also the end of the cosine schedule
     # Minutes of wall time the run may take (data loading, steps and evaluations, summed over

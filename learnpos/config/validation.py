@@ -22,7 +22,7 @@ def is_device_name(name: str) -> bool:
 
 POSITIONAL_KINDS = ("learned", "sinusoidal", "rope", "alibi", "none")
 LEARNED_INITS = ("normal", "zeros", "sinusoidal", "randn")
-MLP_KINDS = ("gelu", "swiglu")
+MLP_KINDS = ("gelu", "swiglu", "relu2")
 
 
 # Every key with a closed set of values, and the values: one table, one check. A task's section
@@ -33,6 +33,7 @@ CHOICES = {
     "model.attention": ("auto", "sdpa", "matmul"),
     "model.mlp": MLP_KINDS,
     "train.optimizer": ("adamw", "sgd", "muon"),
+    "train.schedule": ("cosine", "wsd"),
     "train.dtype": ("auto", "float32", "bfloat16"),
     "train.early_stop_mode": ("max", "min"),
     "train.on_nonfinite": ("stop", "skip"),
@@ -111,6 +112,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.muon_lr and muon_weight_decay must be >= 0, muon_momentum in [0, 1) and "
                           f"muon_ns_steps in 1..99; got {t.muon_lr}, {t.muon_weight_decay}, {t.muon_momentum}, "
                           f"{t.muon_ns_steps}")
+    if not 0 < t.decay_frac <= 1:
+        raise ConfigError(f"train.decay_frac must be in (0, 1] (the share of max_iters the wsd schedule decays "
+                          f"over), got {t.decay_frac}")
+    if m.logit_softcap < 0 or p.lr_scale <= 0:
+        raise ConfigError(f"model.logit_softcap must be >= 0 (0 = off) and model.positional.lr_scale > 0; got "
+                          f"{m.logit_softcap}, {p.lr_scale}")
     if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):
         raise ConfigError(f"train.beta1/beta2 must be in [0, 1), got {t.beta1}, {t.beta2}")
     if not is_device_name(t.device):

@@ -246,6 +246,58 @@ def swiglu_backward(dout: np.ndarray, cache: SwigluCache) -> tuple[np.ndarray, n
     return dout * b * s * (1.0 + a * (1.0 - s)), dout * a * s
 
 
+@dataclass
+class Relu2Cache:
+    relu: np.ndarray  # max(a, 0)
+
+
+def relu2_forward(a: np.ndarray) -> tuple[np.ndarray, Relu2Cache]:
+    """relu(a)^2: the activation of model.mlp = "relu2"."""
+    r = np.maximum(a, 0.0)
+    return r * r, Relu2Cache(relu=r)
+
+
+def relu2_backward(dout: np.ndarray, cache: Relu2Cache) -> np.ndarray:
+    """d relu(a)^2 / da = 2 relu(a) (0 where a <= 0)."""
+    return dout * 2.0 * cache.relu
+
+
+# --------------------------------------------------------------- RMS norm, soft-cap
+
+
+QK_NORM_EPS = 1e-6  # learnpos.model.QK_NORM_EPS, restated so the reference stands on its own
+
+
+@dataclass
+class RmsNormCache:
+    y: np.ndarray  # the output x * r
+    r: np.ndarray  # 1 / sqrt(mean(x^2) + eps), over the last axis (keepdims)
+
+
+def rms_norm_forward(x: np.ndarray, eps: float = QK_NORM_EPS) -> tuple[np.ndarray, RmsNormCache]:
+    """x / sqrt(mean(x^2) + eps) over the last axis, no gain: F.rms_norm without a weight
+    (model.qk_norm applies it to each head's queries and keys)."""
+    r = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+    y = x * r
+    return y, RmsNormCache(y=y, r=r)
+
+
+def rms_norm_backward(dout: np.ndarray, cache: RmsNormCache) -> np.ndarray:
+    """dx = r (dy - y mean(dy y)): the scale r depends on x through mean(x^2)."""
+    return cache.r * (dout - cache.y * (dout * cache.y).mean(-1, keepdims=True))
+
+
+def softcap_forward(z: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndarray]:
+    """cap * tanh(z / cap) (model.logit_softcap): logits bounded by +-cap; returns (out, tanh)."""
+    t = np.tanh(z / cap)
+    return cap * t, t
+
+
+def softcap_backward(dout: np.ndarray, tanh: np.ndarray) -> np.ndarray:
+    """d cap tanh(z / cap) / dz = 1 - tanh^2."""
+    return dout * (1.0 - tanh * tanh)
+
+
 # -------------------------------------------------------------------------- residual
 
 
@@ -294,16 +346,18 @@ class AttentionCache:
     probs: np.ndarray  # (B, nh, T, T) softmax attention weights (0 where masked)
     proj: LinearCache  # the output projection
     scale: float  # 1 / sqrt(hs)
+    qk_norm: tuple[RmsNormCache, RmsNormCache] | None = None  # (q, k) with model.qk_norm
 
 
 def attention_forward(x: np.ndarray, qkv_weight: np.ndarray, qkv_bias: np.ndarray | None,
                       proj_weight: np.ndarray, proj_bias: np.ndarray | None, n_head: int,
-                      allowed: np.ndarray | None) -> tuple[np.ndarray, AttentionCache]:
+                      allowed: np.ndarray | None, qk_norm: bool = False) -> tuple[np.ndarray, AttentionCache]:
     """Multi-head self-attention exactly as `learnpos.model.SelfAttention` (no cache):
 
     qkv = x @ Wqkv.T + b (Wqkv (3C, C), split in the order q, k, v); each head
     softmax(q k^T / sqrt(hs), masked to `allowed`) v; heads concatenated; output projection.
-    x (B, T, C) -> (B, T, C). `allowed` from `attention_allowed` (None = no mask).
+    x (B, T, C) -> (B, T, C). `allowed` from `attention_allowed` (None = no mask). qk_norm:
+    q and k RMS-normalised per head first (`rms_norm_forward`).
     """
     B, T, C = x.shape
     nh, hs = n_head, C // n_head
@@ -312,6 +366,10 @@ def attention_forward(x: np.ndarray, qkv_weight: np.ndarray, qkv_bias: np.ndarra
     q = q.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
     k = k.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
     v = v.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+    norms = None
+    if qk_norm:
+        (q, q_norm), (k, k_norm) = rms_norm_forward(q), rms_norm_forward(k)
+        norms = (q_norm, k_norm)
     scale = 1.0 / math.sqrt(hs)
     scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, nh, T, T)
     if allowed is not None:
@@ -322,7 +380,8 @@ def attention_forward(x: np.ndarray, qkv_weight: np.ndarray, qkv_bias: np.ndarra
     y = probs @ v  # (B, nh, T, hs)
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C): heads side by side
     out, proj_cache = linear_forward(y, proj_weight, proj_bias)  # (B, T, C)
-    return out, AttentionCache(qkv=qkv_cache, q=q, k=k, v=v, probs=probs, proj=proj_cache, scale=scale)
+    return out, AttentionCache(qkv=qkv_cache, q=q, k=k, v=v, probs=probs, proj=proj_cache, scale=scale,
+                               qk_norm=norms)
 
 
 def attention_backward(dout: np.ndarray, cache: AttentionCache) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -338,6 +397,8 @@ def attention_backward(dout: np.ndarray, cache: AttentionCache) -> tuple[np.ndar
     dscores = cache.probs * (dprobs - (dprobs * cache.probs).sum(-1, keepdims=True))
     dq = (dscores @ cache.k) * cache.scale  # (B, nh, T, hs)
     dk = (dscores.transpose(0, 1, 3, 2) @ cache.q) * cache.scale  # (B, nh, T, hs)
+    if cache.qk_norm is not None:  # back through the per-head RMS norms
+        dq, dk = rms_norm_backward(dq, cache.qk_norm[0]), rms_norm_backward(dk, cache.qk_norm[1])
     dq, dk, dv = (d.transpose(0, 2, 1, 3).reshape(B, T, C) for d in (dq, dk, dv))  # each (B, T, C)
     dqkv = np.concatenate([dq, dk, dv], axis=2)  # (B, T, 3C), the order of the split
     dx, d_qkv_w, d_qkv_b = linear_backward(dqkv, cache.qkv)

@@ -4,7 +4,10 @@ order of `learnpos.model.GPT.forward`; `backward` is that forward read in revers
     h = E[x] + P[pos] + sum_n T_n[ids_n]       (token embedding + positions + named tables)
     n_layer x:  x = x + attn(ln1(x));  x = x + mlp(ln2(x))      mlp = proj(gelu(fc(.)))
                                                                  or proj(silu(fc(.)) * gate(.)) (swiglu)
+                                                                 or proj(relu(fc(.))^2) (relu2)
+                attn with qk_norm: each head's q and k RMS-normalised first
     logits = ln_f(x) @ W_head.T                (W_head = E when the head is tied)
+             (with logit_softcap c: c tanh(logits / c))
     loss = mean cross-entropy over targets != -100
 
 Parameters are a dict keyed by the PyTorch model's `state_dict()` names, in its layouts,
@@ -35,6 +38,7 @@ from learnpos.reference.layers import (
     LayerNormCache,
     LearnedPositionalCache,
     LinearCache,
+    Relu2Cache,
     SwigluCache,
     attention_allowed,
     attention_backward,
@@ -52,10 +56,14 @@ from learnpos.reference.layers import (
     learned_positional_forward,
     linear_backward,
     linear_forward,
+    relu2_backward,
+    relu2_forward,
     residual_backward,
     residual_forward,
     sinusoid_scale,
     sinusoid_table,
+    softcap_backward,
+    softcap_forward,
     swiglu_backward,
     swiglu_forward,
 )
@@ -64,12 +72,12 @@ SUPPORTED_KINDS = ("learned", "sinusoidal", "none")
 
 
 def mlp_kind(cfg) -> tuple[str, int]:
-    """(model.mlp, the MLP's inner width H): mlp_hidden, else 4C for gelu and 8C // 3 for swiglu
+    """(model.mlp, the MLP's inner width H): mlp_hidden, else 4C for gelu, relu2 and 8C // 3 for swiglu
     (`learnpos.config.mlp_width`, restated here so the reference stands on its own)."""
     kind, hidden = getattr(cfg, "mlp", "gelu"), getattr(cfg, "mlp_hidden", 0)
-    if kind not in ("gelu", "swiglu"):
-        raise NotImplementedError(f"the NumPy reference covers model.mlp gelu and swiglu, not '{kind}'")
-    return kind, hidden or (4 * cfg.n_embd if kind == "gelu" else 8 * cfg.n_embd // 3)
+    if kind not in ("gelu", "swiglu", "relu2"):
+        raise NotImplementedError(f"the NumPy reference covers model.mlp gelu, swiglu and relu2, not '{kind}'")
+    return kind, hidden or (8 * cfg.n_embd // 3 if kind == "swiglu" else 4 * cfg.n_embd)
 
 
 def parameter_shapes(cfg) -> dict[str, tuple[int, ...]]:
@@ -128,7 +136,7 @@ class BlockCache:
     ln2: LayerNormCache
     fc: LinearCache  # mlp.fc
     gate: LinearCache | None  # mlp.gate (swiglu only)
-    act: GeluCache | SwigluCache  # gelu(fc) or silu(fc) * gate
+    act: GeluCache | SwigluCache | Relu2Cache  # gelu(fc), silu(fc) * gate or relu(fc)^2
     mlp_proj: LinearCache  # mlp.proj
 
 
@@ -143,6 +151,7 @@ class ModelCache:
     loss: CrossEntropyCache | None  # None when forward ran without targets
     tied: bool  # the head is tok_emb.weight
     names: list[str]  # the gradient names, in `named_parameters()` order
+    softcap: np.ndarray | None = None  # tanh(logits / cap) with model.logit_softcap
 
 
 def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray | None, cfg,
@@ -182,14 +191,15 @@ def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray 
         x = x + te
     allowed = attention_allowed(T, cfg.causal, attention_mask)  # (B|1, 1, T, T) or None
 
-    gated = mlp_kind(cfg)[0] == "swiglu"
+    kind = mlp_kind(cfg)[0]
+    gated, qk_norm = kind == "swiglu", getattr(cfg, "qk_norm", False)
     blocks = []
     for i in range(cfg.n_layer):
         p = f"blocks.{i}."
         a, ln1 = layernorm_forward(x, params[p + "ln1.weight"], bias(p + "ln1.bias"))
         a, attn = attention_forward(a, params[p + "attn.qkv.weight"], bias(p + "attn.qkv.bias"),
                                     params[p + "attn.proj.weight"], bias(p + "attn.proj.bias"),
-                                    cfg.n_head, allowed)
+                                    cfg.n_head, allowed, qk_norm)
         x, _ = residual_forward(x, a)
         m, ln2 = layernorm_forward(x, params[p + "ln2.weight"], bias(p + "ln2.bias"))
         a, fc = linear_forward(m, params[p + "mlp.fc.weight"], bias(p + "mlp.fc.bias"))  # (B, T, H)
@@ -198,7 +208,7 @@ def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray 
             g, gate = linear_forward(m, params[p + "mlp.gate.weight"], bias(p + "mlp.gate.bias"))  # (B, T, H)
             m, act = swiglu_forward(a, g)
         else:
-            m, act = gelu_forward(a)
+            m, act = relu2_forward(a) if kind == "relu2" else gelu_forward(a)
         m, mlp_proj = linear_forward(m, params[p + "mlp.proj.weight"], bias(p + "mlp.proj.bias"))  # (B, T, C)
         x, _ = residual_forward(x, m)
         blocks.append(BlockCache(ln1=ln1, attn=attn, ln2=ln2, fc=fc, gate=gate, act=act, mlp_proj=mlp_proj))
@@ -206,12 +216,16 @@ def forward(params: dict[str, np.ndarray], idx: np.ndarray, targets: np.ndarray 
     x, ln_f = layernorm_forward(x, params["ln_f.weight"], bias("ln_f.bias"))
     head_weight = params["tok_emb.weight"] if cfg.tie_weights else params["head.weight"]
     logits, head = linear_forward(x, head_weight, None)  # (B, T, V)
+    cap = getattr(cfg, "logit_softcap", 0.0)
+    softcap = None
+    if cap:
+        logits, softcap = softcap_forward(logits, cap)  # softcap: the tanh, for the backward
 
     loss, loss_cache = None, None
     if targets is not None:
         loss, loss_cache = cross_entropy_forward(logits, np.asarray(targets))
     cache = ModelCache(tok_emb=tok_cache, pos=pos_cache, tables=table_caches, blocks=blocks, ln_f=ln_f, head=head,
-                       loss=loss_cache, tied=cfg.tie_weights, names=trainable_names(cfg))
+                       loss=loss_cache, tied=cfg.tie_weights, names=trainable_names(cfg), softcap=softcap)
     return loss, logits, cache
 
 
@@ -233,6 +247,8 @@ def backward(cache: ModelCache, dlogits: np.ndarray | None = None, return_dh: bo
         if grad is not None:
             grads[name] = grad
 
+    if cache.softcap is not None:
+        dlogits = softcap_backward(dlogits, cache.softcap)
     dx, d_head, _ = linear_backward(dlogits, cache.head)
     dx, d_w, d_b = layernorm_backward(dx, cache.ln_f)
     put("ln_f.weight", d_w)
@@ -244,7 +260,9 @@ def backward(cache: ModelCache, dlogits: np.ndarray | None = None, return_dh: bo
         dm, d_w, d_b = linear_backward(dm, b.mlp_proj)
         put(p + "mlp.proj.weight", d_w)
         put(p + "mlp.proj.bias", d_b)
-        if b.gate is None:
+        if isinstance(b.act, Relu2Cache):
+            dm = relu2_backward(dm, b.act)
+        elif b.gate is None:
             dm = gelu_backward(dm, b.act)
         else:
             dm, dg = swiglu_backward(dm, b.act)

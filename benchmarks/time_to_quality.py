@@ -49,9 +49,9 @@ VARIANTS = {
     "wsd": {"train.schedule": "wsd"},
     "lr x2": {"train.lr": "2e-3", "train.min_lr": "2e-4"},
     "batch x2": {"train.batch_size": "24"},
-    "muon, table lr x3": {"train.optimizer": "muon", "model.positional.lr_scale": "3"},
-    "muon, table decay": {"train.optimizer": "muon", "model.positional.weight_decay": "true"},
-    "muon, batch x2": {"train.optimizer": "muon", "train.batch_size": "24"},
+    "muon + table lr x3": {"train.optimizer": "muon", "model.positional.lr_scale": "3"},
+    "muon + table decay": {"train.optimizer": "muon", "model.positional.weight_decay": "true"},
+    "muon + batch x2": {"train.optimizer": "muon", "train.batch_size": "24"},
 }
 RECIPE = {"train.optimizer": "muon"}  # learnpos's proposal: the switches the table below supports
 VARIANTS["recipe"] = RECIPE

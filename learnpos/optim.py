@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from learnpos.config import TrainConfig
+from learnpos.hardware import cpu_has_amx_bf16
 
 
 def param_groups(model: nn.Module, weight_decay: float, leave_out: frozenset[int] = frozenset()) -> list[dict]:
@@ -49,8 +50,59 @@ def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.blocks.parameters() if p.dim() == 2 and p.requires_grad]
 
 
+def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
+    """PyTorch Muon's quintic Newton-Schulz iteration in g's own precision (PyTorch's casts to
+    bfloat16 first): X = g / ||g||_F in its wide orientation, then X <- a X + (b A + c A^2) X with
+    A = X X^T, `steps` times (learnpos.reference.optim.newton_schulz states it in NumPy)."""
+    a, b, c = coefficients
+    x = g.T if g.shape[0] > g.shape[1] else g
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        A = x @ x.T
+        x = torch.addmm(x, torch.addmm(A, A, A, beta=b, alpha=c), x, beta=a)
+    return x.T if g.shape[0] > g.shape[1] else x
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon with the precision of its Newton-Schulz iteration as a setting. "bfloat16"
+    is PyTorch's Muon unchanged; "float32" runs the same update (momentum, Nesterov, the iteration,
+    decoupled decay, the shape scale sqrt(max(1, A/B))) with the iteration in the parameters'
+    precision, at least float32: on a CPU without fast bf16 matmuls that is 1.5-2x faster. The
+    state (`momentum_buffer`) is PyTorch's, so either precision resumes the other's checkpoint."""
+
+    def __init__(self, params, precision: str = "bfloat16", **kw):
+        super().__init__(params, **kw)
+        self.precision = precision
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.precision == "bfloat16":
+            return super().step(closure)
+        for group in self.param_groups:
+            lr, mu = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - mu)
+                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+                update = newton_schulz(update.to(torch.promote_types(p.dtype, torch.float32)),
+                                       group["ns_coefficients"], group["ns_steps"], group["eps"])
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
+        return None
+
+
+def muon_precision(t: TrainConfig, device_type: str) -> str:
+    """train.muon_precision with auto resolved: bfloat16 where bf16 matmuls are fast (CUDA, CPUs
+    with AMX), float32 elsewhere."""
+    if t.muon_precision != "auto":
+        return t.muon_precision
+    return "bfloat16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_amx_bf16()) else "float32"
+
+
 class MuonWithAdamW:
-    """torch.optim.Muon for `muon_matrices`, torch.optim.AdamW for every other parameter, as one
+    """`Muon` for `muon_matrices`, torch.optim.AdamW for every other parameter, as one
     optimizer to the trainer: `param_groups` lists Muon's group (named "muon") then AdamW's; the
     trainer's learning rate reaches Muon's group times its `lr_ratio` (train.muon_lr / train.lr),
     so both follow one schedule; `state_dict` holds both."""
@@ -84,9 +136,9 @@ class MuonWithAdamW:
 def build_optimizer(model: nn.Module, t: TrainConfig, device_type: str = "cpu") -> torch.optim.Optimizer:
     if t.optimizer == "muon":
         matrices = muon_matrices(model)
-        muon = torch.optim.Muon([{"name": "muon", "params": matrices, "lr_ratio": t.muon_lr / t.lr}], lr=t.muon_lr,
-                                weight_decay=t.muon_weight_decay, momentum=t.muon_momentum,
-                                nesterov=t.muon_nesterov, ns_steps=t.muon_ns_steps)
+        muon = Muon([{"name": "muon", "params": matrices, "lr_ratio": t.muon_lr / t.lr}],
+                    precision=muon_precision(t, device_type), lr=t.muon_lr, weight_decay=t.muon_weight_decay,
+                    momentum=t.muon_momentum, nesterov=t.muon_nesterov, ns_steps=t.muon_ns_steps)
         groups = param_groups(model, t.weight_decay, leave_out=frozenset(map(id, matrices)))
         adamw = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=device_type in ("cpu", "cuda"))
         return MuonWithAdamW(muon, adamw)

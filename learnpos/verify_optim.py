@@ -169,12 +169,14 @@ def adamw_checks(seed: int, steps: int = 10) -> list[Check]:
     ]
 
 
-def muon_checks(seed: int, steps: int = 5) -> list[Check]:
-    """`train.optimizer=muon` as the trainer builds it (`learnpos.optim.build_optimizer`: Muon for
-    the block matrices, AdamW for the rest) against `muon_step` + `adamw_step` in float64, fed the
-    same (autograd) gradients each step; and which parameters each side updates."""
+def _muon_run(seed: int, steps: int, precision: str) -> tuple:
+    """`train.optimizer=muon` as the trainer builds it (`learnpos.optim.build_optimizer`: Muon with
+    the given precision for the block matrices, AdamW for the rest) and `muon_step` + `adamw_step`
+    in float64 (the iteration rounded like PyTorch's for bfloat16, exact for float32), fed the same
+    (autograd) gradients each step. Returns (Muon's names, the names it should have, AdamW's
+    names, the rest, the parameters before, the reference's after, the optimizer's after)."""
     t = TrainConfig(optimizer="muon", lr=1e-2, muon_lr=0.05, weight_decay=0.1, muon_weight_decay=0.1,
-                    beta1=0.9, beta2=0.99)
+                    beta1=0.9, beta2=0.99, muon_precision=precision)
     model = make_model(Case("muon", mlp="swiglu"), seed)
     params = reference_params(model)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -191,22 +193,38 @@ def muon_checks(seed: int, steps: int = 5) -> list[Check]:
         auto = autograd_side(model, make_inputs("arange", seed + 200 + step))
         optimizer.step()
         muon_step(params, {n: auto.grads[n] for n in matrices}, muon_state, t.muon_lr, t.muon_momentum,
-                  t.muon_nesterov, t.muon_weight_decay, ns_steps=t.muon_ns_steps)
+                  t.muon_nesterov, t.muon_weight_decay, ns_steps=t.muon_ns_steps, bf16=precision == "bfloat16")
         adamw_step(params, {n: auto.grads[n] for n in rest}, adamw_state, t.lr, (t.beta1, t.beta2), 1e-8, decay)
     after = {n: p.detach().numpy() for n, p in model.named_parameters()}
-    travelled = {n: rel_err(params[n] - start[n], after[n] - start[n]) for n in after}
-    worst_muon = max(matrices, key=travelled.get)
+    return matrices, expected, adamw_names, rest, start, params, after
+
+
+def muon_checks(seed: int, steps: int = 5) -> list[Check]:
+    """Muon as the trainer builds it against the hand-written update, in both precisions of its
+    iteration (bfloat16: PyTorch's Muon as it is; float32: learnpos.optim.Muon, here in float64),
+    and which parameters each optimizer updates."""
+    rows = {}
+    for precision in ("bfloat16", "float32"):
+        matrices, expected, adamw_names, rest, start, params, after = _muon_run(seed, steps, precision)
+        travelled = {n: rel_err(params[n] - start[n], after[n] - start[n]) for n in after}
+        worst = max(matrices, key=travelled.get)
+        rows[precision] = (max(abs_err(params[n], after[n]) for n in matrices), travelled[worst], worst)
+    (bf_abs, bf_rel, bf_worst), (fp_abs, fp_rel, fp_worst) = rows["bfloat16"], rows["float32"]
+    checks = [
+        Check(f"muon: muon_step, {steps} steps, same grads", bf_abs, bf_rel, MUON_REL_TOL, bf_rel <= MUON_REL_TOL,
+              detail=f"vs torch.optim.Muon (bf16 iteration); rel to the distance travelled; worst {bf_worst}"),
+        Check(f"muon: muon_step, {steps} steps, same grads (float32 iteration)", fp_abs, fp_rel, GRAD_REL_TOL,
+              fp_rel <= GRAD_REL_TOL, detail=f"vs learnpos.optim.Muon, float32 iteration (float64 here); rel to the "
+                                             f"distance travelled; worst {fp_worst}"),
+    ]
     worst_adamw = max(rest, key=travelled.get)
-    abs_muon = max(abs_err(params[n], after[n]) for n in matrices)
-    abs_adamw = max(abs_err(params[n], after[n]) for n in rest)
     split_ok = matrices == expected and adamw_names == set(rest) and not adamw_names & set(matrices)
     return [
         Check("muon: matrices = the blocks' 2-D weights", 0.0 if split_ok else 1.0, 0.0 if split_ok else 1.0,
               EXACT, split_ok, tol_on="abs",
               detail=f"{len(matrices)} to Muon (qkv, proj, fc, gate, proj per block), {len(rest)} to AdamW"),
-        Check(f"muon: muon_step, {steps} steps, same grads", abs_muon, travelled[worst_muon], MUON_REL_TOL,
-              travelled[worst_muon] <= MUON_REL_TOL,
-              detail=f"vs torch.optim.Muon (bf16 iteration); rel to the distance travelled; worst {worst_muon}"),
-        Check(f"muon: the rest by adamw_step, {steps} steps", abs_adamw, travelled[worst_adamw], GRAD_REL_TOL,
-              travelled[worst_adamw] <= GRAD_REL_TOL, detail=f"rel to the distance travelled; worst {worst_adamw}"),
+        *checks,
+        Check(f"muon: the rest by adamw_step, {steps} steps", max(abs_err(params[n], after[n]) for n in rest),
+              travelled[worst_adamw], GRAD_REL_TOL, travelled[worst_adamw] <= GRAD_REL_TOL,
+              detail=f"rel to the distance travelled; worst {worst_adamw}"),
     ]

@@ -62,3 +62,10 @@ def test_round_trip_through_json():
 def test_unknown_preset_lists_known_ones():
     with pytest.raises(ConfigError, match="known presets: .*demo"):
         load_config("nope")
+
+
+def test_an_unknown_key_with_a_newline_is_named_on_one_line():
+    """A key read from a damaged config.json may hold any character; the error stays one line."""
+    with pytest.raises(ConfigError) as e:
+        from_dict({"task": "reverse", "model": {"n_layer\n2": 3}})
+    assert "\n" not in str(e.value) and "n_layer\\n2" in str(e.value)

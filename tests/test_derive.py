@@ -161,6 +161,27 @@ def test_time_budget_must_not_be_negative():
 # ------------------------------------------------------------------------------------ tune
 
 
+@pytest.mark.parametrize("task,preset", [("kg", "kg-umls"), ("lm", "shakespeare-char"), ("dialogue", "dailydialog")])
+def test_every_search_space_offers_the_optimizer_and_recipe_switches_and_each_value_is_valid(task, preset):
+    """Each task's tuning space has train.optimizer (adamw, muon) and the recipe switches, and
+    every choice (and each float range's ends) is a config the task accepts."""
+    import importlib
+
+    from learnpos.config import set_override, validate
+
+    space = importlib.import_module(f"learnpos.derive.{task}").SPACE
+    keys = {p.key for p in space}
+    assert {"train.optimizer", "train.muon_lr", "model.qk_norm", "model.zero_init_proj", "train.schedule",
+            "model.mlp"} <= keys
+    assert ("model.logit_softcap" in keys) == (task != "kg")  # kg scores entities with its own head
+    for p in space:
+        values = p.choices if p.kind == "choice" else (p.low, p.high) if p.kind != "scale" else ()
+        for value in values:
+            cfg = load_config(preset)
+            set_override(cfg, p.key, str(value).lower() if isinstance(value, bool) else str(value))
+            validate(cfg)
+
+
 def test_toml_preset_round_trips_a_config():
     from learnpos.tune import to_toml
 

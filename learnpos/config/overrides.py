@@ -76,7 +76,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
 def _unknown_key(key: str, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}; known here: {', '.join(known)}")
+    shown = key if key.isprintable() else key.encode("unicode_escape").decode("ascii")  # one line, whatever the key
+    return ConfigError(f"unknown config key '{shown}'{hint}; known here: {', '.join(known)}")
 
 
 def _apply_dict(obj: Any, data: dict[str, Any], prefix: str = "") -> None:

@@ -112,6 +112,10 @@ class TrainConfig:
     muon_nesterov: bool = True
     muon_ns_steps: int = 5
     muon_weight_decay: float = 0.0
+    # precision of Muon's Newton-Schulz iteration: bfloat16 (PyTorch's Muon as it is), float32 (the
+    # same iteration in the parameters' precision, at least float32), or auto: bfloat16 where bf16
+    # matmuls are fast (CUDA, AMX CPUs), float32 elsewhere (1.5-2x faster there: benchmarks/muon_ns.py)
+    muon_precision: str = "auto"
     grad_clip: float = 1.0  # 0 = off
     batch_size: int = 64  # the global batch: split over torchrun's processes and grad_accum micro-batches
     grad_accum: int = 1  # micro-batches per step and process (one gradient all-reduce per step)

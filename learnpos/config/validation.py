@@ -34,6 +34,7 @@ CHOICES = {
     "model.mlp": MLP_KINDS,
     "train.optimizer": ("adamw", "sgd", "muon"),
     "train.schedule": ("cosine", "wsd"),
+    "train.muon_precision": ("auto", "bfloat16", "float32"),
     "train.dtype": ("auto", "float32", "bfloat16"),
     "train.early_stop_mode": ("max", "min"),
     "train.on_nonfinite": ("stop", "skip"),

@@ -229,6 +229,21 @@ def newest_turns_that_fit(lengths: list[int], budget: int, max_turns: int) -> in
     return keep
 
 
+def history_layout(ids: list[list[int]], speakers: list[int], eou: int, restart: bool, block_size: int,
+                   max_turns: int, reply_room: int) -> tuple[tuple[list[int], ...], int]:
+    """The layout (tokens, positions, speakers, turns) of the newest whole turns (token ids `ids`,
+    oldest first; at most `max_turns`) that leave `reply_room` of `block_size` tokens for a reply,
+    with turns counted so the reply to come is turn 0; and how many older turns were dropped.
+    ValueError if not even the last turn fits."""
+    keep = newest_turns_that_fit([len(i) for i in ids], block_size - reply_room, max_turns)
+    if keep == 0:
+        raise ValueError(f"the last turn alone needs {len(ids[-1]) + 1} tokens; with {reply_room} for the reply "
+                         f"that is more than dialogue.block_size={block_size}: say it shorter")
+    start = len(ids) - keep
+    toks, pos, spk, turn = layout(ids[start:], speakers[start:], eou, restart)
+    return (toks, pos, spk, [t + 1 for t in turn]), start
+
+
 def build_examples(dialogues: list[list[Turn]], encode, eou: int, restart: bool, block_size: int,
                    max_turns: int) -> Examples:
     """A (history, response) example for every turn after the first of each dialogue: the

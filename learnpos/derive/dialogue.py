@@ -24,7 +24,7 @@ import numpy as np
 import learnpos.derive.sizing as sizing
 from learnpos.data.dialogue import load_dialogues
 from learnpos.derive.lm import _chars_per_token
-from learnpos.derive.space import Param
+from learnpos.derive.space import LOGITS, RECIPE, Param
 
 EPOCHS = 20
 WARMUP_SHARE = 0.05  # of the steps (at most 200): the dailydialog preset warms up 50 of 700
@@ -35,6 +35,8 @@ SPACE = (  # what `learnpos tune --task dialogue` searches
     Param("model.n_embd", "choice", choices=(64, 128, 192, 256)),
     Param("train.batch_size", "choice", choices=(16, 32, 64)),
     Param("train.weight_decay", "float", 1e-3, 0.3, log=True),
+    Param("model.mlp", "choice", choices=("gelu", "relu2")),
+    *RECIPE, *LOGITS,
 )
 MAX_TURNS = 8
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from learnpos.data.kg import load_kg
-from learnpos.derive.space import Param
+from learnpos.derive.space import RECIPE, Param
 
 # What `learnpos tune --task kg` searches (the derived or preset config is the first trial).
 SPACE = (
@@ -46,12 +46,13 @@ SPACE = (
     Param("kg.label_smoothing", "float", 0.0, 0.3),
     Param("model.n_layer", "int", 1, 3),
     Param("model.n_embd", "choice", choices=(128, 256, 384, 512)),
-    Param("model.mlp", "choice", choices=("gelu", "swiglu")),
+    Param("model.mlp", "choice", choices=("gelu", "swiglu", "relu2")),
     Param("kg.queries", "choice", choices=("reciprocal", "coke")),
     Param("kg.targets", "choice", choices=("query", "triple")),
     Param("train.batch_size", "choice", choices=(128, 256, 512)),
     Param("train.weight_decay", "float", 1e-3, 0.1, log=True),
     Param("train.max_iters", "scale", choices=(0.5, 1.0, 2.0)),
+    *RECIPE,
 )
 EPOCHS = 150
 WARMUP_SHARE = 0.25  # of the steps (at most 200): the tuned presets warm up 200 of 800-2,000

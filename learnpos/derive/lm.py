@@ -20,7 +20,7 @@ from pathlib import Path
 
 import learnpos.derive.sizing as sizing
 from learnpos.data.text import load_corpus
-from learnpos.derive.space import Param
+from learnpos.derive.space import LOGITS, RECIPE, Param
 
 EPOCHS = 20
 WARMUP_SHARE = 0.05  # of the steps (at most 200): the nanoGPT CPU recipe warms up 100 of 2,000
@@ -32,6 +32,8 @@ SPACE = (  # what `learnpos tune --task lm` searches
     Param("model.positional.init", "choice", choices=("normal", "sinusoidal")),
     Param("train.batch_size", "choice", choices=(8, 12, 16, 32)),
     Param("train.weight_decay", "float", 1e-3, 0.3, log=True),
+    Param("model.mlp", "choice", choices=("gelu", "relu2")),
+    *RECIPE, *LOGITS,
 )
 
 

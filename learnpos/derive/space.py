@@ -27,3 +27,16 @@ class Param:
             raise ValueError(f"{self.key}: a {self.kind} parameter needs choices")
         if self.kind in ("float", "int") and not self.low <= self.high:
             raise ValueError(f"{self.key}: low {self.low} > high {self.high}")
+
+
+# The optimizer and the small-GPT recipe switches (benchmarks/time_to_quality.py measures each
+# alone): every task's space offers them; the base config's own values are a choice too.
+RECIPE = (
+    Param("train.optimizer", "choice", choices=("adamw", "muon")),
+    Param("train.muon_lr", "float", 5e-3, 0.08, log=True),
+    Param("model.qk_norm", "choice", choices=(False, True)),
+    Param("model.zero_init_proj", "choice", choices=(False, True)),
+    Param("train.schedule", "choice", choices=("cosine", "wsd")),
+)
+LOGITS = (Param("model.logit_softcap", "choice", choices=(0.0, 15.0, 30.0)),)  # tasks scored by the vocabulary head
+

@@ -49,9 +49,9 @@ from learnpos.data.dialogue import (
     Examples,
     Turn,
     build_examples,
+    history_layout,
     layout,
     load_dialogues,
-    newest_turns_that_fit,
 )
 from learnpos.data.tokenizers import StreamDecoder
 from learnpos.errors import ConfigError, DataError
@@ -347,15 +347,11 @@ class DialogueTask(Task):
     def fit_history(self, turns: list[Turn], reply_room: int) -> tuple[tuple[list[int], ...], int]:
         """The layout of the newest whole turns of `turns` (at most dialogue.max_turns) that
         leave `reply_room` tokens for the reply, and how many older turns were dropped."""
-        ids = self.encode([t.text for t in turns])
-        keep = newest_turns_that_fit([len(i) for i in ids], self.dlg.block_size - reply_room, self.dlg.max_turns)
-        if keep == 0:
-            raise DataError(f"the last turn alone needs {len(ids[-1]) + 1} tokens; with {reply_room} for the reply "
-                            f"that is more than dialogue.block_size={self.dlg.block_size}: say it shorter")
-        start = len(turns) - keep
-        toks, pos, spk, turn = self.layout(ids[start:], [t.speaker for t in turns[start:]])
-        turn = [t + 1 for t in turn]  # the reply to come is turn 0
-        return (toks, pos, spk, turn), start
+        try:
+            return history_layout(self.encode([t.text for t in turns]), [t.speaker for t in turns], self.EOU,
+                                  self.restart, self.dlg.block_size, self.dlg.max_turns, reply_room)
+        except ValueError as e:
+            raise DataError(str(e)) from None
 
     @property
     def speakers(self) -> list[str]:

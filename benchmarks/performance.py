@@ -128,13 +128,19 @@ def _time_to_quality(r: dict) -> list[str]:
                  f"loss (mean ± spread over seeds). The baseline is the nanoGPT recipe's time for its 2,000 "
                  f"iterations ({r['baseline_time_to_target_s']} s, ending at {r.get('baseline_val_loss')}); "
                  f"**the recipe reaches {r['target']} in {r['ratio']}x that** ({r['time_to_target_s']} s).", "",
-                 "| variant | overrides on the nanoGPT recipe | final val loss | time to target | vs nanoGPT's 2,000 |",
-                 "|---|---|---|---|---|"]
+                 "Steps to the target are the machine-independent part: this machine's speed drifted by up to "
+                 "1.7x within a session, so compare times within one run only, and with `benchmarks/muon_ns.py`'s "
+                 "interleaved step times.", "",
+                 "| variant | overrides on the nanoGPT recipe | final val loss | steps to target | time to target "
+                 "| vs nanoGPT's 2,000 |",
+                 "|---|---|---|---|---|---|"]
         for name, v in r["variants"].items():
             over = ", ".join(f"`{k}={x}`" for k, x in v["overrides"].items()) or "(none)"
             t = f"{v['time_to_target_s']} s" if v["time_to_target_s"] is not None else "not reached"
             ratio = f"{v['ratio']:.2f}x" if v["ratio"] else "-"
-            lines.append(f"| {name} | {over} | {v['val_loss']:.4f} ± {v['val_loss_sd']:.4f} | {t} | {ratio} |")
+            steps = [x.get("step_at_target") for x in v["by_seed"].values()]
+            st = "never" if None in steps else f"{statistics.median(steps):.0f}"
+            lines.append(f"| {name} | {over} | {v['val_loss']:.4f} ± {v['val_loss_sd']:.4f} | {st} | {t} | {ratio} |")
         return lines
     return ["| preset | iterations | val loss | reference | wall time per run | precision |",
             "|---|---|---|---|---|---|",

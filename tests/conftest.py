@@ -8,6 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 # Before any test module imports torch: OpenMP threads wait passively, so a busy second core
 # (CI, another process) does not make every step 25-50x slower. Subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -50,3 +52,13 @@ def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
         root.handlers, root.level = handlers, level
         os.chdir(here)
     return subprocess.CompletedProcess(["learnpos", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def verify_checks():
+    """`learnpos verify`'s checks at seed 0, computed once per test process (test_verify.py and
+    test_docs.py both read them)."""
+    from learnpos.verify import run_checks
+
+    return run_checks(seed=0)
+

@@ -299,10 +299,8 @@ def test_linked_verify_rows_are_real_and_passed():
     assert re.fullmatch(r"\d+ checks, 0 failed", summary[0]) and summary[1].startswith("all checks passed")
 
 
-def test_the_pasted_verify_count_is_what_verify_runs_now():
-    from learnpos.verify import run_checks
-
-    checks = run_checks(0)
+def test_the_pasted_verify_count_is_what_verify_runs_now(verify_checks):
+    checks = verify_checks
     assert verify_output(read("en")).splitlines()[-2] == f"{len(checks)} checks, 0 failed"
     assert all(c.ok for c in checks)
 

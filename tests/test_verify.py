@@ -19,8 +19,8 @@ from learnpos.verify import format_table, main, run_checks
 
 
 @pytest.fixture(scope="module")
-def checks():
-    return run_checks(seed=0)
+def checks(verify_checks):
+    return verify_checks
 
 
 def by_name(rows: list[Check]) -> dict[str, Check]:
@@ -54,6 +54,8 @@ def test_a_slightly_wrong_layernorm_backward_fails_verify(monkeypatch, capsys):
         return dx * (1 + 1e-6), dweight, dbias
 
     monkeypatch.setattr(ref_model, "layernorm_backward", wrong)
+    for rows in ("sgd_checks", "adamw_checks", "muon_checks"):  # the optimizer rows: asserted elsewhere
+        monkeypatch.setattr(verify, rows, lambda *a, **kw: [])
     assert main(["--json"]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     record = json.loads(out[-1])

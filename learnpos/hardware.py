@@ -56,8 +56,9 @@ def resolve_device(name: str, flag: str = "--train.device") -> torch.device:
 def resolve_dtype(device: torch.device, dtype: str) -> str:
     """`auto` = bf16 autocast where it is fast and measured to keep quality: CUDA with bf16
     support, and CPUs with AMX-BF16 (there a training step of the large benchmark config is
-    ~1.8x faster and shakespeare-char ends within 0.003 of the fp32 val loss; see
-    benchmarks/time_to_quality.py). Elsewhere (e.g. AVX512-BF16 without AMX, not measured) fp32."""
+    ~1.8x faster and shakespeare-char ends within 0.003 of the fp32 val loss;
+    `benchmarks/time_to_quality.py --variants nanogpt --dtype bfloat16` against `--dtype float32`).
+    Elsewhere (e.g. AVX512-BF16 without AMX, not measured) fp32."""
     if dtype != "auto":
         return dtype
     if device.type == "cuda":

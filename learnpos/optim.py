@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from learnpos.config import TrainConfig
-from learnpos.hardware import cpu_has_amx_bf16
+from learnpos.hardware import resolve_dtype
 
 
 def param_groups(model: nn.Module, weight_decay: float, leave_out: frozenset[int] = frozenset()) -> list[dict]:
@@ -94,11 +94,9 @@ class Muon(torch.optim.Muon):
 
 
 def muon_precision(t: TrainConfig, device_type: str) -> str:
-    """train.muon_precision with auto resolved: bfloat16 where bf16 matmuls are fast (CUDA, CPUs
-    with AMX), float32 elsewhere."""
-    if t.muon_precision != "auto":
-        return t.muon_precision
-    return "bfloat16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_amx_bf16()) else "float32"
+    """train.muon_precision with auto resolved as `train.dtype=auto` is: bfloat16 where bf16 matmuls
+    are fast (CUDA with bf16, CPUs with AMX), float32 elsewhere."""
+    return resolve_dtype(torch.device(device_type), t.muon_precision)
 
 
 class MuonWithAdamW:

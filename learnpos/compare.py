@@ -14,6 +14,14 @@ interpolate, init) and each is reported as its own row: nothing is ever clamped 
     init=randn, init=sinusoidal, init=zeros
                          model.positional.init of the learned table (the preset's is normal)
     learned+decay        model.positional.weight_decay = true (decoupled decay on every row)
+    learned+offset       model.positional.offset = K: training shifts each sequence's ids by
+                         0..K (Abacus, McLeish et al. 2024), K = the rows the longest evaluation
+                         reads, so every row it reads was reached as often as the middle ones
+    learned+offset+randomized
+                         both: shifted, then mapped through a sorted random subset
+    task-ids+offset      a learned table read at the task's own ids (synthetic.positions = task:
+                         position coupling for copy/reverse, Abacus for add), with offsets
+    task-ids+randomized  the task's ids, randomized table (Ruoss et al. 2023)
 
 Output in `--out` (default runs/compare-<preset>): one run directory per variant and seed,
 `results.jsonl` (one line per run with its rows per evaluation length and extend method,
@@ -60,16 +68,29 @@ VARIANTS = {
     "init=sinusoidal": {**LEARNED, "model.positional.init": "sinusoidal"},
     "init=zeros": {**LEARNED, "model.positional.init": "zeros"},
     "learned+decay": {**LEARNED, "model.positional.weight_decay": "true"},
+    "learned+offset": {**LEARNED},  # the offset is sized by `variant_config`
+    "learned+offset+randomized": {**LEARNED, "model.positional.randomize": "true"},
+    "task-ids+offset": {**LEARNED, "synthetic.positions": "task"},
+    "task-ids+randomized": {**LEARNED, "synthetic.positions": "task", "model.positional.randomize": "true"},
 }
+TASK_IDS = ("task-ids+offset", "task-ids+randomized")  # for tasks that define their own position ids
 EXTEND_METHODS = ("copy-last", "interpolate", "init")
 RESULTS = "results.jsonl"
 
 
 def variant_config(preset: str, variant: str, seed: int, out: Path, overrides: dict, longest: int | None):
-    """The config of one run: the preset, the user's overrides, the variant's own."""
+    """The config of one run: the preset, the user's overrides, the variant's own. `longest`:
+    the longest evaluation length (symbols, tokens), which sizes the tables of the variants
+    that read rows past the training length."""
     over = {**overrides, **VARIANTS[variant], "train.seed": str(seed), "train.out_dir": str(out)}
-    if variant == "learned+randomized" and longest is not None:
-        over["model.positional.max_len"] = str(longest)  # every evaluation length reads trained rows
+    cfg = load_config(preset, over)
+    if longest is None or not ("randomized" in variant or "offset" in variant):
+        return cfg
+    need = TASKS[cfg.task].positions_needed(cfg, longest)  # rows the longest evaluation reads
+    if "offset" in variant:  # rows max_len..need are then reached about as often as the middle ones
+        over["model.positional.offset"] = str(need)
+    if "randomized" in variant:  # every evaluation length reads trained rows
+        over["model.positional.max_len"] = str(need)
     return load_config(preset, over)
 
 
@@ -127,7 +148,7 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
     if base is None:
         raise ConfigError(f"task '{probe.task}' has no sequence length to vary; `learnpos compare` needs a task "
                           f"that evaluates at other lengths (the synthetic probes, lm)")
-    longest = task_cls.positions_needed(probe, max(1, round(max(factors) * base)))
+    longest = max(1, round(max(factors) * base))
     failed: list[tuple[str, int, str]] = []
     lengths = [max(1, round(f * base)) for f in factors]
     if len(set(lengths)) != len(lengths):
@@ -317,9 +338,16 @@ def _md_table_html(md: list[str]) -> str:
     return "".join(out)
 
 
+def all_variants(preset: str, overrides: dict) -> list[str]:
+    """Every variant that applies to the preset's task (task-ids variants where it has ids)."""
+    task_cls = TASKS[load_config(preset, overrides).task]
+    has_ids = getattr(task_cls, "task_ids", lambda n: None)(1) is not None
+    return [v for v in VARIANTS if has_ids or v not in TASK_IDS]
+
+
 def main(preset: str, variants: str, seed_list: list[int], factors: list[float], out: str | None,
          overrides: dict, as_json: bool = False) -> int:
-    names = list(VARIANTS) if variants == "all" else [v for v in variants.split(",") if v]
+    names = all_variants(preset, overrides) if variants == "all" else [v for v in variants.split(",") if v]
     folder = Path(out) if out else Path("runs") / f"compare-{Path(preset).stem}"
     t0 = time.perf_counter()
     report = run_compare(preset, names, seed_list, factors, folder, overrides)

@@ -56,7 +56,7 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
              extra_ids: Mapping[str, Sequence[Sequence[int]] | Tensor] | None = None,
              next_extra_ids: Mapping[str, NextIds] | None = None, vocab_limit: int | None = None,
              position_ids: Sequence[Sequence[int]] | None = None,
-             next_position: int | Sequence[int] | None = None) -> list[list[int]]:
+             next_position: int | Sequence[int] | None = None, position_step: int = 1) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; returns only the new tokens.
 
     A row stops after it emits `stop_token` (the stop token is not returned). `on_token`
@@ -74,7 +74,8 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     position_ids: each prompt token's position (a list per row), for layouts whose positions
         are not 0..len-1 (e.g. restarting in every utterance of a dialogue); with it,
         next_position (an int, or one per row) is the first new token's position, and each
-        later new token takes the next one. Default: 0..len-1 per row, continued.
+        later new token's is the previous one's + position_step (1, or e.g. -1 for ids that
+        count down). Default: 0..len-1 per row, continued.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -88,9 +89,15 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
         return [[] for _ in rows]
     custom = _custom_positions(rows, position_ids, next_position)
     if custom is None:
+        if position_step != 1:
+            raise ValueError("position_step needs position_ids (the prompt's positions)")
         model.check_length(T + max_new_tokens - 1)  # fail before doing any work
-    else:  # the largest position fed: a prompt token's, or the last new token's but one
-        model.check_length(max(int(custom[0].max()) + 1, int(custom[1].max()) + max_new_tokens - 1))
+    else:  # the positions fed: the prompt's, then next_position + i * position_step for i < max_new_tokens - 1
+        last = custom[1] + position_step * max(max_new_tokens - 2, 0)  # (B, 1)
+        if int(last.min()) < 0:
+            raise ValueError(f"position_step={position_step} takes the new tokens' positions below 0 within "
+                             f"{max_new_tokens} tokens")
+        model.check_length(max(int(custom[0].max()), int(custom[1].max()), int(last.max())) + 1)
     prompt_extra, next_extra = _extra_ids(model, rows, T, extra_ids, next_extra_ids)
 
     device = next(model.parameters()).device
@@ -116,7 +123,8 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
         if not model.pos.plans_positions:
             pass  # a plain table, sinusoids, rope, alibi: nothing to plan
         elif custom is not None:
-            cache.planned = torch.maximum(position_ids.amax(1) + 1, next_pos.view(-1) + max_new_tokens - 1)
+            last = next_pos + position_step * max(max_new_tokens - 2, 0)  # the last new token fed
+            cache.planned = torch.maximum(position_ids.amax(1), torch.maximum(next_pos, last).view(-1)) + 1
         else:
             cache.planned = mask.sum(1) + max_new_tokens - 1
         prompt_extra = {k: v.to(device) for k, v in prompt_extra.items()}
@@ -155,7 +163,7 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
                            past_kv=cache, last_only=True, extra_ids=step_extra or None,
                            check_ids=False).logits[:, -1]
             if explicit:
-                next_pos += 1
+                next_pos += position_step
     finally:
         model.train(was_training)
 

@@ -77,8 +77,10 @@ def _summary(cfg, model, task, records: list[dict]) -> Section:
                                          f"{'decoder (causal)' if m.causal else 'encoder (bidirectional)'}"),
             ("parameters", f"{model.num_params():,} ({model.num_params(include_tables=False):,} without learned "
                            f"tables)"),
-            ("positions", f"{p.kind}" + (f", {p.max_len} rows, init {p.init}, weight decay {p.weight_decay}"
+            ("positions", f"{p.kind}" + (f", {p.max_len + p.offset} rows, init {p.init}, weight decay {p.weight_decay}"
                                          + (", randomized (Ruoss et al. 2023)" if p.randomize else "")
+                                         + (f", random offsets 0..{p.offset} in training (max_len {p.max_len})"
+                                            if p.offset else "")
                                          if p.kind == "learned" else "")),
             ("named tables", tables),
             ("training", f"{steps} of {t.max_iters} steps, batch {t.batch_size}, lr {t.lr:g} -> {t.min_lr:g}, "

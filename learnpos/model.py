@@ -377,11 +377,11 @@ class GPT(nn.Module):
     def extend_positions(self, n: int, method: str = "copy-last") -> None:
         """Grow the learned table to n rows (see `LearnedPositionalEmbedding.extend`)."""
         self._learned_table().extend(n, method)
-        self.config.positional.max_len = n
+        self.config.positional.max_len = n - self.pos.offset  # the config counts rows less the offsets
 
     def crop_positions(self, n: int) -> None:
         self._learned_table().crop(n)
-        self.config.positional.max_len = n
+        self.config.positional.max_len = n - self.pos.offset
 
     def _learned_table(self) -> LearnedPositionalEmbedding:
         if not isinstance(self.pos, LearnedPositionalEmbedding):

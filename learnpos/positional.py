@@ -135,6 +135,13 @@ class LearnedPositionalEmbedding(PositionalEncoding):
     sinusoid at the same scale as `normal`, then learn), `randn` (std 1: what many tutorials do; ~50x the token
     embedding scale, it drowns the token signal at the start of training).
 
+    Random offsets (`model.positional.offset = K`, Abacus: McLeish et al. 2024): in training each
+    sequence reads rows p + k, k drawn uniformly from 0..K per sequence (torch's global
+    generator, like dropout), so a table of max_len + K rows is trained by sequences of at most
+    max_len positions, every row reached; evaluation reads rows p (offset 0), so sequences up to
+    max_len + K positions read trained rows. The gradient is the plain table's at the shifted
+    ids. `max_len` here counts every row; training refuses positions >= max_len - offset.
+
     The same class serves every named table of `model.tables` (turn, speaker, segment ids):
     `name` says which table an error is about ("position" for the position table) and
     `weight_decay` is the table's own decay policy and `lr_scale` its learning rate as a multiple
@@ -142,9 +149,10 @@ class LearnedPositionalEmbedding(PositionalEncoding):
     """
 
     def __init__(self, max_len: int, n_embd: int, init: str = "normal", init_std: float = 0.02,
-                 name: str = "position", weight_decay: bool = False, lr_scale: float = 1.0):
+                 name: str = "position", weight_decay: bool = False, lr_scale: float = 1.0, offset: int = 0):
         super().__init__()
-        self.max_len = max_len
+        self.max_len = max_len  # rows
+        self.offset = offset  # training shifts each sequence by 0..offset rows
         self.init, self.init_std = init, init_std
         self.name, self.weight_decay, self.lr_scale = name, weight_decay, lr_scale
         self.weight = nn.Parameter(torch.empty(max_len, n_embd))  # (L, C)
@@ -166,8 +174,29 @@ class LearnedPositionalEmbedding(PositionalEncoding):
             return torch.randn(stop - start, C, device=dev)
         raise ValueError(f"unknown init '{self.init}'")
 
+    @property
+    def plans_positions(self) -> bool:  # a table with random offsets shifts the ids it is given
+        return self.offset > 0
+
+    def plan(self, position_ids: Tensor | None, offset: int, T: int, batch: int = 1,
+             planned: Tensor | None = None, attention_mask: Tensor | None = None, check: bool = True) -> Tensor:
+        """Random offsets: in training the ids plus k ~ U{0..offset}, one k per sequence; in
+        evaluation the ids as given."""
+        if check:
+            self.check(position_ids, offset, T)
+        logical = (position_ids if position_ids is not None
+                   else default_position_ids(T, offset, self.weight.device)).long()
+        if not self.training:
+            return logical
+        return logical + self.draw_offsets(max(batch, logical.shape[0]))
+
+    def draw_offsets(self, batch: int) -> Tensor:
+        """(B, 1) shifts, each uniform in 0..offset (zeros without offsets)."""
+        return torch.randint(0, self.offset + 1, (batch, 1), device=self.weight.device)
+
     def check(self, position_ids: Tensor | None, offset: int, T: int) -> None:
-        """Raise `PositionOutOfRange` if any position is outside 0..max_len-1."""
+        """Raise `PositionOutOfRange` if any position is outside 0..max_len-1 (0..max_len-1-offset
+        in training with random offsets: the shifted ids must stay in the table)."""
         if position_ids is None:
             lo, hi = offset, offset + T - 1
         else:
@@ -182,6 +211,12 @@ class LearnedPositionalEmbedding(PositionalEncoding):
                 f"{self.name} id {hi} is past the learned '{self.name}' table (rows={self.max_len}: ids "
                 f"0..{self.max_len - 1}). Give ids in 0..{self.max_len - 1} (e.g. cap or cut the {self.name} ids "
                 f"the data produces), or raise model.tables.{self.name}.rows and train again")
+        if self.training and self.offset and hi >= self.max_len - self.offset:
+            L, K = self.max_len, self.offset
+            raise PositionOutOfRange(
+                f"position {hi} is too far for training with random offsets: the table has {L} rows and each "
+                f"sequence is shifted by up to model.positional.offset={K}, so training positions must be below "
+                f"{L - K} (model.positional.max_len). Raise max_len to at least {hi + 1} or shorten the sequences")
         if hi >= self.max_len:
             L = self.max_len
             raise PositionOutOfRange(
@@ -191,7 +226,7 @@ class LearnedPositionalEmbedding(PositionalEncoding):
                 f"or use a relative encoding (model.positional.kind=rope or alibi)")
 
     def embed(self, position_ids: Tensor | None, offset: int, T: int, check: bool = True) -> Tensor:
-        if check:
+        if check and not self.plans_positions:  # planned ids are rows: `resolve` checked what it was given
             self.check(position_ids, offset, T)
         if position_ids is None:
             return self.weight[offset:offset + T].unsqueeze(0)  # (1, T, C): a view, broadcast over B
@@ -253,7 +288,8 @@ class RandomizedPositionalEmbedding(LearnedPositionalEmbedding):
                     tokens where a mask is given; with a KV cache, the largest position
                     `generate` will feed + 1): the sequence spread evenly over the table, and
                     the same rows whether it is run in one pass or decoded in pieces
-    Order is kept, and every row is trained although training sequences are shorter than the
+    With random offsets (`offset` K > 0) training shifts p by k ~ U{0..K} first (row S[p + k]);
+    evaluation is unchanged. Order is kept, and every row is trained although training sequences are shorter than the
     table, so a sequence of any length up to L reads trained rows. Logical positions >= L are
     refused as for the plain table. A right-padded batch given without a mask and with default
     ids spreads over its padded length. With default ids there is no host sync; explicit ids
@@ -270,8 +306,11 @@ class RandomizedPositionalEmbedding(LearnedPositionalEmbedding):
             self.check(position_ids, offset, T)
         logical = (position_ids if position_ids is not None else default_position_ids(T, offset, dev)).long()
         if self.training:
-            K = offset + T if position_ids is None else (int(logical.max()) + 1 if logical.numel() else 1)
             B = max(batch, logical.shape[0])
+            if self.offset:  # random offsets first: the subset is drawn for the shifted positions
+                logical = logical + self.draw_offsets(B)
+            K = (offset + T + self.offset if position_ids is None
+                 else (int(logical.max()) + 1 if logical.numel() else 1))
             rows = torch.rand(B, L, device=dev).argsort(dim=1)[:, :K].sort(dim=1).values  # (B, K)
             return rows.gather(1, logical.expand(B, -1))
         if planned is not None:
@@ -363,7 +402,8 @@ def build_positional(cfg: PositionalConfig, n_embd: int, n_head: int) -> Positio
     """The registry: one `kind` string -> one encoding."""
     registry = {
         "learned": lambda: (RandomizedPositionalEmbedding if cfg.randomize else LearnedPositionalEmbedding)(
-            cfg.max_len, n_embd, cfg.init, cfg.init_std, weight_decay=cfg.weight_decay, lr_scale=cfg.lr_scale),
+            cfg.max_len + cfg.offset, n_embd, cfg.init, cfg.init_std, weight_decay=cfg.weight_decay,
+            lr_scale=cfg.lr_scale, offset=cfg.offset),
         "sinusoidal": lambda: SinusoidalPositionalEncoding(n_embd, sinusoid_scale(cfg.init_std)),
         "rope": lambda: RotaryPositionalEncoding(n_embd // n_head, cfg.rope_base),
         "alibi": lambda: ALiBiPositionalEncoding(n_head),

@@ -14,6 +14,9 @@ reports, per named tensor or per property, the largest absolute and relative err
     table reference <ids>      reference dL/dP vs autograd dL/dP                  (rel 1e-9)
     tables <name>: identity    the same two checks for every named table of `model.tables`
     tables <name>: reference   (turn and speaker ids next to the positions)
+    random offsets (train|eval) a table trained with shifted ids (model.positional.offset):
+                               dL/dP = the closed form and the reference at the shifted ids,
+                               unreached rows exactly 0.0; evaluation unshifted
     sgd / adamw                hand-written optimizers vs torch.optim, the model's own
                                parameter groups; one SGD step equals P - lr*g exactly
     <kind>: no trainable table sinusoidal and none have no `pos.weight` to learn
@@ -230,6 +233,44 @@ def randomized_checks(seed: int) -> list[Check]:
     return checks
 
 
+def offset_checks(seed: int) -> list[Check]:
+    """Random offsets (model.positional.offset = K): a table of L rows, training positions
+    0..T-1 with T = L - K, each sequence shifted by k ~ U{0..K}. In training dL/dP must be
+    the closed form at the shifted ids (rows no shifted id reaches exactly 0.0) and equal the
+    reference given those ids; in evaluation the ids are not shifted."""
+    K = L - T
+    plain = make_model(Case("offset"), seed)
+    cfg = model_config(Case("offset"))
+    cfg.positional = PositionalConfig(kind="learned", max_len=T, offset=K)
+    model = GPT(cfg).double()
+    model.load_state_dict(plain.state_dict())  # the same L rows
+    batch = make_inputs("arange", seed + 2)
+    checks = []
+    for mode in ("train", "eval"):
+        model.train(mode == "train")  # dropout is 0: the mode only picks the position rule
+        torch.manual_seed(seed + 7)
+        ids = model.pos.plan(None, 0, T, B).expand(B, T)  # what the forward below draws
+        torch.manual_seed(seed + 7)
+        auto = autograd_side(model, batch)
+        refr = reference_side(plain, Inputs(batch.idx, batch.targets, ids.contiguous(), None, {}))
+        shifts = (ids[:, 0]).tolist()
+        unused = np.setdiff1d(np.arange(L), ids.numpy())
+        dP = auto.grads["pos.weight"]
+        closed = table_gradient(auto.dh, ids.numpy(), L)
+        zero = not np.any(dP[unused] != 0.0) and not np.any(closed[unused] != 0.0)
+        rel = max(rel_err(dP, refr.grads["pos.weight"]), rel_err(auto.logits, refr.logits))
+        consecutive = bool((ids[:, 1:] - ids[:, :-1] == 1).all())
+        if mode == "train":  # some sequence shifted, all inside the table, some row left unreached
+            shape_ok = consecutive and max(shifts) > 0 and max(shifts) <= K and len(unused) > 0
+        else:
+            shape_ok = shifts == [0] * B and consecutive
+        ok = rel <= GRAD_REL_TOL and abs_err(closed, dP) <= TABLE_ABS_TOL and zero and shape_ok
+        checks.append(Check(f"random offsets ({mode})", abs_err(dP, refr.grads["pos.weight"]), rel, GRAD_REL_TOL, ok,
+                            detail=f"shifts {shifts} (0..{K}), {L - len(unused)}/{L} rows used; closed form and "
+                                   f"reference at the shifted ids; unused rows exactly 0.0: {zero}"))
+    return checks
+
+
 def run_checks(seed: int = 0) -> list[Check]:
     """Every check, in table order. A check that raises becomes a failed row naming the error."""
     groups: list[tuple[str, Callable[[], list[Check]]]] = []
@@ -244,6 +285,7 @@ def run_checks(seed: int = 0) -> list[Check]:
     groups.append(("adamw", lambda: adamw_checks(seed)))
     groups.append(("muon", lambda: muon_checks(seed)))
     groups.append(("randomized positions", lambda: randomized_checks(seed)))
+    groups.append(("random offsets", lambda: offset_checks(seed)))
     for kind in ("sinusoidal", "none"):
         groups.append((f"{kind}: no trainable table", lambda kind=kind: [no_table_check(kind, seed)]))
     checks: list[Check] = []

@@ -71,13 +71,15 @@ def test_every_learned_table_has_its_own_decay_group():
         assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("randomize,optimizer", [("false", "adamw"), ("true", "adamw"), ("false", "muon")])
-def test_resume_is_bit_exact(tmp_path, randomize, optimizer):
+@pytest.mark.parametrize("randomize,optimizer,offset", [("false", "adamw", "0"), ("true", "adamw", "8"),
+                                                       ("false", "muon", "0")])
+def test_resume_is_bit_exact(tmp_path, randomize, optimizer, offset):
     """Train 2N steps straight; train N, stop, resume to 2N: identical weights and optimizer state
     (Muon's momentum buffers and AdamW's moments alike)."""
-    # dropout and randomized positions: the RNG state must resume too; position stats must continue their counts
+    # dropout, randomized rows and random offsets: the RNG state must resume too; position stats must
+    # continue their counts
     over = {**FAST, "train.max_iters": "30", "model.dropout": "0.1", "train.position_stats": "true",
-            "model.positional.randomize": randomize, "train.optimizer": optimizer}
+            "model.positional.randomize": randomize, "model.positional.offset": offset, "train.optimizer": optimizer}
     a = load_config("demo", {**over, "train.out_dir": str(tmp_path / "a")})
     train(a, quiet=True)
     b = load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")})

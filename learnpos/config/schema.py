@@ -30,6 +30,11 @@ class PositionalConfig:
     # rows past the training length are trained too; evaluation spreads a sequence's positions
     # evenly over the table (learnpos.positional.RandomizedPositionalEmbedding)
     randomize: bool = False
+    # learned only: random offsets (Abacus, McLeish et al. 2024). The table gets max_len + offset
+    # rows; training shifts each sequence's positions by k ~ U{0..offset}, so every row is
+    # trained by sequences of at most max_len positions; evaluation uses offset 0 and accepts
+    # sequences of up to max_len + offset positions
+    offset: int = 0
     # learned only: the table's own learning rate, as a multiple of train.lr (its AdamW group's
     # rate follows the schedule times this)
     lr_scale: float = 1.0

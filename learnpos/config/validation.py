@@ -98,6 +98,10 @@ def validate(cfg: Config) -> None:
     if p.randomize and p.kind != "learned":
         raise ConfigError(f"model.positional.randomize draws rows of a learned table; kind='{p.kind}' has none "
                           f"(use --model.positional.kind=learned with a max_len larger than the training length)")
+    if p.offset < 0 or (p.offset and p.kind != "learned"):
+        raise ConfigError(f"model.positional.offset shifts the rows a learned table reads and must be >= 0 with "
+                          f"kind='learned'; got offset={p.offset} with kind='{p.kind}' (relative encodings and "
+                          f"sinusoids need no offsets: set --model.positional.offset=0)")
     _validate_tables(m.tables)
     _check_finite(cfg)
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:

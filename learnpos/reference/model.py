@@ -83,7 +83,8 @@ def mlp_kind(cfg) -> tuple[str, int]:
 def parameter_shapes(cfg) -> dict[str, tuple[int, ...]]:
     """Every `state_dict` name the reference reads for `cfg`, with its shape, in the model's order.
     A tied head still lists `head.weight` (the state_dict holds it under both names)."""
-    (kind, H), C, V, L = mlp_kind(cfg), cfg.n_embd, cfg.vocab_size, cfg.positional.max_len
+    (kind, H), C, V = mlp_kind(cfg), cfg.n_embd, cfg.vocab_size
+    L = cfg.positional.max_len + getattr(cfg.positional, "offset", 0)  # rows: random offsets add some
     shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (V, C)}
     if cfg.positional.kind == "learned":
         shapes["pos.weight"] = (L, C)

@@ -1,4 +1,4 @@
-"""Position-probing tasks that need no data: copy, reverse, index.
+"""Position-probing tasks that need no data: copy, reverse, index, add.
 
 Every sequence is drawn from a seeded generator, so a batch is a pure function of
 (seed, step) and the held-out set of (eval_seed). Only answer tokens carry loss.
@@ -8,6 +8,20 @@ Vocabulary: symbols 0..S-1, then PAD, BOS, SEP, MASK, then one query token per p
     copy     BOS x1..xn SEP | x1..xn          (decoder; teacher-forced answer)
     reverse  BOS x1..xn SEP | xn..x1          (decoder)
     index    decoder: BOS x1..xn Q_k | x_k    encoder: x1..xn Q_k, predict x_k at Q_k
+    add      a1..an + b1..bn = | c1..c(n+1)   (decoder; digits in base n_symbols, least
+             significant first, so each answer digit needs only digits already seen)
+
+Position ids (`synthetic.positions`): `running` is the default 0..T-1; `task` gives each token
+the position the task defines, passed as explicit `position_ids` (no model branch):
+    copy     BOS 0, x_i i; SEP and each answer token the id of the input symbol it predicts
+             (SEP 1, y_j j+1): position coupling (Cho et al. 2024)
+    reverse  the same coupling, counting down: SEP n, y_j n-j
+    add      every digit its place in its own number (1..n), '+' and '=' 0 (Abacus, McLeish
+             et al. 2024)
+With task ids the token that predicts an answer symbol finds its source at a fixed distance in
+id whatever the length (copy and reverse: the same id, in the input segment; add: the same id
+and the next), and a learned table trained with random offsets (`model.positional.offset`) has
+trained rows for every id a longer input uses.
 
 Metrics: `exact_match` (every answer token right; with teacher forcing this equals greedy
 decoding being right), `token_accuracy`, and `per_position_accuracy` (by answer index for
@@ -49,6 +63,9 @@ class SyntheticConfig:
     n_symbols: int = 16  # alphabet size
     n_eval: int = 512  # held-out sequences
     eval_seed: int = 1234  # held-out sequences come from their own seed
+    positions: str = "running"  # running (0..T-1) | task (the task's own ids; see the module docstring)
+
+    CHOICES = {"positions": ("running", "task")}
 
 
 TABLE_IDS = ("segment", "symbol_index")  # the named tables these tasks can fill
@@ -71,6 +88,7 @@ class SyntheticTask(Task):
         self.vocab_size = self.Q0 + self._n_query_tokens(s)
         self.causal_model = cfg.model.causal
         self.tables = [t.name for t in cfg.model.tables]
+        self.task_positions = s.positions == "task"
 
     # -- subclasses define the sequence layout ----------------------------------------
     @classmethod
@@ -90,6 +108,17 @@ class SyntheticTask(Task):
         """-> (idx, targets) int64 arrays (count, seq_len(n))."""
         raise NotImplementedError
 
+    @classmethod
+    def task_ids(cls, n: int) -> list[int] | None:
+        """The task's own position id of each of the seq_len(n) input tokens, or None (the task
+        defines none)."""
+        return None
+
+    @classmethod
+    def positions_for(cls, n: int, causal: bool = True, task: bool = False) -> int:
+        """Rows of a learned table that sequences of n symbols read (ids 0..that-1)."""
+        return max(cls.task_ids(n)) + 1 if task else cls.seq_len(n, causal)
+
     # -- shared ----------------------------------------------------------------------
     @classmethod
     def train_length(cls, cfg) -> int:
@@ -97,7 +126,7 @@ class SyntheticTask(Task):
 
     @classmethod
     def positions_needed(cls, cfg, length: int) -> int:
-        return cls.seq_len(length, cfg.model.causal)
+        return cls.positions_for(length, cfg.model.causal, cfg.synthetic.positions == "task")
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -110,17 +139,26 @@ class SyntheticTask(Task):
         if not 0 <= s.min_length <= s.length:
             raise ConfigError(f"synthetic.min_length must be between 0 (off) and synthetic.length={s.length}, "
                               f"got {s.min_length}")
-        longest = cls.seq_len(max(s.length, s.eval_length), cfg.model.causal)
+        if s.positions == "task" and cls.task_ids(1) is None:
+            raise ConfigError(f"task '{cfg.task}' defines no position ids of its own: use "
+                              f"--synthetic.positions=running (task ids exist for copy, reverse and add)")
+        train_need, eval_need = (cls.positions_needed(cfg, n) for n in (s.length, s.eval_length or s.length))
         need = {"segment": 2, "symbol_index": cls.first_segment(max(s.length, s.eval_length), cfg.model.causal)}
         for table in cfg.model.tables:  # the names were checked against `fills_tables` before
             if table.rows < need[table.name]:
                 raise ConfigError(f"model.tables.{table.name}.rows={table.rows} is too small for task "
                                   f"'{cfg.task}': it needs {need[table.name]}")
-        if p.kind == "learned" and longest > p.max_len:
+        if p.kind == "learned" and train_need > p.max_len:
             raise ConfigError(
-                f"model.positional.max_len={p.max_len} is shorter than the {longest}-token sequences of task "
-                f"'{cfg.task}' (synthetic.length={s.length}, eval_length={s.eval_length}); "
-                f"set --model.positional.max_len={longest} or shorten the task")
+                f"model.positional.max_len={p.max_len} is shorter than the {train_need} positions that training "
+                f"sequences of task '{cfg.task}' read (synthetic.length={s.length}, positions={s.positions}); "
+                f"set --model.positional.max_len={train_need} or shorten the task")
+        if p.kind == "learned" and eval_need > p.max_len + p.offset:
+            raise ConfigError(
+                f"synthetic.eval_length={s.eval_length} needs {eval_need} positions but the learned table has "
+                f"{p.max_len + p.offset} rows (max_len {p.max_len} + offset {p.offset}); set "
+                f"--model.positional.max_len={eval_need - p.offset} or --model.positional.offset="
+                f"{eval_need - p.max_len}, or a shorter eval_length")
 
     def table_ids(self, n: int, T: int) -> dict[str, torch.Tensor]:
         """(1, T) ids of every configured table for sequences of n symbols (the same in every
@@ -133,7 +171,8 @@ class SyntheticTask(Task):
     def _batch(self, idx: np.ndarray, targets: np.ndarray, n: int) -> Batch:
         B, T = idx.shape
         extra = {k: v.expand(B, T) for k, v in self.table_ids(n, T).items()}
-        return Batch(torch.from_numpy(idx), torch.from_numpy(targets), extra_ids=extra)
+        pos = torch.tensor([self.task_ids(n)]).expand(B, T) if self.task_positions else None
+        return Batch(torch.from_numpy(idx), torch.from_numpy(targets), position_ids=pos, extra_ids=extra)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         rng = np.random.default_rng([self.seed, 0, step])
@@ -152,15 +191,16 @@ class SyntheticTask(Task):
         if n <= 0:
             raise ConfigError(f"the evaluation length must be positive, got {n}")
         L = getattr(model, "max_len", None) if model is not None else None
-        if L is not None and self.seq_len(n, self.causal_model) > L:
+        need = self.positions_for(n, self.causal_model, self.task_positions)
+        if L is not None and need > L:
             raise ConfigError(
-                f"length {n} needs {self.seq_len(n, self.causal_model)} positions but the learned table has "
-                f"{L} (trained on length {self.n}); evaluate at most length "
-                f"{self._longest_for(L)}, or extend the table (model.extend_positions) and fine-tune")
+                f"length {n} needs {need} positions but the learned table has {L} (trained on length {self.n}); "
+                f"evaluate at most length {self._longest_for(L)}, or extend the table (model.extend_positions) "
+                f"and fine-tune, or train with random offsets (--model.positional.offset=K adds K trained rows)")
 
     def _longest_for(self, L: int) -> int:
         n = 1
-        while self.seq_len(n + 1, self.causal_model) <= L:
+        while self.positions_for(n + 1, self.causal_model, self.task_positions) <= L:
             n += 1
         return n
 
@@ -174,8 +214,10 @@ class SyntheticTask(Task):
             loss_sum, exact, correct, count = 0.0, 0, 0, 0
             per_pos_right = per_pos_total = None
             for i in range(0, data.idx.shape[0], batch_size):
-                b = Batch(data.idx[i:i + batch_size], data.targets[i:i + batch_size],
-                          extra_ids={k: v[i:i + batch_size] for k, v in data.extra_ids.items()}).to(device)
+                part = slice(i, i + batch_size)
+                b = Batch(data.idx[part], data.targets[part],
+                          position_ids=data.position_ids[part] if data.position_ids is not None else None,
+                          extra_ids={k: v[part] for k, v in data.extra_ids.items()}).to(device)
                 with autocast_context(autocast):
                     logits = model(b.idx, **b.model_inputs()).logits
                 answer = b.targets != IGNORE_INDEX  # (B, T)
@@ -218,12 +260,24 @@ class SyntheticTask(Task):
     def check_prompt_length(self, xs: list[int]) -> None:
         """A model trained on n symbols answers a prompt of another length wrongly without a
         word; refuse such prompts instead (eval --length measures other lengths)."""
-        allowed = sorted({self.n, self.eval_n})
+        allowed = {*range(self.min_n, self.n + 1), self.eval_n}
         if len(xs) not in allowed:
-            lengths = " or ".join(map(str, allowed))
-            raise ConfigError(f"this {self.name} model was trained on {self.n} symbols; give {lengths} "
+            trained = f"{self.min_n}..{self.n}" if self.min_n < self.n else f"{self.n}"
+            lengths = trained + (f" or {self.eval_n}" if self.eval_n not in range(self.min_n, self.n + 1) else "")
+            raise ConfigError(f"this {self.name} model was trained on {trained} symbols; give {lengths} "
                               f"space-separated symbols (got {len(xs)}); `learnpos eval --length N` "
                               f"measures how it does at other lengths")
+
+    def _positions(self, n: int, prompt_len: int) -> dict:
+        """generate()'s position arguments for a prompt of the first prompt_len tokens of a
+        sequence of n symbols: none with running ids; with task ids the prompt's ids, the first
+        new token's and the step (+1, or -1 where the task's ids count down)."""
+        if not self.task_positions:
+            return {}
+        ids, P = self.task_ids(n), prompt_len
+        nxt = ids[P] if P < len(ids) else ids[-1] + 1  # (no new token is fed when the answer is one token)
+        step = ids[P + 1] - ids[P] if P + 1 < len(ids) else 1  # (only matters when two or more are fed)
+        return {"position_ids": [ids[:P]], "next_position": nxt, "position_step": step}
 
     def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:
         """The answer to "x1 x2 ... xn": always n tokens (max_new_tokens is ignored)."""
@@ -231,7 +285,7 @@ class SyntheticTask(Task):
         self.check_prompt_length(xs)
         prompt_ids = [self.BOS, *xs, self.SEP]
         out = model.generate([prompt_ids], len(xs), **self._table_options(len(xs), len(prompt_ids)),
-                             **_sampling(options))[0]
+                             **self._positions(len(xs), len(prompt_ids)), **_sampling(options))[0]
         return " ".join(str(t) if t < self.S else f"<{t}>" for t in out)
 
     def _table_options(self, n: int, T: int) -> dict:
@@ -254,6 +308,10 @@ class CopyTask(SyntheticTask):
     def _answer(self, x: np.ndarray) -> np.ndarray:
         return x
 
+    @classmethod
+    def task_ids(cls, n: int) -> list[int]:  # BOS 0, x_i i, then each token the id of the symbol it predicts
+        return [0, *range(1, n + 1), *range(1, n + 1)]  # SEP 1 (-> x_1), y_j j+1 (-> x_(j+1)), j < n
+
     def _make(self, rng, count, n):
         x = rng.integers(0, self.S, size=(count, n))
         seq = np.concatenate([np.full((count, 1), self.BOS), x, np.full((count, 1), self.SEP),
@@ -269,6 +327,10 @@ class ReverseTask(CopyTask):
 
     def _answer(self, x: np.ndarray) -> np.ndarray:
         return x[:, ::-1]
+
+    @classmethod
+    def task_ids(cls, n: int) -> list[int]:  # BOS 0, x_i i, then each token the id of the symbol it predicts
+        return [0, *range(1, n + 1), *range(n, 0, -1)]  # SEP n (-> x_n), y_j n-j (-> x_(n-j)), j < n
 
 
 @register
@@ -346,6 +408,74 @@ class IndexTask(SyntheticTask):
             idx = torch.tensor([[*xs, q]], device=device)
             extra = {k: v.to(device) for k, v in self.table_ids(len(xs), idx.shape[1]).items()}
             return str(int(model(idx, extra_ids=extra or None).logits[0, -1].argmax()))
+
+
+@register
+class AddTask(SyntheticTask):
+    """Multi-digit addition in base `n_symbols` (10 in the presets), least significant digit
+    first: a1..an + b1..bn = c1..c(n+1). Both operands have n digits (any digit, leading zeros
+    included), n drawn per batch from min_length..length; the answer has n + 1 digits (the
+    last is the final carry). Loss and metrics on the answer digits only; exact match is the
+    whole sum right."""
+
+    name = "add"
+
+    def __init__(self, cfg, run_dir=None):
+        super().__init__(cfg, run_dir)
+        self.PLUS, self.EQ = self.Q0, self.Q0 + 1
+
+    @staticmethod
+    def _n_query_tokens(s) -> int:
+        return 2  # '+' and '='
+
+    @classmethod
+    def seq_len(cls, n: int, causal: bool = True) -> int:
+        return 3 * n + 2  # a + b = c, minus the last answer digit (it is only a target)
+
+    @classmethod
+    def first_segment(cls, n: int, causal: bool = True) -> int:
+        return 2 * n + 1  # the operands and '+'; '=' and the answer are segment 1
+
+    @classmethod
+    def task_ids(cls, n: int) -> list[int]:  # Abacus: each digit its place in its own number
+        return [*range(1, n + 1), 0, *range(1, n + 1), 0, *range(1, n + 1)]
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        if cfg.synthetic.n_symbols < 2:
+            raise ConfigError(f"task 'add' adds numbers in base synthetic.n_symbols, which must be >= 2; got "
+                              f"{cfg.synthetic.n_symbols} (the presets use 10)")
+
+    def _make(self, rng, count, n):
+        base = self.S
+        a, b = rng.integers(0, base, size=(count, n)), rng.integers(0, base, size=(count, n))
+        c = np.zeros((count, n + 1), dtype=np.int64)
+        carry = np.zeros(count, dtype=np.int64)
+        for i in range(n):  # least significant first
+            total = a[:, i] + b[:, i] + carry
+            c[:, i], carry = total % base, total // base
+        c[:, n] = carry
+        seq = np.concatenate([a, np.full((count, 1), self.PLUS), b, np.full((count, 1), self.EQ), c], axis=1)
+        idx, targets = seq[:, :-1].copy(), seq[:, 1:].copy()
+        targets[:, :2 * n + 1] = IGNORE_INDEX  # loss on the answer digits only
+        return idx.astype(np.int64), targets.astype(np.int64)
+
+    def respond(self, model, prompt: str, max_new_tokens: int = 0, stream=None, **options) -> str:
+        """The sum of "a1 .. an + b1 .. bn" (digits least significant first): n + 1 digits."""
+        left, plus, right = prompt.partition("+")
+        if not plus:
+            raise ConfigError(f"add prompt is 'a1 .. an + b1 .. bn' (digits 0..{self.S - 1}, least significant "
+                              f"first, both numbers n digits), got {prompt!r}")
+        a, b = self.parse_symbols(left), self.parse_symbols(right)
+        if len(a) != len(b):
+            raise ConfigError(f"give both numbers the same number of digits (pad with zeros at the end: the "
+                              f"digits are least significant first); got {len(a)} and {len(b)}")
+        self.check_prompt_length(a)
+        prompt_ids = [*a, self.PLUS, *b, self.EQ]
+        out = model.generate([prompt_ids], len(a) + 1, **self._table_options(len(a), len(prompt_ids)),
+                             **self._positions(len(a), len(prompt_ids)), **_sampling(options))[0]
+        return " ".join(str(t) if t < self.S else f"<{t}>" for t in out)
 
 
 def _sampling(options: dict) -> dict:

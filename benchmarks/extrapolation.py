@@ -1,0 +1,140 @@
+"""The extrapolation study of docs/results.md: can a learned position table work far past its
+training length? `learnpos compare` on copy, reverse and add, 3 seeds.
+
+    python benchmarks/extrapolation.py [--json] [--out runs/extrapolation] [--seeds 1337,1,2]
+        [--only copy,reverse,add] [--steps N]
+
+    part     base preset    trained on                  evaluated at
+    copy     study-copy     1..16 symbols (per batch)   1x 2x 4x   (16, 32, 64 symbols)
+    reverse  study-reverse  1..16 symbols               1x 2x 4x
+    add      study-add      operands of 1..20 digits    1x 2x 4x 5x (20 .. 100 digits)
+
+Every part trains every variant below with one budget (the base preset's model, learning rate
+and steps; `--steps` overrides the steps of all parts) and a `segment` table (input or answer:
+2 rows, BERT-style type ids) for every variant, so the task-defined ids can tell a symbol from
+the answer token that shares its id:
+
+    learned                     the table as long as training needs; longer evaluations grow it
+                                (copy-last, interpolate, init: one row each)
+    learned+randomized          Ruoss et al. 2023, the table as long as the longest evaluation
+    learned+offset              Abacus-style random offsets (model.positional.offset)
+    learned+offset+randomized   both
+    task-ids+offset             synthetic.positions=task (copy/reverse: position coupling, the
+                                answer token carries the id of the symbol it predicts; add: Abacus,
+                                each digit its place in its own number) with offsets
+    task-ids+randomized         the task's ids, randomized table
+    none, alibi, rope           references without a learned table
+
+Resumable like `learnpos compare` (each part is one compare folder: finished runs are read back,
+an unfinished one resumes from its checkpoint). `--json` ends with
+{"copy": {"1x": ..., "2x": ..., "4x": ...}, "reverse": {...}, "add": {..., "5x": ...},
+ "best_variant": {part: label}, "parts": {part: {command, rows, ...}}}: per part the per-token
+accuracy of the best learned-table variant (the one with the highest mean token accuracy past
+1x), and every row. `python benchmarks/performance.py run --only extrapolation` saves it and
+renders the tables into docs/results.md; the plot of accuracy against length goes to
+docs/results/extrapolation-<part>.png.
+
+Threads: OMP_WAIT_POLICY=PASSIVE (set before torch starts); one run at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import _common as C
+
+from learnpos.compare import _read_results, run_compare, run_path
+from study import FIGURES, table_stats
+
+SEGMENT = json.dumps([{"name": "segment", "rows": 2}])
+VARIANTS = ["learned", "learned+randomized", "learned+offset", "learned+offset+randomized", "task-ids+offset",
+            "task-ids+randomized", "none", "alibi", "rope"]
+LEARNED_TABLE = [v for v in VARIANTS if v not in ("none", "alibi", "rope")]
+# part -> (base preset, overrides, evaluation lengths as multiples of the training length)
+PARTS = {
+    "copy": ("study-copy", {"synthetic.min_length": "1", "train.max_iters": "1500", "train.eval_interval": "750"},
+             "1,2,4"),
+    "reverse": ("study-reverse", {"synthetic.min_length": "1", "train.max_iters": "1500",
+                                  "train.eval_interval": "750"}, "1,2,4"),
+    "add": ("study-add", {}, "1,2,4,5"),
+}
+
+
+def overrides(part: str, steps: int | None) -> dict:
+    over = {**PARTS[part][1], "model.tables": SEGMENT}
+    if steps:
+        over |= {"train.max_iters": str(steps), "train.eval_interval": str(max(1, steps // 2))}
+    return over
+
+
+def command(part: str, out: Path, seeds: str, steps: int | None) -> str:
+    preset, _, lengths = PARTS[part]
+    flags = "".join(f" --{k}='{v}'" if k == "model.tables" else f" --{k}={v}" for k, v in overrides(part, steps).items())
+    return (f"learnpos compare --preset {preset}{flags} --variants {','.join(VARIANTS)} --lengths {lengths} "
+            f"--seeds {seeds} --out {out / part}")
+
+
+def _label(r: dict) -> str:
+    return r["variant"] + (f" ({r['method']})" if r["method"] else "")
+
+
+def best_learned(rows: list[dict], factors: list[float]) -> tuple[str, dict]:
+    """(label, {"1x": mean token accuracy, ...}) of the learned-table variant (extend method
+    included) with the highest mean token accuracy over the lengths past 1x."""
+    def mean_at(label: str, f: float) -> float | None:
+        v = [r["token_accuracy"] for r in rows if _label(r) == label and r["factor"] == f]
+        if not v and f == 1.0:  # a grown table's 1x row is the plain run's (it needs no growing there)
+            v = [r["token_accuracy"] for r in rows if r["variant"] == label.split(" (")[0] and r["factor"] == f]
+        return statistics.mean(v) if v else None
+
+    labels = {_label(r) for r in rows if r["variant"] in LEARNED_TABLE}
+    past = [f for f in factors if f > 1]
+    scored = {lab: [mean_at(lab, f) for f in past] for lab in labels}
+    scored = {lab: s for lab, s in scored.items() if all(x is not None for x in s)}
+    best = max(scored, key=lambda lab: statistics.mean(scored[lab]))
+    return best, {f"{f:g}x": round(mean_at(best, f), 4) for f in factors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", default="runs/extrapolation")
+    ap.add_argument("--seeds", default="1337,1,2")
+    ap.add_argument("--only", default=",".join(PARTS))
+    ap.add_argument("--steps", type=int, help="training steps of every run (default: each base's)")
+    args = ap.parse_args()
+    out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    record: dict = {"best_variant": {}, "parts": {}}
+    for part in args.only.split(","):
+        preset, _, lengths = PARTS[part]
+        factors = [float(f) for f in lengths.split(",")]
+        run_compare(preset, VARIANTS, seeds, factors, out / part, overrides(part, args.steps), quiet=False)
+        rows = [r for r in _read_results(out / part) if r["variant"] in VARIANTS and r["seed"] in seeds]
+        png = next((out / part).glob("*_by_length.png"))
+        shutil.copyfile(png, FIGURES / f"extrapolation-{part}.png")
+        best, by_length = best_learned(rows, factors)
+        record[part], record["best_variant"][part] = by_length, best
+        stats = {v: table_stats(run_path(out / part, v, seeds[0])) for v in LEARNED_TABLE}
+        runs = {(r["variant"], r["seed"]): r["train_s"] for r in rows}
+        record["parts"][part] = {"command": command(part, out, args.seeds, args.steps), "variants": VARIANTS,
+                                 "rows": rows, "figure": f"results/extrapolation-{part}.png",
+                                 "position_stats": {k: v for k, v in stats.items() if v},
+                                 "median_run_s": round(statistics.median(runs.values()), 1),
+                                 "train_s_total": round(sum(runs.values()), 1)}
+        print(f"{part}: best learned table {best}: " + ", ".join(f"{k} {v:.3f}" for k, v in by_length.items()),
+              flush=True)
+    record["seeds"] = seeds
+    record["total_s"] = round(sum(p["train_s_total"] for p in record["parts"].values()), 1)
+    record["wall_s"] = round(time.perf_counter() - t0, 1)
+    C.emit(args.json, record)
+
+
+if __name__ == "__main__":
+    main()

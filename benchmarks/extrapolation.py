@@ -2,7 +2,7 @@
 training length? `learnpos compare` on copy, reverse and add, 3 seeds.
 
     python benchmarks/extrapolation.py [--json] [--out runs/extrapolation] [--seeds 1337,1,2]
-        [--only copy,reverse,add] [--steps N]
+        [--only copy,reverse,add] [--steps N] [--jobs 2]
 
     part     base preset    trained on                  evaluated at
     copy     study-copy     1..16 symbols (per batch)   1x 2x 4x   (16, 32, 64 symbols)
@@ -34,21 +34,31 @@ accuracy of the best learned-table variant (the one with the highest mean token 
 renders the tables into docs/results.md; the plot of accuracy against length goes to
 docs/results/extrapolation-<part>.png.
 
-Threads: OMP_WAIT_POLICY=PASSIVE (set before torch starts); one run at a time.
+Threads: these models are small (64-128 wide), and one thread trains them about twice as fast as
+two on this 2-core machine, so every run has one thread (OMP_NUM_THREADS=1); `--jobs 2` (the
+default) trains the parts in two processes side by side (add in one, copy then reverse in the
+other: about the same time each), one run at a time in each. OMP_WAIT_POLICY=PASSIVE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import _common as C
+import torch
 
+from learnpos.analysis.plots import cosine_similarity_matrix, similarity_png
 from learnpos.compare import _read_results, run_compare, run_path
+from learnpos.load import load_run
+from learnpos.tasks import TASKS
 from study import FIGURES, table_stats
 
 SEGMENT = json.dumps([{"name": "segment", "rows": 2}])
@@ -100,6 +110,50 @@ def best_learned(rows: list[dict], factors: list[float]) -> tuple[str, dict]:
     return best, {f"{f:g}x": round(mean_at(best, f), 4) for f in factors}
 
 
+def train_parts(parts: list[str], jobs: int, args) -> None:
+    """Train the parts in `jobs` processes of one thread each (the longest part alone, the rest
+    one after another in the others); each process is this script on its own parts."""
+    queues: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(parts))))]
+    for part in sorted(parts, key=lambda p: p != "add"):  # add is about as long as copy and reverse together
+        min(queues, key=lambda q: sum(2 if x == "add" else 1 for x in q)).append(part)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    procs = [subprocess.Popen([sys.executable, __file__, "--only", ",".join(q), "--out", args.out, "--seeds",
+                               args.seeds, "--jobs", "1", *(["--steps", str(args.steps)] if args.steps else [])],
+                              env=env) for q in queues if q]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"extrapolation: a training process failed (exit codes {codes}); run again to resume")
+
+
+def table_geometry(run_dir: Path, longest: int, png: Path | None = None) -> dict | None:
+    """What a learned table looks like over the rows the longest evaluation reads: the mean
+    cosine similarity of rows at most `span` apart (the widest id range one training sequence
+    covers) and farther apart, and the share of rows whose most similar other row is farther
+    than `span` (rows that no training sequence had to tell apart, and that a long input can
+    confuse). With `png`, the similarity heatmap of those rows is written there."""
+    try:
+        model, cfg, _ = load_run(run_dir, "cpu")
+    except Exception:  # noqa: BLE001  (a variant without a table, or a run that failed)
+        return None
+    if "pos" not in model.learned_tables():
+        return None
+    task = TASKS[cfg.task]
+    s = cfg.synthetic
+    span = task.positions_needed(cfg, s.length)  # ids of the longest training sequence (before offsets)
+    rows = min(task.positions_needed(cfg, longest), model.pos.weight.shape[0])
+    W = model.pos.weight.detach()[:rows].float()
+    sim = cosine_similarity_matrix(W)
+    i, j = torch.meshgrid(torch.arange(rows), torch.arange(rows), indexing="ij")
+    d = (i - j).abs()
+    near, far = sim[(d > 0) & (d <= span)], sim[d > span]
+    nearest = sim.masked_fill(d == 0, -2.0).argmax(1)
+    if png is not None:
+        png.write_bytes(similarity_png(W, f"{cfg.task}: {run_dir.parent.name}, rows 0..{rows - 1}"))
+    return {"rows": rows, "span": span, "near_similarity": round(float(near.mean()), 4),
+            "far_similarity": round(float(far.mean()), 4) if far.numel() else None,
+            "far_nearest_share": round(float(((nearest - torch.arange(rows)).abs() > span).float().mean()), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
@@ -107,7 +161,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="1337,1,2")
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--steps", type=int, help="training steps of every run (default: each base's)")
+    ap.add_argument("--jobs", type=int, default=2, help="training processes side by side, one thread each")
     args = ap.parse_args()
+    if args.jobs > 1 and "," in args.only:
+        train_parts(args.only.split(","), args.jobs, args)  # then the loop below only reads the results back
     out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
     FIGURES.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -122,10 +179,17 @@ def main() -> None:
         best, by_length = best_learned(rows, factors)
         record[part], record["best_variant"][part] = by_length, best
         stats = {v: table_stats(run_path(out / part, v, seeds[0])) for v in LEARNED_TABLE}
+        longest = round(max(factors) * TASKS[part].train_length(load_run(run_path(out / part, "learned", seeds[0]),
+                                                                         "cpu")[1]))
+        geometry = {v: table_geometry(run_path(out / part, v, seeds[0]), longest,
+                                      FIGURES / f"extrapolation-{part}-{v.replace('+', '-')}.png"
+                                      if v in ("learned+offset", "task-ids+offset", "task-ids+randomized") else None)
+                    for v in LEARNED_TABLE}
         runs = {(r["variant"], r["seed"]): r["train_s"] for r in rows}
         record["parts"][part] = {"command": command(part, out, args.seeds, args.steps), "variants": VARIANTS,
                                  "rows": rows, "figure": f"results/extrapolation-{part}.png",
                                  "position_stats": {k: v for k, v in stats.items() if v},
+                                 "geometry": {k: v for k, v in geometry.items() if v},
                                  "median_run_s": round(statistics.median(runs.values()), 1),
                                  "train_s_total": round(sum(runs.values()), 1)}
         print(f"{part}: best learned table {best}: " + ", ".join(f"{k} {v:.3f}" for k, v in by_length.items()),

@@ -71,6 +71,7 @@ def main() -> None:
                       for m in _models(args.models, name)}
         best = max(pykeen, key=lambda m: mean(pykeen[m], "mrr")) if pykeen else None
         row = {"derived_mrr": mean(derived, "mrr"), "preset_mrr": mean(preset, "mrr"),
+               "derived_val_mrr": mean(derived, "best_val_mrr"),
                "derived_tail_mrr": mean(derived, "tail_mrr"), "derived_head_mrr": mean(derived, "head_mrr"),
                "preset_tail_mrr": mean(preset, "tail_mrr"), "preset_head_mrr": mean(preset, "head_mrr"),
                "derived_steps": [r["steps"] for r in derived],
@@ -81,7 +82,8 @@ def main() -> None:
         row["ratio_to_preset"] = row["derived_mrr"] / row["preset_mrr"]
         row["ratio_to_pykeen"] = row["derived_mrr"] / row["best_pykeen_mrr"] if best else None
         out[name] = row
-        print(f"{name}: derived {row['derived_mrr']:.4f} ({row['derived_wall_s']:.0f} s), preset "
+        print(f"{name}: derived {row['derived_mrr']:.4f} (best validation {row['derived_val_mrr']:.4f}, "
+              f"{row['derived_wall_s']:.0f} s), preset "
               f"{row['preset_mrr']:.4f} ({row['preset_wall_s']:.0f} s)"
               + (f", PyKEEN {best} {row['best_pykeen_mrr']:.4f} ({row['pykeen_wall_s']:.0f} s)" if best else ""),
               flush=True)

@@ -53,6 +53,7 @@ import torch
 from learnpos.config import load_config
 from learnpos.data.kg import dataset_path
 from learnpos.load import load_runs
+from learnpos.runs import read_metrics
 from learnpos.train import train
 
 SINGLE = "learnpos (CoKE-style, learned positions)"
@@ -141,7 +142,9 @@ def run_derived(folder: Path, seed: str, budget: float, sets: list[str], tmp: st
     cfg, lines = derive_config("kg", str(folder), over)
     print("\n".join(lines), flush=True)
     train(cfg, quiet=True)
-    return {**_test_metrics([cfg.train.out_dir], t0), "steps": cfg.train.max_iters}
+    val = [r["mrr"] for r in read_metrics(cfg.train.out_dir) if r.get("split") == "val" and "mrr" in r]
+    return {**_test_metrics([cfg.train.out_dir], t0), "steps": cfg.train.max_iters,
+            "best_val_mrr": max(val) if val else None}  # what early stopping kept
 
 
 def run_ensemble(dataset: str, data: str, seed: str, steps: int, sets: list[str], tmp: str, members: int,

@@ -59,6 +59,7 @@ BENCHMARKS = {
     # a run the dialogue ablation kept (run that first)
     "chat_latency": ("chat_latency", ["--run", "runs/dialogue-ablation/token+turn+speaker-1337"]),
     "study": ("study", []),
+    "extrapolation": ("extrapolation", []),
 }
 
 
@@ -313,6 +314,36 @@ def _study(r: dict) -> list[str]:
     return out
 
 
+EXTRAPOLATION_PARTS = {"copy": "copy (trained on 1..16 symbols)", "reverse": "reverse (trained on 1..16 symbols)",
+                       "add": "add (trained on operands of 1..20 digits)"}
+
+
+def _extrapolation(r: dict) -> list[str]:
+    parts = r["parts"]
+    seeds = len(r["seeds"])
+    out = [f"{seeds} seeds ({', '.join(map(str, r['seeds']))}); mean ± spread (population standard deviation) "
+           f"over seeds; {r['total_s'] / 60:.0f} minutes of training and evaluation in all "
+           f"({r['wall_s'] / 60:.0f} minutes of wall time, two processes of one thread side by side). A plain "
+           f"table past its rows is grown by the extend method in brackets.", "",
+           "Best learned-table variant per task (highest mean token accuracy past 1x), token accuracy:", "",
+           "| task | best learned-table variant | " + " | ".join(f"{f}" for f in ("1x", "2x", "4x", "5x")) + " |",
+           "|---|---|---|---|---|---|"]
+    for part in parts:
+        acc = r[part]
+        out.append(f"| {part} | {r['best_variant'][part]} | "
+                   + " | ".join(f"{acc[f]:.3f}" if f in acc else "" for f in ("1x", "2x", "4x", "5x")) + " |")
+    for part, p in parts.items():
+        rows, variants = p["rows"], p["variants"]
+        runs = {(x["variant"], x["seed"]) for x in rows}
+        out += ["", f"### {EXTRAPOLATION_PARTS.get(part, part)}", "",
+                f"`{p['command']}` ({len(runs)} runs, median {p['median_run_s']:.0f} s each)", "",
+                "Token accuracy on held-out sequences, by evaluation length:", "",
+                *_study_table(rows, variants, "token_accuracy"), "",
+                "Exact match (every answer token right):", "", *_study_table(rows, variants, "exact_match"),
+                "", f"![{part}]({p['figure']})"]
+    return out
+
+
 def _reference_speed(r: dict) -> list[str]:
     return ["| NumPy float64 reference ms | PyTorch ms | ratio |", "|---|---|---|",
             f"| {r['reference_ms']} | {r['torch_ms']} | {r['ratio']}x |"]
@@ -359,6 +390,10 @@ SECTIONS = {
     "study": ("The positional-encoding study", _study,
               "`python benchmarks/study.py`: `learnpos compare` on the probes and the char LM (docs/results.md "
               "reads it)."),
+    "extrapolation": ("The extrapolation study", _extrapolation,
+                      "`python benchmarks/extrapolation.py`: learned tables with random offsets, randomized rows "
+                      "and task-defined ids on copy, reverse and add, against NoPE, ALiBi and RoPE "
+                      "(docs/results.md reads it)."),
     "kg_positions": ("What the positions do in KG completion", _kg_positions,
                      "The CoKE-style model with learned, sinusoidal and no positions (coke queries: the direction "
                      "of a query is carried by position only); test split, filtered, both directions."),
@@ -366,7 +401,7 @@ SECTIONS = {
 
 
 # results whose tables live in a block of another page (too long to print twice): name -> (page, anchor)
-TABLE_IN = {"study": ("results.md", "tables")}
+TABLE_IN = {"study": ("results.md", "tables"), "extrapolation": ("results.md", "extrapolation")}
 
 
 def render() -> str:

@@ -25,8 +25,9 @@ the answer token that shares its id:
     task-ids+randomized         the task's ids, randomized table
     none, alibi, rope           references without a learned table
 
-Resumable like `learnpos compare` (each part is one compare folder: finished runs are read back,
-an unfinished one resumes from its checkpoint). `--json` ends with
+Resumable like `learnpos compare`: each part and seed is one compare folder (OUT/PART/seed-S:
+finished runs are read back, an unfinished one resumes from its checkpoint); OUT/PART holds the
+part's combined results.md, results.csv, plot and report. `--json` ends with
 {"copy": {"1x": ..., "2x": ..., "4x": ...}, "reverse": {...}, "add": {..., "5x": ...},
  "best_variant": {part: label}, "parts": {part: {command, rows, ...}}}: per part the per-token
 accuracy of the best learned-table variant (the one with the highest mean token accuracy past
@@ -36,8 +37,8 @@ docs/results/extrapolation-<part>.png.
 
 Threads: these models are small (64-128 wide), and one thread trains them about twice as fast as
 two on this 2-core machine, so every run has one thread (OMP_NUM_THREADS=1); `--jobs 2` (the
-default) trains the parts in two processes side by side (add in one, copy then reverse in the
-other: about the same time each), one run at a time in each. OMP_WAIT_POLICY=PASSIVE.
+default) trains two (part, seed) folders side by side in processes of their own, the longest
+(add) first, one run at a time in each. OMP_WAIT_POLICY=PASSIVE.
 """
 
 from __future__ import annotations
@@ -50,16 +51,17 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _common as C
 import torch
+from study import FIGURES, table_stats
 
 from learnpos.analysis.plots import cosine_similarity_matrix, similarity_png
-from learnpos.compare import _read_results, run_compare, run_path
+from learnpos.compare import _read_results, run_compare, run_path, write_outputs
 from learnpos.load import load_run
 from learnpos.tasks import TASKS
-from study import FIGURES, table_stats
 
 SEGMENT = json.dumps([{"name": "segment", "rows": 2}])
 VARIANTS = ["learned", "learned+randomized", "learned+offset", "learned+offset+randomized", "task-ids+offset",
@@ -84,9 +86,10 @@ def overrides(part: str, steps: int | None) -> dict:
 
 def command(part: str, out: Path, seeds: str, steps: int | None) -> str:
     preset, _, lengths = PARTS[part]
-    flags = "".join(f" --{k}='{v}'" if k == "model.tables" else f" --{k}={v}" for k, v in overrides(part, steps).items())
+    flags = "".join(f" --{k}='{v}'" if k == "model.tables" else f" --{k}={v}"
+                    for k, v in overrides(part, steps).items())
     return (f"learnpos compare --preset {preset}{flags} --variants {','.join(VARIANTS)} --lengths {lengths} "
-            f"--seeds {seeds} --out {out / part}")
+            f"--seeds S --out {out / part}/seed-S, for S in {seeds}")
 
 
 def _label(r: dict) -> str:
@@ -110,17 +113,20 @@ def best_learned(rows: list[dict], factors: list[float]) -> tuple[str, dict]:
     return best, {f"{f:g}x": round(mean_at(best, f), 4) for f in factors}
 
 
-def train_parts(parts: list[str], jobs: int, args) -> None:
-    """Train the parts in `jobs` processes of one thread each (the longest part alone, the rest
-    one after another in the others); each process is this script on its own parts."""
-    queues: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(parts))))]
-    for part in sorted(parts, key=lambda p: p != "add"):  # add is about as long as copy and reverse together
-        min(queues, key=lambda q: sum(2 if x == "add" else 1 for x in q)).append(part)
+def train_units(parts: list[str], seeds: list[int], jobs: int, args) -> None:
+    """Train every (part, seed) folder in `jobs` processes of one thread each, add's first (its
+    runs take about five times copy's); each process is this script on one part and seed."""
+    units = sorted(((p, s) for p in parts for s in seeds), key=lambda u: u[0] != "add")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    procs = [subprocess.Popen([sys.executable, __file__, "--only", ",".join(q), "--out", args.out, "--seeds",
-                               args.seeds, "--jobs", "1", *(["--steps", str(args.steps)] if args.steps else [])],
-                              env=env) for q in queues if q]
-    codes = [p.wait() for p in procs]
+
+    def one(unit: tuple[str, int]) -> int:
+        part, seed = unit
+        cmd = [sys.executable, __file__, "--only", part, "--out", args.out, "--seeds", str(seed), "--jobs", "1",
+               "--train-only", *(["--steps", str(args.steps)] if args.steps else [])]
+        return subprocess.run(cmd, env=env).returncode
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        codes = list(pool.map(one, units))
     if any(codes):
         raise SystemExit(f"extrapolation: a training process failed (exit codes {codes}); run again to resume")
 
@@ -162,26 +168,35 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--steps", type=int, help="training steps of every run (default: each base's)")
     ap.add_argument("--jobs", type=int, default=2, help="training processes side by side, one thread each")
+    ap.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)  # one unit of --jobs
     args = ap.parse_args()
-    if args.jobs > 1 and "," in args.only:
-        train_parts(args.only.split(","), args.jobs, args)  # then the loop below only reads the results back
+    parts = args.only.split(",")
+    if args.jobs > 1:
+        train_units(parts, [int(s) for s in args.seeds.split(",")], args.jobs, args)
     out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
     FIGURES.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     record: dict = {"best_variant": {}, "parts": {}}
-    for part in args.only.split(","):
+    for part in parts:
         preset, _, lengths = PARTS[part]
         factors = [float(f) for f in lengths.split(",")]
-        run_compare(preset, VARIANTS, seeds, factors, out / part, overrides(part, args.steps), quiet=False)
-        rows = [r for r in _read_results(out / part) if r["variant"] in VARIANTS and r["seed"] in seeds]
+        over = overrides(part, args.steps)
+        rows = []
+        for seed in seeds:  # each seed's folder (trained by --jobs, or here, one run at a time)
+            run_compare(preset, VARIANTS, [seed], factors, out / part / f"seed-{seed}", over, quiet=False)
+            rows += [r for r in _read_results(out / part / f"seed-{seed}") if r["variant"] in VARIANTS]
+        if args.train_only:
+            continue
+        write_outputs(out / part, preset, rows, VARIANTS, factors, [], over)  # the part's table over all seeds
         png = next((out / part).glob("*_by_length.png"))
         shutil.copyfile(png, FIGURES / f"extrapolation-{part}.png")
         best, by_length = best_learned(rows, factors)
         record[part], record["best_variant"][part] = by_length, best
-        stats = {v: table_stats(run_path(out / part, v, seeds[0])) for v in LEARNED_TABLE}
-        longest = round(max(factors) * TASKS[part].train_length(load_run(run_path(out / part, "learned", seeds[0]),
-                                                                         "cpu")[1]))
-        geometry = {v: table_geometry(run_path(out / part, v, seeds[0]), longest,
+        first = out / part / f"seed-{seeds[0]}"
+        stats = {v: table_stats(run_path(first, v, seeds[0])) for v in LEARNED_TABLE}
+        trained_cfg = load_run(run_path(first, "learned", seeds[0]), "cpu")[1]
+        longest = round(max(factors) * TASKS[part].train_length(trained_cfg))
+        geometry = {v: table_geometry(run_path(first, v, seeds[0]), longest,
                                       FIGURES / f"extrapolation-{part}-{v.replace('+', '-')}.png"
                                       if v in ("learned+offset", "task-ids+offset", "task-ids+randomized") else None)
                     for v in LEARNED_TABLE}
@@ -194,6 +209,8 @@ def main() -> None:
                                  "train_s_total": round(sum(runs.values()), 1)}
         print(f"{part}: best learned table {best}: " + ", ".join(f"{k} {v:.3f}" for k, v in by_length.items()),
               flush=True)
+    if args.train_only:
+        return
     record["seeds"] = seeds
     record["total_s"] = round(sum(p["train_s_total"] for p in record["parts"].values()), 1)
     record["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "docs" / "results"
 CHAR_DATA = "../shared/data/tinyshakespeare/input.txt"
 LONG = {"synthetic.min_length": "1", "train.max_iters": "5000", "train.eval_interval": "2500"}
-ALL = [v for v in VARIANTS if "offset" not in v and v not in TASK_IDS]  # the ten of this study (extrapolation.py has the rest)
+ALL = [v for v in VARIANTS if "offset" not in v and v not in TASK_IDS]  # this study's ten (extrapolation.py: the rest)
 
 # part -> (preset, overrides, variants, evaluation lengths as multiples of the training length)
 PARTS = {

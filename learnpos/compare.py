@@ -18,7 +18,8 @@ interpolate, init) and each is reported as its own row: nothing is ever clamped 
                          0..K (Abacus, McLeish et al. 2024), K = the rows the longest evaluation
                          reads, so every row it reads was reached as often as the middle ones
     learned+offset+randomized
-                         both: shifted, then mapped through a sorted random subset
+                         both: shifted by up to (longest - training) rows, then mapped through a
+                         sorted random subset of a table as long as the longest evaluation
     task-ids+offset      a learned table read at the task's own ids (synthetic.positions = task:
                          position coupling for copy/reverse, Abacus for add), with offsets
     task-ids+randomized  the task's ids, randomized table (Ruoss et al. 2023)
@@ -39,6 +40,7 @@ import io
 import json
 import logging
 import math
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -86,11 +88,15 @@ def variant_config(preset: str, variant: str, seed: int, out: Path, overrides: d
     cfg = load_config(preset, over)
     if longest is None or not ("randomized" in variant or "offset" in variant):
         return cfg
-    need = TASKS[cfg.task].positions_needed(cfg, longest)  # rows the longest evaluation reads
-    if "offset" in variant:  # rows max_len..need are then reached about as often as the middle ones
+    task = TASKS[cfg.task]
+    need = task.positions_needed(cfg, longest)  # rows the longest evaluation reads
+    if "randomized" in variant:  # a table of exactly those rows: every evaluation length reads trained rows
+        trained = task.positions_needed(cfg, task.train_length(cfg))
+        over["model.positional.max_len"] = str(need if "offset" not in variant else trained)
+        if "offset" in variant:  # shifted by up to need - trained, then drawn as a sorted subset of the need rows
+            over["model.positional.offset"] = str(need - trained)
+    elif "offset" in variant:  # offsets up to need: rows max_len..need are reached about as often as the middle
         over["model.positional.offset"] = str(need)
-    if "randomized" in variant:  # every evaluation length reads trained rows
-        over["model.positional.max_len"] = str(need)
     return load_config(preset, over)
 
 
@@ -167,6 +173,9 @@ def run_compare(preset: str, variants: list[str], seeds: list[int], factors: lis
                 run_dir = run_path(out, variant, seed)
                 cfg = variant_config(preset, variant, seed, run_dir, overrides, longest)
                 t0 = time.perf_counter()
+                if run_dir.exists() and not has_checkpoint(run_dir):  # killed before its first checkpoint
+                    log.warning("%s: an interrupted run without a checkpoint; training it again", run_dir)
+                    shutil.rmtree(run_dir)  # this compare holds the folder's lock: nobody else writes it
                 try:
                     if not _finished(run_dir, cfg.train.max_iters):
                         train(cfg, resume=has_checkpoint(run_dir), quiet=True)

@@ -3,8 +3,8 @@ the add task, and the compare variants of the extrapolation study."""
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from learnpos.config import ModelConfig, PositionalConfig, load_config
 from learnpos.errors import ConfigError, PositionOutOfRange
 from learnpos.model import GPT, IGNORE_INDEX
@@ -152,12 +152,14 @@ def test_compare_sizes_the_offset_and_randomized_tables_to_the_longest_evaluatio
     assert b.synthetic.positions == "task" and b.model.positional.max_len == 65 and b.model.positional.randomize
     c = variant_config("study-add", "task-ids+offset", 1, tmp_path / "c", over, 100)
     assert c.model.positional.offset == 101
+    d = variant_config("study-copy", "learned+offset+randomized", 1, tmp_path / "d", over, 64)
+    assert (d.model.positional.max_len, d.model.positional.offset) == (33, 96)  # 129 rows in all
 
 
 def test_the_extrapolate_preset_trains_and_evaluates_at_4x_and_names_the_limit(tmp_path):
     run = tmp_path / "run"
-    r = run_cli("train", "--preset", "extrapolate-copy", "--train.max_iters=20", "--train.eval_interval=10", "--train.warmup_iters=2",
-                "--synthetic.n_eval=32", f"--train.out_dir={run}", "--quiet", cwd=tmp_path)
+    r = run_cli("train", "--preset", "extrapolate-copy", "--train.max_iters=20", "--train.eval_interval=10",
+                "--train.warmup_iters=2", "--synthetic.n_eval=32", f"--train.out_dir={run}", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = run_cli("eval", "--run", run, "--length", "64", cwd=tmp_path)
     assert r.returncode == 0 and "token_accuracy" in r.stdout, r.stderr

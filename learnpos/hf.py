@@ -117,7 +117,8 @@ def gpt2_config(cfg: Config, transformers):
     rate = lambda own: m.dropout if own is None else own  # noqa: E731
     return transformers.GPT2Config(
         vocab_size=m.vocab_size, n_positions=m.positional.max_len + m.positional.offset, n_embd=m.n_embd,
-        n_layer=m.n_layer, n_head=m.n_head, n_inner=4 * m.n_embd, activation_function="gelu_new", layer_norm_epsilon=LN_EPS,
+        n_layer=m.n_layer, n_head=m.n_head, n_inner=4 * m.n_embd, activation_function="gelu_new",
+        layer_norm_epsilon=LN_EPS,
         resid_pdrop=rate(m.resid_dropout), embd_pdrop=rate(m.embd_dropout), attn_pdrop=rate(m.attn_dropout),
         tie_word_embeddings=m.tie_weights, bos_token_id=None, eos_token_id=None, pad_token_id=None)
 

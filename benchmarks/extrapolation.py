@@ -55,10 +55,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _common as C
-import torch
 from study import FIGURES, table_stats
 
-from learnpos.analysis.plots import cosine_similarity_matrix, similarity_png
+from learnpos.analysis.geometry import row_geometry
+from learnpos.analysis.plots import similarity_png
 from learnpos.compare import _read_results, run_compare, run_path, write_outputs
 from learnpos.load import load_run
 from learnpos.tasks import TASKS
@@ -132,32 +132,21 @@ def train_units(parts: list[str], seeds: list[int], jobs: int, args) -> None:
 
 
 def table_geometry(run_dir: Path, longest: int, png: Path | None = None) -> dict | None:
-    """What a learned table looks like over the rows the longest evaluation reads: the mean
-    cosine similarity of rows at most `span` apart (the widest id range one training sequence
-    covers) and farther apart, and the share of rows whose most similar other row is farther
-    than `span` (rows that no training sequence had to tell apart, and that a long input can
-    confuse). With `png`, the similarity heatmap of those rows is written there."""
+    """`learnpos.analysis.geometry.row_geometry` of a run's position table over the rows the
+    longest evaluation reads, `span` = the ids of the longest training sequence (before
+    offsets). With `png`, the similarity heatmap of those rows is written there."""
     try:
         model, cfg, _ = load_run(run_dir, "cpu")
-    except Exception:  # noqa: BLE001  (a variant without a table, or a run that failed)
+    except Exception:  # noqa: BLE001  (a run that failed)
         return None
     if "pos" not in model.learned_tables():
         return None
     task = TASKS[cfg.task]
-    s = cfg.synthetic
-    span = task.positions_needed(cfg, s.length)  # ids of the longest training sequence (before offsets)
     rows = min(task.positions_needed(cfg, longest), model.pos.weight.shape[0])
     W = model.pos.weight.detach()[:rows].float()
-    sim = cosine_similarity_matrix(W)
-    i, j = torch.meshgrid(torch.arange(rows), torch.arange(rows), indexing="ij")
-    d = (i - j).abs()
-    near, far = sim[(d > 0) & (d <= span)], sim[d > span]
-    nearest = sim.masked_fill(d == 0, -2.0).argmax(1)
     if png is not None:
         png.write_bytes(similarity_png(W, f"{cfg.task}: {run_dir.parent.name}, rows 0..{rows - 1}"))
-    return {"rows": rows, "span": span, "near_similarity": round(float(near.mean()), 4),
-            "far_similarity": round(float(far.mean()), 4) if far.numel() else None,
-            "far_nearest_share": round(float(((nearest - torch.arange(rows)).abs() > span).float().mean()), 4)}
+    return row_geometry(W, task.positions_needed(cfg, cfg.synthetic.length))
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from learnpos.analysis.geometry import row_geometry
 from learnpos.analysis.position_stats import load_position_stats
 from learnpos.analysis.report import (
     Section,
@@ -130,6 +131,8 @@ def _tables(cfg, model, stats: dict, stats_note: str, records: list[dict]) -> li
         axis = "position" if name == "pos" else name
         s = Section(f"Learned table: {name}" + (" (positions)" if name == "pos" else ""))
         s.text(f"{what}: {W.shape[0]} rows of {W.shape[1]}.")
+        if name == "pos":
+            s.text(_geometry_line(cfg, W))
         pics = draw_table(W, name, axis)
         s.image(f"{name}_similarity.png", pics["similarity"],
                 f"{name}: cosine similarity of every pair of rows (a diagonal band: neighbours are alike)")
@@ -145,6 +148,24 @@ def _tables(cfg, model, stats: dict, stats_note: str, records: list[dict]) -> li
             s.note(f"no per-row training statistics: {stats_note or 'the run recorded none for this table'}")
         out.append(s)
     return out
+
+
+def _geometry_line(cfg, W) -> str:
+    """How alike near and far rows are (`learnpos.analysis.geometry`), far = farther apart than
+    the longest training sequence's positions (before random offsets)."""
+    from learnpos.tasks import TASKS
+
+    task_cls = TASKS.get(cfg.task)
+    length = task_cls.train_length(cfg) if task_cls is not None else None
+    span = task_cls.positions_needed(cfg, length) if length else cfg.model.positional.max_len
+    g = row_geometry(W, min(span, W.shape[0]))
+    if g["far_similarity"] is None:
+        return (f"every pair of rows is within {span} of each other (the longest training sequence's positions): "
+                f"mean cosine similarity {g['near_similarity']}.")
+    return (f"rows at most {span} apart (the longest training sequence's positions) have mean cosine similarity "
+            f"{g['near_similarity']}, rows farther apart {g['far_similarity']}; "
+            f"{100 * g['far_nearest_share']:.0f}% of rows have their most similar row more than {span} away "
+            f"(rows no training sequence had to tell apart, which a longer input can confuse).")
 
 
 def _coverage(name: str, st: dict, rows: int) -> str:

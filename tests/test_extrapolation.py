@@ -165,3 +165,17 @@ def test_the_extrapolate_preset_trains_and_evaluates_at_4x_and_names_the_limit(t
     assert r.returncode == 0 and "token_accuracy" in r.stdout, r.stderr
     r = run_cli("eval", "--run", run, "--length", "65", cwd=tmp_path)
     assert r.returncode == 2 and "at most length 64" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_row_geometry_tells_an_ordered_table_from_one_whose_far_rows_were_never_told_apart():
+    from learnpos.analysis.geometry import row_geometry
+    from learnpos.positional import sinusoid_table
+
+    torch.manual_seed(0)
+    smooth = sinusoid_table(torch.arange(64), 32) @ torch.randn(32, 32)  # neighbours alike, far rows not
+    g = row_geometry(smooth, 8)
+    assert g["near_similarity"] > g["far_similarity"] and g["far_nearest_share"] == 0.0
+    noise = torch.randn(64, 32)  # no order: most rows' nearest row is one of the 55 far ones
+    g = row_geometry(noise, 8)
+    assert g["far_nearest_share"] > 0.5 and abs(g["near_similarity"] - g["far_similarity"]) < 0.05
+    assert row_geometry(noise[:5], 8)["far_similarity"] is None

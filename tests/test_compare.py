@@ -90,6 +90,19 @@ def test_an_unfinished_run_resumes(tmp_path, calls):
     assert calls == [(str(out / "learned/seed-1"), True)]
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_trained_again(tmp_path, calls):
+    """Killed before any checkpoint, a run leaves config.json and metrics.jsonl: the next
+    compare trains it afresh instead of failing on it at every rerun."""
+    out = tmp_path / "cmp"
+    run = out / "learned/seed-1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 3.0}\n')
+    compare.run_compare("demo", ["learned"], [1], [1], out, FAST, quiet=True)
+    assert calls == [(str(run), False)]
+    assert len([line for line in (out / "results.jsonl").read_text().splitlines() if line]) == 1
+
+
 def test_compare_refuses_what_it_cannot_do(tmp_path, capsys):
     with pytest.raises(ConfigError, match="unknown variant"):
         compare.run_compare("demo", ["learnt"], [1], [1], tmp_path, FAST)

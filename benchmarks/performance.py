@@ -322,9 +322,9 @@ def _extrapolation(r: dict) -> list[str]:
     parts = r["parts"]
     seeds = len(r["seeds"])
     out = [f"{seeds} seeds ({', '.join(map(str, r['seeds']))}); mean ± spread (population standard deviation) "
-           f"over seeds; {r['total_s'] / 60:.0f} minutes of training and evaluation in all "
-           f"({r['wall_s'] / 60:.0f} minutes of wall time, two processes of one thread side by side). A plain "
-           f"table past its rows is grown by the extend method in brackets.", "",
+           f"over seeds. The runs took {r['total_s'] / 60:.0f} minutes of training and evaluation in all (one "
+           f"thread each; `--jobs 2` trains two at a time on the 2 cores, about {r['total_s'] / 120:.0f} minutes of "
+           f"wall time). A plain table past its rows is grown by the extend method in brackets.", "",
            "Best learned-table variant per task (highest mean token accuracy past 1x), token accuracy:", "",
            "| task | best learned-table variant | " + " | ".join(f"{f}" for f in ("1x", "2x", "4x", "5x")) + " |",
            "|---|---|---|---|---|---|"]

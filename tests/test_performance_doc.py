@@ -65,3 +65,43 @@ def test_the_kg_prose_states_the_saved_kg_vs_pykeen_figures():
         f"less than its {kin['pykeen_wall_s']:.0f} s per run",
     ]
     assert [p for p in phrases if p not in readme] == []
+
+
+def test_the_extrapolation_reading_states_the_saved_figures():
+    """The reading in docs/results.md quotes the extrapolation study by hand; each figure must be what
+    benchmarks/results/extrapolation.json says (a rerun that moves one fails here until the prose follows)."""
+    import json
+    import re
+    import statistics
+
+    text = re.sub(r"\s+", " ", (ROOT / "docs/results.md").read_text(encoding="utf-8"))
+    r = json.loads((performance_module().RESULTS / "extrapolation.json").read_text(encoding="utf-8"))
+
+    def mean(part, variant, factor, key="token_accuracy"):
+        return statistics.mean(x[key] for x in r["parts"][part]["rows"]
+                               if x["variant"] == variant and x["factor"] == factor and not x["method"])
+
+    geo = {p: r["parts"][p]["geometry"] for p in r["parts"]}
+    phrases = [
+        f"copy keeps token accuracy {r['copy']['2x']:.3f} at 2x and {r['copy']['4x']:.3f} at 4x, and reverse "
+        f"{r['reverse']['2x']:.3f} and {r['reverse']['4x']:.3f}",
+        f"({mean('copy', 'task-ids+randomized', 4.0, 'exact_match'):.3f} and "
+        f"{mean('reverse', 'task-ids+randomized', 4.0, 'exact_match'):.3f} for reverse at 4x)",
+        f"keeps copy at {mean('copy', 'task-ids+offset', 2.0):.3f} and {mean('copy', 'task-ids+offset', 4.0):.3f} "
+        f"and reverse at {mean('reverse', 'task-ids+offset', 2.0):.3f} and {mean('reverse', 'task-ids+offset', 4.0):.3f}",
+        f"{100 * geo['copy']['task-ids+offset']['far_nearest_share']:.0f}% of its rows",
+        f"{100 * geo['reverse']['task-ids+offset']['far_nearest_share']:.0f}% on reverse",
+        f"{geo['copy']['task-ids+offset']['near_similarity']:.3f} near, "
+        f"{geo['copy']['task-ids+offset']['far_similarity']:.3f} far",
+        f"neighbours alike ({geo['copy']['task-ids+randomized']['near_similarity']:.3f}), far rows opposed "
+        f"({geo['copy']['task-ids+randomized']['far_similarity']:.3f}), the most similar row within 17 ids for "
+        f"{100 * (1 - geo['copy']['task-ids+randomized']['far_nearest_share']):.0f}% of rows",
+        f"keeps token accuracy {r['add']['1x']:.3f} at 1x, {r['add']['2x']:.3f} at 2x, {r['add']['4x']:.3f} at 4x "
+        f"and {r['add']['5x']:.3f} at 5x",
+        f"exact match falls from {mean('add', 'task-ids+offset', 1.0, 'exact_match'):.3f} at 1x",
+        f"({mean('add', 'task-ids+randomized', 1.0):.3f} at 1x)",
+        f"({100 * geo['add']['task-ids+offset']['far_nearest_share']:.0f}% of the table's rows",
+    ]
+    assert r["best_variant"] == {"copy": "task-ids+randomized", "reverse": "task-ids+randomized",
+                                 "add": "task-ids+offset"}
+    assert [p for p in phrases if p not in text] == []

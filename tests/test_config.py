@@ -39,7 +39,7 @@ def test_bad_override_messages(key, value, match):
 @pytest.mark.parametrize("overrides,match", [
     ({"model.n_embd": "30", "model.n_head": "4"}, "not divisible"),
     ({"model.positional.kind": "learnt"}, "is not one of"),
-    ({"model.positional.max_len": "20"}, "max_len=20 is shorter than the 33-token"),
+    ({"model.positional.max_len": "20"}, "max_len=20 is shorter than the 33 positions"),
     ({"task": "translate"}, "task='translate'"),
     ({"train.warmup_iters": "5000"}, "warmup_iters"),
     ({"train.min_lr": "1"}, "min_lr"),

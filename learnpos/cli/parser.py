@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo", help="preset name or .toml path")
     p.add_argument("--variants", default="all", help="comma-separated (default all): learned, learned+randomized, "
                                                      "sinusoidal, rope, alibi, none, init=randn, init=sinusoidal, "
-                                                     "init=zeros, learned+decay")
+                                                     "init=zeros, learned+decay, learned+offset, "
+                                                     "learned+offset+randomized, task-ids+offset, task-ids+randomized "
+                                                     "(the last two for tasks with their own ids: copy, reverse, add)")
     p.add_argument("--seeds", type=seed_list, default=[1337, 1, 2],
                    help=f"comma-separated seeds, each in 0..{SEED_MAX} (default 1337,1,2)")
     p.add_argument("--lengths", type=factor_list, default=[1, 1.5, 2, 4],

@@ -179,3 +179,16 @@ def test_row_geometry_tells_an_ordered_table_from_one_whose_far_rows_were_never_
     g = row_geometry(noise, 8)
     assert g["far_nearest_share"] > 0.5 and abs(g["near_similarity"] - g["far_similarity"]) < 0.05
     assert row_geometry(noise[:5], 8)["far_similarity"] is None
+
+
+def test_generate_takes_every_length_a_range_trained_model_was_evaluated_up_to():
+    over = {"synthetic.min_length": "1", "synthetic.eval_length": "64", "model.positional.max_len": "129"}
+    ranged = TASKS["reverse"](load_config("study-reverse", over))
+    for n in (1, 20, 64):
+        ranged.check_prompt_length([0] * n)
+    with pytest.raises(ConfigError, match=r"give 1\.\.64 space-separated symbols \(got 65\)"):
+        ranged.check_prompt_length([0] * 65)
+    fixed = TASKS["reverse"](load_config("study-reverse", {**over, "synthetic.min_length": "0"}))
+    fixed.check_prompt_length([0] * 64)  # one training length: only it and the evaluation length
+    with pytest.raises(ConfigError, match=r"give 16 or 64 space-separated symbols \(got 20\)"):
+        fixed.check_prompt_length([0] * 20)

@@ -88,7 +88,8 @@ def test_the_extrapolation_reading_states_the_saved_figures():
         f"({mean('copy', 'task-ids+randomized', 4.0, 'exact_match'):.3f} and "
         f"{mean('reverse', 'task-ids+randomized', 4.0, 'exact_match'):.3f} for reverse at 4x)",
         f"keeps copy at {mean('copy', 'task-ids+offset', 2.0):.3f} and {mean('copy', 'task-ids+offset', 4.0):.3f} "
-        f"and reverse at {mean('reverse', 'task-ids+offset', 2.0):.3f} and {mean('reverse', 'task-ids+offset', 4.0):.3f}",
+        f"and reverse at {mean('reverse', 'task-ids+offset', 2.0):.3f} and "
+        f"{mean('reverse', 'task-ids+offset', 4.0):.3f}",
         f"{100 * geo['copy']['task-ids+offset']['far_nearest_share']:.0f}% of its rows",
         f"{100 * geo['reverse']['task-ids+offset']['far_nearest_share']:.0f}% on reverse",
         f"{geo['copy']['task-ids+offset']['near_similarity']:.3f} near, "

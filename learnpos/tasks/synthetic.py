@@ -260,10 +260,13 @@ class SyntheticTask(Task):
     def check_prompt_length(self, xs: list[int]) -> None:
         """A model trained on n symbols answers a prompt of another length wrongly without a
         word; refuse such prompts instead (eval --length measures other lengths)."""
-        allowed = {*range(self.min_n, self.n + 1), self.eval_n}
+        # trained on a range of lengths and evaluated past it (synthetic.eval_length): every length up to that
+        longest = max(self.n, self.eval_n) if self.min_n < self.n else self.n
+        allowed = set(range(self.min_n, longest + 1)) | {self.eval_n}
         if len(xs) not in allowed:
             trained = f"{self.min_n}..{self.n}" if self.min_n < self.n else f"{self.n}"
-            lengths = trained + (f" or {self.eval_n}" if self.eval_n not in range(self.min_n, self.n + 1) else "")
+            span = f"{self.min_n}..{longest}" if self.min_n < longest else f"{longest}"
+            lengths = span + (f" or {self.eval_n}" if not self.min_n <= self.eval_n <= longest else "")
             raise ConfigError(f"this {self.name} model was trained on {trained} symbols; give {lengths} "
                               f"space-separated symbols (got {len(xs)}); `learnpos eval --length N` "
                               f"measures how it does at other lengths")

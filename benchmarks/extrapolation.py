@@ -50,7 +50,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,7 +58,7 @@ from study import FIGURES, table_stats
 
 from learnpos.analysis.geometry import row_geometry
 from learnpos.analysis.plots import similarity_png
-from learnpos.compare import _read_results, run_compare, run_path, write_outputs
+from learnpos.compare import _label, _read_results, run_compare, run_path, write_outputs
 from learnpos.load import load_run
 from learnpos.tasks import TASKS
 
@@ -90,10 +89,6 @@ def command(part: str, out: Path, seeds: str, steps: int | None) -> str:
                     for k, v in overrides(part, steps).items())
     return (f"learnpos compare --preset {preset}{flags} --variants {','.join(VARIANTS)} --lengths {lengths} "
             f"--seeds S --out {out / part}/seed-S, for S in {seeds}")
-
-
-def _label(r: dict) -> str:
-    return r["variant"] + (f" ({r['method']})" if r["method"] else "")
 
 
 def best_learned(rows: list[dict], factors: list[float]) -> tuple[str, dict]:
@@ -164,7 +159,6 @@ def main() -> None:
         train_units(parts, [int(s) for s in args.seeds.split(",")], args.jobs, args)
     out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
     FIGURES.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     record: dict = {"best_variant": {}, "parts": {}}
     for part in parts:
         preset, _, lengths = PARTS[part]
@@ -187,7 +181,7 @@ def main() -> None:
         longest = round(max(factors) * TASKS[part].train_length(trained_cfg))
         geometry = {v: table_geometry(run_path(first, v, seeds[0]), longest,
                                       FIGURES / f"extrapolation-{part}-{v.replace('+', '-')}.png"
-                                      if v in ("learned+offset", "task-ids+offset", "task-ids+randomized") else None)
+                                      if v in ("task-ids+offset", "task-ids+randomized") else None)
                     for v in LEARNED_TABLE}
         runs = {(r["variant"], r["seed"]): r["train_s"] for r in rows}
         record["parts"][part] = {"command": command(part, out, args.seeds, args.steps), "variants": VARIANTS,
@@ -202,7 +196,6 @@ def main() -> None:
         return
     record["seeds"] = seeds
     record["total_s"] = round(sum(p["train_s_total"] for p in record["parts"].values()), 1)
-    record["wall_s"] = round(time.perf_counter() - t0, 1)
     C.emit(args.json, record)
 
 

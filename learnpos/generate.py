@@ -88,6 +88,7 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     if max_new_tokens == 0:
         return [[] for _ in rows]
     custom = _custom_positions(rows, position_ids, next_position)
+    last = None  # (B, 1): the last new token's position fed (custom positions only)
     if custom is None:
         if position_step != 1:
             raise ValueError("position_step needs position_ids (the prompt's positions)")
@@ -123,8 +124,8 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
         if not model.pos.plans_positions:
             pass  # a plain table, sinusoids, rope, alibi: nothing to plan
         elif custom is not None:
-            last = next_pos + position_step * max(max_new_tokens - 2, 0)  # the last new token fed
-            cache.planned = torch.maximum(position_ids.amax(1), torch.maximum(next_pos, last).view(-1)) + 1
+            fed = torch.maximum(next_pos, last.to(device)).view(-1)
+            cache.planned = torch.maximum(position_ids.amax(1), fed) + 1
         else:
             cache.planned = mask.sum(1) + max_new_tokens - 1
         prompt_extra = {k: v.to(device) for k, v in prompt_extra.items()}

@@ -47,6 +47,10 @@ def test_bad_override_messages(key, value, match):
     ({"task": "index", "synthetic.length": "20", "model.positional.max_len": "64"}, "distinct symbols"),
     ({"train.device": "tpu"}, "train.device"),
     ({"model.n_head": "0"}, "must be positive"),
+    ({"model.positional.kind": "rope", "model.positional.offset": "4"}, "offset.*kind='rope'"),
+    ({"model.positional.offset": "-1"}, "offset.*>= 0"),
+    ({"synthetic.positions": "absolute"}, "synthetic.positions"),
+    ({"task": "index", "synthetic.positions": "task"}, "defines no position ids of its own"),
 ])
 def test_impossible_configs_are_rejected(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -106,3 +106,7 @@ def test_the_extrapolation_reading_states_the_saved_figures():
     assert r["best_variant"] == {"copy": "task-ids+randomized", "reverse": "task-ids+randomized",
                                  "add": "task-ids+offset"}
     assert [p for p in phrases if p not in text] == []
+    preset = re.sub(r"\s*#\s*", " ", (ROOT / "learnpos/configs/extrapolate-add.toml").read_text(encoding="utf-8"))
+    a = r["add"]  # the add preset's comment quotes the same study
+    assert (f"token accuracy {a['1x']:.3f} / {a['2x']:.3f} / {a['4x']:.3f} / {a['5x']:.3f} at 1x / 2x / 4x / 5x, exact "
+            f"match {mean('add', 'task-ids+offset', 1.0, 'exact_match'):.3f} at 1x") in preset

@@ -82,6 +82,19 @@ def test_unseen_entities_are_counted_and_left_out(tmp_path):
     assert len(data.valid) == 1 and len(data.test) == 1
 
 
+def test_unseen_triples_are_reported_once_however_often_the_task_is_built(tmp_path, caplog):
+    """A derived run builds the task for its probe and again to train: one warning per split."""
+    tri = toy_graph()
+    folder = write_dataset(tmp_path / "g", tri, [("e0", "next", "zz"), tri[0]], [tri[1]])
+    from learnpos.tasks.kg import KGTask
+    cfg = load_config("kg-umls", {"kg.data": str(folder), "kg.dataset": "g"})
+    with caplog.at_level("WARNING"):
+        KGTask(cfg), KGTask(cfg)
+    said = [r.getMessage() for r in caplog.records if "not seen in training" in r.getMessage()]
+    assert said == ["g: 1 valid triples have an entity or relation not seen in training; they are left out of "
+                    "ranking (the standard policy)"]
+
+
 # ----------------------------------------------------------------------------- evaluator
 
 

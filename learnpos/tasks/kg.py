@@ -106,6 +106,9 @@ class Ensemble(nn.Module):
         self.members, self.names = nn.ModuleList(members), names
 
 
+_WARNED: set[tuple] = set()  # unseen-triple warnings already given
+
+
 @register
 class KGTask(Task):
     name = "kg"
@@ -125,7 +128,8 @@ class KGTask(Task):
         self.vocab_size = self.MASK + 1
         self.known = AnswerIndex(self.data.known_triples(), self.E, self.R)
         for split, n in self.data.unseen.items():
-            if n:
+            if n and (self.kg.data, self.kg.dataset, split, n) not in _WARNED:  # once a process: a derived
+                _WARNED.add((self.kg.data, self.kg.dataset, split, n))      # run's probe builds the task too
                 log.warning("%s: %d %s triples have an entity or relation not seen in training; they are "
                             "left out of ranking (the standard policy)", self.kg.dataset, n, split)
 

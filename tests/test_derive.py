@@ -49,9 +49,14 @@ def graph(tmp_path_factory) -> Path:
 
 
 def test_kg_settings_follow_the_graphs_counts(tmp_path):
-    small, _, most = derived_settings("kg", str(write_graph(tmp_path / "small")))
+    small, _, most = derived_settings("kg", str(write_graph(tmp_path / "small", entities=150, relations=2)))
     assert small["kg.queries"] == "reciprocal" and small["kg.targets"] == "query"
-    assert small["kg.negatives"] == 0 and small["train.batch_size"] == 256
+    assert small["kg.negatives"] == 0 and small["train.batch_size"] == 256 and small["model.dropout"] == 0.1
+    # 4 training triples per relation (< SCARCE): one relation embedding for both directions (coke queries);
+    # 80 per entity (> DENSE): more dropout
+    scarce, why_scarce, _ = derived_settings("kg", str(write_graph(tmp_path / "scarce", 5, 100, 2000)))
+    assert scarce["kg.queries"] == "coke" and scarce["model.dropout"] == 0.2
+    assert "queries: coke (4 training triples per relation: scarce" in "\n".join(why_scarce)
     # many entities: training scores a sample of them; many queries: bigger batches
     big_dir = tmp_path / "big"
     big_dir.mkdir()
@@ -102,7 +107,7 @@ def test_train_without_preset_derives_prints_and_saves(graph, tmp_path, capsys):
     wall = time.perf_counter() - t0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["n_embd"] == 64 and cfg["model"]["n_head"] == 8  # the user's key wins, the rest derived
-    assert cfg["kg"]["queries"] == "reciprocal" and cfg["train"]["time_budget"] == 0.5
+    assert cfg["kg"]["queries"] == "coke" and cfg["train"]["time_budget"] == 0.5  # 29 triples per relation
     assert cfg["kg"]["dataset"] == "toygraph" and cfg["train"]["early_stop_metric"] == "mrr"
     assert wall < 0.5 * 60 + 15  # the probe and the run fit the budget (15 s: interpreter and imports)
     # what was chosen is printed (not with --quiet)
@@ -199,7 +204,7 @@ def test_tune_writes_a_preset_a_summary_and_a_plot(graph, tmp_path):
              overrides={"train.max_iters": "40", "train.eval_interval": "10", "model.n_embd": "32"})
     assert [r["trial"] for r in s["trials"]] == [0, 1, 2] and s["trials"][0]["baseline"]
     base = s["trials"][0]["params"]
-    assert base["train.lr"] == 1e-3 and base["kg.queries"] == "reciprocal"  # trial 0 is the derived config
+    assert base["train.lr"] == 1e-3 and base["kg.queries"] == "coke"  # trial 0 is the derived config
     assert "model.n_embd" not in base  # a key the user set is fixed, not searched
     configs = [json.loads((out / f"trial-000{i}" / "config.json").read_text()) for i in range(3)]
     assert all(c["model"]["n_embd"] == 32 for c in configs)

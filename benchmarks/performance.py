@@ -210,27 +210,39 @@ def _kg_vs_pykeen(r: dict) -> list[str]:
 
 
 def _kg_own_data(r: dict) -> list[str]:
-    saved = r.get("presets") == "saved"
-    lines = [f"test MRR, filtered, both directions; learnpos: mean ± spread over {len(r['seeds'])} seed(s), the "
-             f"derived run within a {r['budget_minutes']:g}-minute budget (its probe included); "
-             + ("the presets: their saved `benchmarks/kg_large.py` runs (a fixed number of steps; wall time on that "
-                "run's machine: " + "; ".join(g["runs"]["preset"][0]["saved"] for g in r["graphs"].values()) + ")"
-                if saved else f"PyKEEN: {len(r['pykeen_seeds'])} seed(s), {r['pykeen_epochs']} epochs"), "",
-             "| graph | derived (no preset) | preset | derived / preset | PyKEEN's best recipe | derived / PyKEEN | "
-             "wall s: derived, preset, PyKEEN |", "|---|---|---|---|---|---|---|"]
+    saved = r.get("presets") == "saved"  # the presets' figures are their saved kg_large.py runs (one seed)
+    peers = any(g["best_pykeen_model"] for g in r["graphs"].values())
+    seeds = len(r["seeds"])
+
+    def mrr(g: dict, side: str) -> str:
+        runs = [x["mrr"] for x in g["runs"][side]]
+        return f"{statistics.mean(runs):.3f}" + (f" ± {statistics.pstdev(runs):.3f}" if len(runs) > 1 else "")
+
+    lines = ["test MRR, filtered, both directions; learnpos: "
+             + (f"mean ± spread over {seeds} seeds" if seeds > 1 else f"one seed ({r['seeds'][0]})")
+             + f", the derived run within a {r['budget_minutes']:g}-minute budget (its probe included); "
+             + ("the presets: their saved `benchmarks/kg_large.py` runs (a fixed number of steps; their wall time "
+                "on that run's machine: " + "; ".join(g["runs"]["preset"][0]["saved"] for g in r["graphs"].values())
+                + ")" if saved else f"PyKEEN: {len(r['pykeen_seeds'])} seed(s), {r['pykeen_epochs']} epochs"), "",
+             "| graph | derived (no preset) | preset | derived / preset | "
+             + ("PyKEEN's best recipe | derived / PyKEEN | wall s: derived, preset, PyKEEN |" if peers
+                else "wall s: derived, preset |"), "|---|---|---|---|---|" + ("---|---|" if peers else "")]
     for name, g in r["graphs"].items():
-        spread = {k: statistics.pstdev([x["mrr"] for x in g["runs"][k]]) for k in ("derived", "preset")}
-        pk = f"{g['best_pykeen_mrr']:.3f} ({g['best_pykeen_model']})" if g["best_pykeen_model"] else "-"
-        ratio = f"{g['ratio_to_pykeen']:.3f}" if g["ratio_to_pykeen"] else "-"
-        walls = f"{g['derived_wall_s']:.0f}, {g['preset_wall_s']:.0f}, " + (
-            f"{g['pykeen_wall_s']:.0f}" if g["pykeen_wall_s"] else "-")
-        lines.append(f"| {name} | {g['derived_mrr']:.3f} ± {spread['derived']:.3f} | {g['preset_mrr']:.3f} ± "
-                     f"{spread['preset']:.3f} | **{g['ratio_to_preset']:.3f}** | {pk} | {ratio} | {walls} |")
+        row = f"| {name} | {mrr(g, 'derived')} | {mrr(g, 'preset')} | **{g['ratio_to_preset']:.3f}** | "
+        walls = f"{g['derived_wall_s']:.0f}, {g['preset_wall_s']:.0f}"
+        if peers:
+            pk = f"{g['best_pykeen_mrr']:.3f} ({g['best_pykeen_model']})" if g["best_pykeen_model"] else "-"
+            ratio = f"{g['ratio_to_pykeen']:.3f}" if g["ratio_to_pykeen"] else "-"
+            walls += f", {g['pykeen_wall_s']:.0f}" if g["pykeen_wall_s"] else ", -"
+            row += f"{pk} | {ratio} | "
+        lines.append(row + f"{walls} |")
+    both = not saved  # a saved preset run has no split by direction
     lines += ["", "By direction (test MRR, tail queries [h, r, ?] / head queries [?, r, t]):", "",
-              "| graph | derived tail | derived head | preset tail | preset head |", "|---|---|---|---|---|"]
-    f3 = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731  (a saved preset run has no direction split)
-    lines += [f"| {n} | {g['derived_tail_mrr']:.3f} | {g['derived_head_mrr']:.3f} | {f3(g['preset_tail_mrr'])} | "
-              f"{f3(g['preset_head_mrr'])} |" for n, g in r["graphs"].items()]
+              "| graph | derived tail | derived head |" + (" preset tail | preset head |" if both else ""),
+              "|---|---|---|" + ("---|---|" if both else "")]
+    lines += [f"| {n} | {g['derived_tail_mrr']:.3f} | {g['derived_head_mrr']:.3f} |"
+              + (f" {g['preset_tail_mrr']:.3f} | {g['preset_head_mrr']:.3f} |" if both else "")
+              for n, g in r["graphs"].items()]
     return lines
 
 

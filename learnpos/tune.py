@@ -162,6 +162,8 @@ def tune(task: str, data: str, budget: float, preset: str | None = None, trials:
         study.set_user_attr("metric", metric)
         study.set_user_attr("task", task)
         resumed = _recover(study, optuna)
+        if study.trials:  # a resumed study: a sampler seeded as before would propose the last session's trials again
+            study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), n_startup_trials=5)
         if not study.trials:
             study.enqueue_trial(_baseline_params(base, space), user_attrs={"baseline": True})
         for line in lines + [f"study '{name}' in {storage}: {len(study.trials)} trial(s) so far, maximising"

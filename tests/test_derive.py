@@ -246,6 +246,8 @@ def test_tune_resumes_after_kill_9(graph, tmp_path):
     assert states[1] == "FAIL" and states.count("COMPLETE") + states.count("PRUNED") == 3
     retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 1)
     assert retry.params == study.trials[1].params and retry.user_attrs["run_dir"].endswith("trial-0001")
+    fresh = [t for t in study.trials[2:] if "retry_of" not in t.user_attrs]
+    assert fresh and all(t.params != study.trials[1].params for t in fresh)  # not the last session's proposal again
     steps_after = [json.loads(x)["step"] for x in (out / "trial-0001" / "metrics.jsonl").read_text().splitlines()]
     assert steps_after[: len(steps_before)] == steps_before and steps_after[-1] > steps_before[-1]  # continued
 

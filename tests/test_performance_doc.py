@@ -110,3 +110,31 @@ def test_the_extrapolation_reading_states_the_saved_figures():
     a = r["add"]  # the add preset's comment quotes the same study
     assert (f"token accuracy {a['1x']:.3f} / {a['2x']:.3f} / {a['4x']:.3f} / {a['5x']:.3f} at 1x / 2x / 4x / 5x, exact "
             f"match {mean('add', 'task-ids+offset', 1.0, 'exact_match'):.3f} at 1x") in preset
+
+
+def test_the_own_data_kg_reading_states_the_saved_figures():
+    """The readings beside the kg_own_data tables (docs/applications.md) and the derive module's docstring quote
+    the saved runs by hand; each figure must be what the two JSON files say."""
+    import json
+    import re
+
+    res = performance_module().RESULTS
+    small = json.loads((res / "kg_own_data.json").read_text(encoding="utf-8"))["graphs"]
+    large = json.loads((res / "kg_own_data_large.json").read_text(encoding="utf-8"))["graphs"]
+    text = re.sub(r"\s+", " ", (ROOT / "docs/applications.md").read_text(encoding="utf-8"))
+    doc = re.sub(r"\s+", " ", (ROOT / "learnpos/derive/kg.py").read_text(encoding="utf-8"))
+    to_preset = ", ".join(f"{small[g]['ratio_to_preset']:.3f}" for g in ("nations", "umls"))
+    to_pykeen = ", ".join(f"{small[g]['ratio_to_pykeen']:.3f}" for g in ("nations", "umls"))
+    phrases = [
+        f"reach {to_preset} and {small['kinships']['ratio_to_preset']:.3f} of the Nations, UMLS and Kinship presets",
+        f"({to_pykeen} and {small['kinships']['ratio_to_pykeen']:.3f} of PyKEEN's best recipe",
+        f"head queries reach {small['nations']['derived_head_mrr']:.3f} test MRR",
+        f"On WN18RR the derived settings pass the preset ({large['wn18rr']['ratio_to_preset']:.3f} of its MRR); on "
+        f"FB15k-237 they reach {large['fb15k-237']['ratio_to_preset']:.3f}",
+        f"({large['fb15k-237']['derived_head_mrr']:.3f} against {large['fb15k-237']['derived_tail_mrr']:.3f};",
+    ]
+    assert [p for p in phrases if p not in text] == []
+    assert (f"Nations {small['nations']['ratio_to_preset']:.3f}, UMLS {small['umls']['ratio_to_preset']:.3f}, "
+            f"Kinships {small['kinships']['ratio_to_preset']:.3f} of their presets" in doc)
+    assert (f"WN18RR {large['wn18rr']['ratio_to_preset']:.3f} and FB15k-237 "
+            f"{large['fb15k-237']['ratio_to_preset']:.3f}" in doc)

@@ -6,7 +6,9 @@
 The base config is the preset (with the data) or the settings derived from the data
 (`learnpos.derive`); it is the study's first trial, so the search starts from what a user
 would run anyway. Then the TPE sampler proposes settings from the task's `SPACE`
-(`learnpos.derive.<task>`), each trial an ordinary run directory `OUT/trial-NNNN` trained by
+(`learnpos.derive.<task>`) in two stages: for the first FIRST_STAGE of the budget only the
+training settings (learning rate, dropout, batch, ...; `Param.stage` 1) vary around the base,
+then the model's shape and the recipe too. Each trial is an ordinary run directory `OUT/trial-NNNN` trained by
 `learnpos.train.train`, its validation metric reported to a median pruner at every
 evaluation (a trial below the median of earlier trials at the same step is stopped there).
 A trial's value is its best validation figure (the weights `best/` keeps).
@@ -42,6 +44,7 @@ from learnpos.files import atomic_write_text, lock_dir
 log = logging.getLogger(__name__)
 METRICS = {"kg": ("mrr", "max"), "lm": ("loss", "min"), "dialogue": ("loss", "min")}
 SUMMARY, BEST_PRESET, PLOT = "summary.json", "best.toml", "trials.png"
+FIRST_STAGE = 0.5  # of the budget: trials vary only the stage-1 (training) settings, the rest stay the base's
 
 
 def _optuna():
@@ -177,7 +180,10 @@ def tune(task: str, data: str, budget: float, preset: str | None = None, trials:
         left = lambda: budget * 60 - spent - (time.perf_counter() - t_start)  # noqa: E731
 
         def objective(trial):
-            values = {p.key: _suggest(trial, p, _base_value(base, p.key)) for p in space}
+            stage = 1 if left() > (1 - FIRST_STAGE) * budget * 60 else 2
+            again = trial.user_attrs.get("retry_params")  # a cut-short trial: exactly its parameters, again
+            values = {p.key: _suggest(trial, p, _base_value(base, p.key)) for p in space
+                      if (_name(p) in again if again is not None else p.stage <= stage)}
             cfg = apply_params(base, values)
             run_dir = Path(trial.user_attrs.get("resume_dir") or out_dir / f"trial-{trial.number:04d}")
             trial.set_user_attr("run_dir", str(run_dir))
@@ -253,7 +259,8 @@ def _recover(study, optuna) -> int:
     for t in stale:
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial({k: v for k, v in t.params.items()},
-                            user_attrs={"resume_dir": t.user_attrs.get("run_dir", ""), "retry_of": t.number})
+                            user_attrs={"resume_dir": t.user_attrs.get("run_dir", ""), "retry_of": t.number,
+                                        "retry_params": sorted(t.params)})
     return len(stale)
 
 

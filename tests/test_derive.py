@@ -57,6 +57,15 @@ def test_kg_settings_follow_the_graphs_counts(tmp_path):
     scarce, why_scarce, _ = derived_settings("kg", str(write_graph(tmp_path / "scarce", 5, 100, 2000)))
     assert scarce["kg.queries"] == "coke" and scarce["model.dropout"] == 0.2
     assert "queries: coke (4 training triples per relation: scarce" in "\n".join(why_scarce)
+    assert small["kg.query_weight"] == scarce["kg.query_weight"] == "uniform"
+    # many-to-one: every entity's "r0" is e0, so a triple's head query has ~300 answers (> HEAVY): a query
+    # weighs its answer count
+    heavy_dir = tmp_path / "heavy"
+    heavy_dir.mkdir()
+    for split, n in (("train", 300), ("valid", 20), ("test", 20)):
+        (heavy_dir / f"{split}.txt").write_text("".join(f"e{i + 1}\tr0\te0\n" for i in range(n)), encoding="utf-8")
+    heavy, why_heavy, _ = derived_settings("kg", str(heavy_dir))
+    assert heavy["kg.query_weight"] == "answers" and "answer count" in "\n".join(why_heavy)
     # many entities: training scores a sample of them; many queries: bigger batches
     big_dir = tmp_path / "big"
     big_dir.mkdir()
@@ -204,7 +213,7 @@ def test_tune_writes_a_preset_a_summary_and_a_plot(graph, tmp_path):
              overrides={"train.max_iters": "40", "train.eval_interval": "10", "model.n_embd": "32"})
     assert [r["trial"] for r in s["trials"]] == [0, 1, 2] and s["trials"][0]["baseline"]
     base = s["trials"][0]["params"]
-    assert base["train.lr"] == 1e-3 and base["kg.queries"] == "coke"  # trial 0 is the derived config
+    assert base["train.lr"] == 1e-3 and base["model.dropout"] == 0.1  # trial 0 is the derived config
     assert "model.n_embd" not in base  # a key the user set is fixed, not searched
     configs = [json.loads((out / f"trial-000{i}" / "config.json").read_text()) for i in range(3)]
     assert all(c["model"]["n_embd"] == 32 for c in configs)
@@ -218,6 +227,26 @@ def test_tune_writes_a_preset_a_summary_and_a_plot(graph, tmp_path):
     assert cfg.model.n_embd == trial_cfg["model"]["n_embd"] and cfg.train.lr == trial_cfg["train"]["lr"]
     assert cfg.train.out_dir.endswith("-tuned")
     assert cfg.model.vocab_size == 0 and cfg.train.dtype == "auto"  # as a preset says them, not as a run resolved
+
+
+def test_tune_searches_the_training_settings_first_then_the_model_and_recipe(graph, tmp_path, monkeypatch):
+    """In the first stage of the budget a trial varies only stage-1 keys (the rest are the
+    base's, in its config too); later ones vary every key of the space."""
+    pytest.importorskip("optuna")
+    import learnpos.tune as tuning
+    from learnpos.derive.kg import SPACE
+
+    first = {p.key for p in SPACE if p.stage == 1} | {f"{p.key} (x base)" for p in SPACE if p.stage == 1}
+    out, over = tmp_path / "tune", {"train.max_iters": "20", "train.eval_interval": "10", "model.n_embd": "32"}
+    monkeypatch.setattr(tuning, "FIRST_STAGE", 1.0)  # the whole budget is the first stage
+    s = tuning.tune("kg", str(graph), budget=2.0, trials=3, out=str(out), quiet=True, overrides=over)
+    assert all(set(r["params"]) <= first for r in s["trials"]) and "train.lr" in s["trials"][1]["params"]
+    for i in range(3):
+        c = json.loads((out / f"trial-000{i}" / "config.json").read_text())
+        assert (c["model"]["n_layer"], c["kg"]["queries"], c["train"]["optimizer"]) == (1, "coke", "adamw")
+    monkeypatch.setattr(tuning, "FIRST_STAGE", 0.0)  # the same study, resumed, in its second stage
+    s = tuning.tune("kg", str(graph), budget=2.0, trials=4, out=str(out), quiet=True, overrides=over)
+    assert {"model.n_layer", "kg.queries", "train.optimizer", "train.lr"} <= set(s["trials"][3]["params"])
 
 
 def test_tune_resumes_after_kill_9(graph, tmp_path):

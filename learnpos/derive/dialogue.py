@@ -31,11 +31,11 @@ WARMUP_SHARE = 0.05  # of the steps (at most 200): the dailydialog preset warms 
 SPACE = (  # what `learnpos tune --task dialogue` searches
     Param("train.lr", "float", 3e-4, 4e-3, log=True),
     Param("model.dropout", "float", 0.0, 0.3),
-    Param("model.n_layer", "int", 1, 6),
-    Param("model.n_embd", "choice", choices=(64, 128, 192, 256)),
+    Param("model.n_layer", "int", 1, 6, stage=2),
+    Param("model.n_embd", "choice", choices=(64, 128, 192, 256), stage=2),
     Param("train.batch_size", "choice", choices=(16, 32, 64)),
     Param("train.weight_decay", "float", 1e-3, 0.3, log=True),
-    Param("model.mlp", "choice", choices=("gelu", "relu2")),
+    Param("model.mlp", "choice", choices=("gelu", "relu2"), stage=2),
     *RECIPE, *LOGITS,
 )
 MAX_TURNS = 8

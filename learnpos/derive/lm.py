@@ -27,12 +27,12 @@ WARMUP_SHARE = 0.05  # of the steps (at most 200): the nanoGPT CPU recipe warms 
 SPACE = (  # what `learnpos tune --task lm` searches
     Param("train.lr", "float", 2e-4, 3e-3, log=True),
     Param("model.dropout", "float", 0.0, 0.3),
-    Param("model.n_layer", "int", 2, 8),
-    Param("model.n_embd", "choice", choices=(64, 128, 192, 256, 384)),
-    Param("model.positional.init", "choice", choices=("normal", "sinusoidal")),
+    Param("model.n_layer", "int", 2, 8, stage=2),
+    Param("model.n_embd", "choice", choices=(64, 128, 192, 256, 384), stage=2),
+    Param("model.positional.init", "choice", choices=("normal", "sinusoidal"), stage=2),
     Param("train.batch_size", "choice", choices=(8, 12, 16, 32)),
     Param("train.weight_decay", "float", 1e-3, 0.3, log=True),
-    Param("model.mlp", "choice", choices=("gelu", "relu2")),
+    Param("model.mlp", "choice", choices=("gelu", "relu2"), stage=2),
     *RECIPE, *LOGITS,
 )
 

@@ -241,6 +241,7 @@ def test_tune_searches_the_training_settings_first_then_the_model_and_recipe(gra
     monkeypatch.setattr(tuning, "FIRST_STAGE", 1.0)  # the whole budget is the first stage
     s = tuning.tune("kg", str(graph), budget=2.0, trials=3, out=str(out), quiet=True, overrides=over)
     assert all(set(r["params"]) <= first for r in s["trials"]) and "train.lr" in s["trials"][1]["params"]
+    assert all(5e-4 <= r["params"]["train.lr"] <= 2e-3 for r in s["trials"])  # near the base's 1e-3
     for i in range(3):
         c = json.loads((out / f"trial-000{i}" / "config.json").read_text())
         assert (c["model"]["n_layer"], c["kg"]["queries"], c["train"]["optimizer"]) == (1, "coke", "adamw")

@@ -142,8 +142,10 @@ def run_derived(folder: Path, seed: str, budget: float, sets: list[str], tmp: st
     cfg, lines = derive_config("kg", str(folder), over)
     print("\n".join(lines), flush=True)
     train(cfg, quiet=True)
-    val = [r["mrr"] for r in read_metrics(cfg.train.out_dir) if r.get("split") == "val" and "mrr" in r]
-    return {**_test_metrics([cfg.train.out_dir], t0), "steps": cfg.train.max_iters,
+    records = read_metrics(cfg.train.out_dir)
+    val = [r["mrr"] for r in records if r.get("split") == "val" and "mrr" in r]
+    return {**_test_metrics([cfg.train.out_dir], t0), "steps": max(r["step"] for r in records),
+            "planned_steps": cfg.train.max_iters,  # more than steps: the budget or early stopping ended it
             "best_val_mrr": max(val) if val else None}  # what early stopping kept
 
 

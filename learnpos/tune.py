@@ -202,7 +202,9 @@ def tune(task: str, data: str, budget: float, preset: str | None = None, trials:
             run_dir = Path(trial.user_attrs.get("resume_dir") or out_dir / f"trial-{trial.number:04d}")
             trial.set_user_attr("run_dir", str(run_dir))
             cfg.train.out_dir = str(run_dir)
-            cfg.train.time_budget = max(0.05, min(cfg.train.time_budget or math.inf, left() / 60))
+            own = cfg.train.time_budget or math.inf
+            cfg.train.time_budget = max(0.05, min(own, left() / 60))
+            study_cut = cfg.train.time_budget < own  # the study's end, not the trial's own budget, bounds it
             best = {"value": None}
             pruned = {"at": None}
 
@@ -227,17 +229,20 @@ def tune(task: str, data: str, budget: float, preset: str | None = None, trials:
                 used = max([r.get("time_s", 0.0) for r in read_metrics(run_dir)] or [0.0])
                 cfg.train.time_budget = (used + max(3.0, left())) / 60
                 if pruned["at"] is not None:
-                    raise optuna.TrialPruned(f"below the median at step {pruned['at']}")
+                    raise optuna.TrialPruned(f"in the worst {PRUNE_BELOW:g} % at step {pruned['at']}")
             elif run_dir.exists():  # made by a killed session before it wrote its config: nothing to keep
                 import shutil
 
                 shutil.rmtree(run_dir)
             t0 = time.perf_counter()
-            train(cfg, resume=resume, quiet=True, on_eval=on_eval)
+            result = train(cfg, resume=resume, quiet=True, on_eval=on_eval)
             trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 1))
             study.set_user_attr("spent_s", spent + time.perf_counter() - t_start)
             if pruned["at"] is not None:
-                raise optuna.TrialPruned(f"below the median at step {pruned['at']}")
+                raise optuna.TrialPruned(f"in the worst {PRUNE_BELOW:g} % at step {pruned['at']}")
+            if study_cut and result.step < cfg.train.max_iters and left() <= 1.0:
+                # stopped early by the study's end: its value says how far it got, not how good it is
+                raise optuna.TrialPruned(f"the study's budget ended it at step {result.step}")
             if best["value"] is None:
                 raise ConfigError(f"trial {trial.number} evaluated nothing")
             return best["value"]
@@ -339,6 +344,9 @@ def summary_markdown(s: dict) -> str:
     if s.get("best"):
         lines += ["", f"Best: trial {s['best']['trial']}, {s['metric']} {s['best']['value']:.4f}; preset "
                       f"`{s.get('preset')}` (`learnpos train --preset {s.get('preset')}`)."]
+    else:
+        lines += ["", "No trial completed, so no preset was written: give a larger --budget (the same command "
+                      "goes on with the study)."]
     if s.get("importance"):
         lines += ["", "Parameters that mattered (PED-ANOVA importance):", ""]
         lines += [f"- {k}: {v:.3f}" for k, v in s["importance"].items()]

@@ -250,6 +250,18 @@ def test_tune_searches_the_training_settings_first_then_the_model_and_recipe(gra
     assert {"model.n_layer", "kg.queries", "train.optimizer", "train.lr"} <= set(s["trials"][3]["params"])
 
 
+def test_a_trial_the_studys_end_cuts_short_is_pruned_not_complete(graph, tmp_path):
+    """Its early value says how far it got, not how good its settings are: it must not count as a result."""
+    pytest.importorskip("optuna")
+    from learnpos.tune import tune
+
+    s = tune("kg", str(graph), budget=0.1, trials=1, out=str(tmp_path / "tune"), quiet=True,
+             overrides={"train.max_iters": "100000", "train.eval_interval": "10", "model.n_embd": "32"})
+    assert [r["state"] for r in s["trials"]] == ["pruned"] and s["best"] is None
+    assert "No trial completed" in (tmp_path / "tune" / "summary.md").read_text() and not (tmp_path / "tune" /
+                                                                                          "best.toml").exists()
+
+
 def test_tune_resumes_after_kill_9(graph, tmp_path):
     pytest.importorskip("optuna")
     out = tmp_path / "tune"

@@ -193,6 +193,9 @@ def tune(task: str, data: str, budget: float, preset: str | None = None, trials:
         t_start = time.perf_counter()
         left = lambda: budget * 60 - spent - (time.perf_counter() - t_start)  # noqa: E731
 
+        def worst(step: int) -> str:
+            return f"in the worst {PRUNE_BELOW:g} % at step {step}"
+
         def objective(trial):
             stage = 1 if left() > (1 - FIRST_STAGE) * budget * 60 else 2
             again = trial.user_attrs.get("retry_params")  # a cut-short trial: exactly its parameters, again
@@ -229,7 +232,7 @@ def tune(task: str, data: str, budget: float, preset: str | None = None, trials:
                 used = max([r.get("time_s", 0.0) for r in read_metrics(run_dir)] or [0.0])
                 cfg.train.time_budget = (used + max(3.0, left())) / 60
                 if pruned["at"] is not None:
-                    raise optuna.TrialPruned(f"in the worst {PRUNE_BELOW:g} % at step {pruned['at']}")
+                    raise optuna.TrialPruned(worst(pruned["at"]))
             elif run_dir.exists():  # made by a killed session before it wrote its config: nothing to keep
                 import shutil
 
@@ -239,7 +242,7 @@ def tune(task: str, data: str, budget: float, preset: str | None = None, trials:
             trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 1))
             study.set_user_attr("spent_s", spent + time.perf_counter() - t_start)
             if pruned["at"] is not None:
-                raise optuna.TrialPruned(f"in the worst {PRUNE_BELOW:g} % at step {pruned['at']}")
+                raise optuna.TrialPruned(worst(pruned["at"]))
             if study_cut and result.step < cfg.train.max_iters and left() <= 1.0:
                 # stopped early by the study's end: its value says how far it got, not how good it is
                 raise optuna.TrialPruned(f"the study's budget ended it at step {result.step}")

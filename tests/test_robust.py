@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
 from learnpos.cli import main
@@ -485,15 +486,16 @@ def read_only_run(demo_run, tmp_path):
 
 
 def test_a_read_only_run_is_evaluated_inspected_and_sampled(read_only_run, tmp_path):
+    """In this process (what the commands compute and say; the mount is what is real)."""
     run = read_only_run
     for args in (["eval", "--run", str(run)], ["generate", "--run", str(run), "--prompt", " ".join("1234" * 4)],
                  ["inspect", str(run), "--out", str(tmp_path / "report")]):
-        r = cli(*args, cwd=tmp_path)
+        r = run_cli(*args, cwd=tmp_path)
         assert r.returncode == 0, (args, r.stderr)
     assert (tmp_path / "report" / "report.html").exists()
     for args, named in ((["inspect", str(run)], "read-only"),
                         (["train", "--resume", str(run), "--quiet"], "read-only")):
-        r = cli(*args, cwd=tmp_path)
+        r = run_cli(*args, cwd=tmp_path)
         assert r.returncode == 2 and named in one_error_line(r.stderr), (args, r.stderr)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -164,3 +165,60 @@ def lr_at(step: int, t: TrainConfig) -> float:
         return t.lr + (step - decay_start) / max(1, t.max_iters - decay_start) * (t.min_lr - t.lr)
     progress = (step - t.warmup_iters) / max(1, t.max_iters - t.warmup_iters)
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
+
+
+class WeightAverage:
+    """An exponential moving average of the model's parameters (Polyak averaging), updated
+    after every optimizer step: avg <- d avg + (1 - d) w with d = min(decay, (1 + n) / (10 + n))
+    at update n (0-based), so the first steps are not dominated by the random init. It covers
+    about the last 1 / (1 - decay) steps. `applied()` puts it into the model (for evaluation,
+    the best weights and the saved model) and the trained weights back afterwards."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.names = [name for name, _ in model.named_parameters()]  # each shared parameter once
+        self.params = [p for _, p in model.named_parameters()]
+        self.average = [p.detach().clone() for p in self.params]
+        self.trained: dict[str, torch.Tensor] | None = None  # the trained weights while applied
+
+    @torch.no_grad()
+    def update(self, n: int) -> None:
+        d = min(self.decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - d)
+
+    @contextmanager
+    def applied(self):
+        """The average in the model's parameters for the block; `trained` holds the trained
+        weights meanwhile (a checkpoint saves them for resume)."""
+        with torch.no_grad():
+            self.trained = {name: p.detach().clone() for name, p in zip(self.names, self.params, strict=True)}
+            torch._foreach_copy_(self.params, self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, list(self.trained.values()))
+            self.trained = None
+
+    @torch.no_grad()
+    def resume(self, trained: dict[str, torch.Tensor] | None) -> None:
+        """The model holds a checkpoint's model.safetensors: that is the average; the trained
+        weights saved beside it go into the model (a checkpoint saved without an average has
+        none: the average then starts from its weights)."""
+        self.average = [p.detach().clone() for p in self.params]
+        if trained is not None:
+            load_trained(self.names, self.params, trained)
+
+    @torch.no_grad()
+    def apply_for_good(self) -> None:
+        """The average into the model, for the end of training."""
+        torch._foreach_copy_(self.params, self.average)
+
+
+@torch.no_grad()
+def load_trained(names: list[str], params: list[torch.Tensor], trained: dict[str, torch.Tensor]) -> None:
+    missing = [n for n in names if n not in trained]
+    if missing:
+        raise KeyError(f"the saved trained weights lack {missing[0]}")
+    for name, p in zip(names, params, strict=True):
+        p.copy_(trained[name])

@@ -10,9 +10,10 @@ import torch
 
 from learnpos.config import Config, config_diff, load_run_config
 from learnpos.distributed import Dist
-from learnpos.errors import RunDirError
+from learnpos.errors import RunDirError, first_line
 from learnpos.files import folder_contents
 from learnpos.load import data_keys
+from learnpos.optim import load_trained
 from learnpos.runs import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -72,8 +73,11 @@ def resume_point(run_dir: Path, t) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, model, optimizer, device: torch.device, dist: Dist) -> int:
-    """Weights, optimizer state and RNG of `folder`; returns its step. The optimizer's
+def load_checkpoint(folder: Path, model, optimizer, device: torch.device, dist: Dist, average=None) -> int:
+    """Weights, optimizer state and RNG of `folder`; returns its step. Where the run averages
+    its weights (train.ema), model.safetensors is the average and the trained weights are in
+    the trainer state: `average` (a WeightAverage) takes both; without one the model goes on
+    from the trained weights. The optimizer's
     hyper-parameters (weight decay, betas, momentum: what `load_state_dict` would bring back
     from the checkpoint) are the current config's, so a resumed run trains with what its
     config.json says; only its moments come from the checkpoint."""
@@ -82,6 +86,15 @@ def load_checkpoint(folder: Path, model, optimizer, device: torch.device, dist: 
     if weights_step != state["step"]:
         raise RunDirError(f"{folder}: weights are from step {weights_step} but optimizer state from "
                           f"step {state['step']}; cannot resume exactly")
+    trained = state.get("train_weights")
+    names, params = zip(*model.named_parameters(), strict=True)
+    try:
+        if average is not None:
+            average.resume(trained)
+        elif trained is not None:
+            load_trained(list(names), list(params), trained)
+    except (KeyError, RuntimeError) as e:
+        raise RunDirError(f"{folder}: {first_line(e)}; cannot resume from it") from None
     settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
     for group, current in zip(optimizer.param_groups, settings, strict=True):

@@ -250,12 +250,16 @@ def load_weights(model: torch.nn.Module, folder: Path) -> int:
 
 
 def save_trainer_state(path: Path, optimizer: torch.optim.Optimizer, step: int,
-                       rng_ranks: list[torch.Tensor] | None = None) -> None:
+                       rng_ranks: list[torch.Tensor] | None = None,
+                       trained: dict[str, torch.Tensor] | None = None) -> None:
     """rng_ranks: the CPU RNG state of every process of a distributed run, in rank order
-    (rank 0's is also `rng_cpu`), so each rank resumes its own dropout stream."""
+    (rank 0's is also `rng_cpu`), so each rank resumes its own dropout stream. trained: the
+    weights training goes on from, where model.safetensors holds their average (train.ema)."""
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
     if rng_ranks is not None:
         state["rng_ranks"] = rng_ranks
+    if trained is not None:
+        state["train_weights"] = trained
     if torch.cuda.is_available():
         state["rng_cuda"] = torch.cuda.get_rng_state_all()
     buffer = io.BytesIO()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ from learnpos.files import lock_dir
 from learnpos.hardware import autocast_for, resolve_device, resolve_dtype
 from learnpos.load import absolute_data_paths, build_model, check_config_against_weights, data_change
 from learnpos.model import GPT
-from learnpos.optim import build_optimizer, lr_at
+from learnpos.optim import WeightAverage, build_optimizer, lr_at
 from learnpos.resume import check_run_dir, load_checkpoint, resume_point, write_run_config
 from learnpos.runs import (
     BEST_DIR,
@@ -166,11 +167,12 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         check_config_against_weights(cfg, task, folder / MODEL_FILE)
     model = build_model(cfg, task).to(device)
     optimizer = build_optimizer(model, t, device.type)
+    average = WeightAverage(model, t.ema) if t.ema else None
     if dist.rank > 0:  # each rank its own dropout stream; rank 0 keeps the single-process one
         torch.manual_seed(t.seed * 1_000_003 + dist.rank)
     step = 0
     if folder is not None:
-        step = load_checkpoint(folder, model, optimizer, device, dist)
+        step = load_checkpoint(folder, model, optimizer, device, dist, average)
     history = truncate_metrics(run_dir, step) if (resume and dist.main) else []  # drops a line cut mid-append
     skipped = sum(r.get("skipped", 0) for r in history if r.get("split") == "train")
     best, since_best = _best_so_far(history, t)
@@ -192,7 +194,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
              f", {dist.world} processes" if dist.active else "")
 
     board = TensorBoardLog(run_dir, step) if t.tensorboard and dist.main else None
-    run = _Run(cfg, run_dir, task, model, optimizer, dist, device, autocast, step_loss_fn, stats)
+    run = _Run(cfg, run_dir, task, model, optimizer, dist, device, autocast, step_loss_fn, stats, average)
     end = t.max_iters if stop_after is None else min(t.max_iters, step + stop_after)
     metrics: dict = {}
     bar = tqdm(total=t.max_iters, initial=step, disable=quiet, desc="train", unit="it", dynamic_ncols=True)
@@ -245,6 +247,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
     bar.close()
     if board is not None:
         board.close()
+    if average is not None:  # from here on the model is what was evaluated and saved
+        average.apply_for_good()
 
     if dist.main and (step == t.max_iters or (step < end and step < t.max_iters)):  # ended early: no resume to come
         from learnpos.analysis.plots import save_position_plots
@@ -267,6 +271,10 @@ class _Run:
     autocast: object
     loss_fn: object  # the task's loss through the (compiled, DDP-wrapped) model
     stats: PositionStats | None
+    average: WeightAverage | None  # train.ema: evaluated, kept as best and saved as the model
+
+    def averaged(self):
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def step(self, step: int, lr: float, norms: bool = False) -> tuple[torch.Tensor, bool, dict]:
         """One optimizer step on the global batch of `step` at learning rate `lr`: (the batch's
@@ -310,6 +318,8 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update(step)
         return loss, False, grad_norms
 
     def evaluate(self, step: int, elapsed, best: float | None, since_best: int, on_eval):
@@ -318,14 +328,16 @@ class _Run:
         t, run_dir, model = self.cfg.train, self.run_dir, self.model
         metrics, stop = {}, False
         if self.dist.main:
-            metrics = self.task.evaluate(model, self.device, autocast=self.autocast)
+            with self.averaged():
+                metrics = self.task.evaluate(model, self.device, autocast=self.autocast)
             faults.point("eval")  # crash tests: killed with an evaluation done but not logged
             append_metrics(run_dir, {"step": step, "split": "val", **metrics, "time_s": round(elapsed(), 3)})
             if t.early_stop_metric:
                 value = _metric(metrics, t.early_stop_metric, self.cfg.task)
                 if best is None or (value > best if t.early_stop_mode == "max" else value < best):
                     best, since_best = value, 0  # the best weights go first: see _best_so_far
-                    write_checkpoint(run_dir, step, {MODEL_FILE: lambda p: save_weights(p, model, step)}, BEST_DIR)
+                    with self.averaged():
+                        write_checkpoint(run_dir, step, {MODEL_FILE: lambda p: save_weights(p, model, step)}, BEST_DIR)
                 else:
                     since_best += 1
                 stop = t.early_stop_patience > 0 and since_best >= t.early_stop_patience
@@ -337,11 +349,13 @@ class _Run:
         rng = self.dist.gather(torch.get_rng_state()) if self.dist.active else None
         if not self.dist.main:
             return
-        writers = {MODEL_FILE: lambda p: save_weights(p, self.model, step),
-                   STATE_FILE: lambda p: save_trainer_state(p, self.optimizer, step, rng)}
-        if self.stats is not None:
-            writers[STATS_FILE] = self.stats.save
-        write_checkpoint(self.run_dir, step, writers)
+        with self.averaged():  # the model file is what was evaluated; the trained weights go with the state
+            trained = self.average.trained if self.average is not None else None
+            writers = {MODEL_FILE: lambda p: save_weights(p, self.model, step),
+                       STATE_FILE: lambda p: save_trainer_state(p, self.optimizer, step, rng, trained)}
+            if self.stats is not None:
+                writers[STATS_FILE] = self.stats.save
+            write_checkpoint(self.run_dir, step, writers)
 
 
 def _finite_step(loss: torch.Tensor, model) -> bool:

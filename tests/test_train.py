@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from learnpos.config import load_config
 from learnpos.errors import RunDirError
 from learnpos.optim import lr_at, param_groups
-from learnpos.runs import latest_checkpoint
+from learnpos.runs import checkpoint_dirs, latest_checkpoint
 from learnpos.train import train
 
 FAST = {"train.eval_interval": "10", "train.log_interval": "5", "train.warmup_iters": "4"}
@@ -71,15 +71,17 @@ def test_every_learned_table_has_its_own_decay_group():
         assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("randomize,optimizer,offset", [("false", "adamw", "0"), ("true", "adamw", "8"),
-                                                       ("false", "muon", "0")])
-def test_resume_is_bit_exact(tmp_path, randomize, optimizer, offset):
+@pytest.mark.parametrize("randomize,optimizer,offset,ema", [("false", "adamw", "0", "0"), ("true", "adamw", "8", "0.9"),
+                                                           ("false", "muon", "0", "0")])
+def test_resume_is_bit_exact(tmp_path, randomize, optimizer, offset, ema):
     """Train 2N steps straight; train N, stop, resume to 2N: identical weights and optimizer state
-    (Muon's momentum buffers and AdamW's moments alike)."""
+    (Muon's momentum buffers and AdamW's moments alike; with train.ema the average and the
+    trained weights)."""
     # dropout, randomized rows and random offsets: the RNG state must resume too; position stats must
     # continue their counts
     over = {**FAST, "train.max_iters": "30", "model.dropout": "0.1", "train.position_stats": "true",
-            "model.positional.randomize": randomize, "model.positional.offset": offset, "train.optimizer": optimizer}
+            "model.positional.randomize": randomize, "model.positional.offset": offset, "train.optimizer": optimizer,
+            "train.ema": ema}
     a = load_config("demo", {**over, "train.out_dir": str(tmp_path / "a")})
     train(a, quiet=True)
     b = load_config("demo", {**over, "train.out_dir": str(tmp_path / "b")})
@@ -93,6 +95,9 @@ def test_resume_is_bit_exact(tmp_path, randomize, optimizer, offset):
         assert wa.keys() == wb.keys()
         for k in wa:
             assert torch.equal(wa[k], wb[k]), (name, k)
+    sa, sb = (torch.load(latest_checkpoint(tmp_path / r) / "trainer_state.pt", weights_only=True) for r in "ab")
+    assert ("train_weights" in sa) == (ema != "0") and sa.get("train_weights", {}).keys() == sb.get("train_weights", {}).keys()
+    assert all(torch.equal(w, sb["train_weights"][k]) for k, w in sa.get("train_weights", {}).items())
     ma = (tmp_path / "a/metrics.jsonl").read_text().splitlines()
     mb = (tmp_path / "b/metrics.jsonl").read_text().splitlines()
     records = lambda lines, split: [{k: v for k, v in json.loads(x).items() if k != "time_s"}  # noqa: E731
@@ -100,6 +105,32 @@ def test_resume_is_bit_exact(tmp_path, randomize, optimizer, offset):
     assert records(ma, "train") == records(mb, "train")
     val_b = records(mb, "val")  # b also evaluated at the stop (step 15)
     assert records(ma, "val") == [r for r in val_b if r["step"] != 15] and len(val_b) == 4
+
+
+def test_the_weight_average_is_evaluated_and_saved_and_leaves_training_alone(tmp_path):
+    """train.ema=D: the trained weights follow the same path as without it (kept in the trainer
+    state); model.safetensors and the evaluation hold avg_1 = 0.1 w_0 + 0.9 w_1, then
+    avg_2 = d avg_1 + (1 - d) w_2 with d = min(D, 2/11), w_k the weights after k steps."""
+    from learnpos.load import build_model
+    from learnpos.tasks import build_task
+
+    over = {**FAST, "train.max_iters": "2", "train.warmup_iters": "1", "train.eval_interval": "1"}
+    plain = load_config("demo", {**over, "train.out_dir": str(tmp_path / "plain")})
+    train(plain, quiet=True)
+    w = [None, *(load_file(d / "model.safetensors") for d in checkpoint_dirs(tmp_path / "plain"))]  # steps 1, 2
+    torch.manual_seed(plain.train.seed)
+    w[0] = {k: v.detach() for k, v in build_model(plain, build_task(plain)).state_dict().items()}
+    averaged = load_config("demo", {**over, "train.ema": "0.5", "train.out_dir": str(tmp_path / "avg")})
+    result = train(averaged, quiet=True)
+    state = torch.load(latest_checkpoint(tmp_path / "avg") / "trainer_state.pt", weights_only=True)
+    saved = load_file(latest_checkpoint(tmp_path / "avg") / "model.safetensors")
+    d = min(0.5, 2 / 11)
+    for k, trained in state["train_weights"].items():
+        assert torch.equal(trained, w[2][k]), k  # the average never feeds back into training
+        expected = d * (0.1 * w[0][k] + 0.9 * w[1][k]) + (1 - d) * w[2][k]
+        torch.testing.assert_close(saved[k], expected, rtol=1e-6, atol=1e-7)  # float32 rounding of two lerps
+        assert not torch.equal(saved[k], w[2][k]) or torch.equal(w[1][k], w[2][k])
+        assert torch.equal(dict(result.model.named_parameters())[k].detach(), saved[k])
 
 
 def test_muon_takes_the_block_matrices_and_follows_the_schedule_at_its_own_lr(tmp_path):

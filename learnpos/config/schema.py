@@ -122,6 +122,10 @@ class TrainConfig:
     # matmuls are fast (CUDA, AMX CPUs), float32 elsewhere (1.5-2x faster there: benchmarks/muon_ns.py)
     muon_precision: str = "auto"
     grad_clip: float = 1.0  # 0 = off
+    # Decay of an exponential moving average of the weights (0 = off): the average is what is
+    # evaluated, kept as best/ and saved as model.safetensors; training goes on from the trained
+    # weights (kept in trainer_state.pt). It covers about the last 1 / (1 - ema) steps.
+    ema: float = 0.0
     batch_size: int = 64  # the global batch: split over torchrun's processes and grad_accum micro-batches
     grad_accum: int = 1  # micro-batches per step and process (one gradient all-reduce per step)
     # A NaN/inf loss or gradient: "stop" (an error; the last checkpoint is kept; checked at each

@@ -117,6 +117,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.muon_lr and muon_weight_decay must be >= 0, muon_momentum in [0, 1) and "
                           f"muon_ns_steps in 1..99; got {t.muon_lr}, {t.muon_weight_decay}, {t.muon_momentum}, "
                           f"{t.muon_ns_steps}")
+    if not 0 <= t.ema < 1:
+        raise ConfigError(f"train.ema is the weight average's decay and must be in [0, 1) (0 = off; 0.99 averages "
+                          f"about the last 100 steps), got {t.ema}")
     if not 0 < t.decay_frac <= 1:
         raise ConfigError(f"train.decay_frac must be in (0, 1] (the share of max_iters the wsd schedule decays "
                           f"over), got {t.decay_frac}")

@@ -59,6 +59,14 @@ The rules, and where each comes from:
   steps; UMLS best validation MRR, seed 1337, `learnpos train --task kg --data umls
   --train.warmup_iters=45|200 --kg.query_weight=answers`: 0.928 against 0.940). Early stopping on
   validation MRR keeps the best weights.
+- The weights evaluated and kept are an average over about the last 200 steps (train.ema =
+  EMA = 0.995). Mean of 3 seeds (1337, 1, 2), best validation / test MRR, without and with it:
+  Nations 0.837 / 0.815 and 0.840 / 0.826, Kinships 0.846 / 0.855 and 0.847 / 0.855, UMLS
+  0.947 / 0.945 and 0.948 / 0.945 (a throwaway screen: the derived config trained, then ranked on
+  test, as benchmarks/kg_own_data.py does). Validation improved on all three, so it is chosen
+  with any one left out; the gain is largest on the smallest graph (Nations, 1,592 triples),
+  where the last steps' weights are the noisiest estimate. The large graphs' figures below were
+  measured before it (commit a5f40dc).
 
 Measured against the presets (test MRR; `python benchmarks/performance.py run --only
 kg_own_data,kg_own_data_large`, docs/applications.md): Nations 0.990, UMLS 0.999, Kinships 0.985
@@ -98,6 +106,7 @@ DENSE = 50  # training triples per entity from which dropout is 0.2
 SCARCE = 60  # training triples per relation under which queries are coke (one relation embedding, both directions)
 HEAVY = 50  # answers per triple's query (k2) from which a query weighs its answer count (kg.query_weight=answers)
 NEGATIVES = 4096
+EMA = 0.995  # decay of the weight average that is evaluated and kept (train.ema)
 
 
 def statistics(data: str) -> dict:
@@ -129,7 +138,7 @@ def derive(data: str, val_data: str | None = None, budget_s: float = 600.0) -> t
         "model.n_layer": 1, "model.n_head": 8, "model.n_embd": 256, "model.dropout": dropout, "model.causal": False,
         "model.positional.kind": "learned", "model.positional.max_len": 3,
         "train.lr": 1e-3, "train.min_lr": 1e-5, "train.batch_size": batch, "train.weight_decay": 0.01,
-        "train.early_stop_metric": "mrr", "train.early_stop_mode": "max",
+        "train.early_stop_metric": "mrr", "train.early_stop_mode": "max", "train.ema": EMA,
     }
     most = math.ceil(EPOCHS * Q / batch)
     why = [f"graph: {E:,} entities, {R:,} relations, {N:,} training triples, {Q:,} distinct queries "
@@ -144,5 +153,6 @@ def derive(data: str, val_data: str | None = None, budget_s: float = 600.0) -> t
            f"entity: {'dense, more than' if dropout > 0.1 else 'at most'} {DENSE})",
            f"batch {batch} queries" + (f"; training scores its answers + {NEGATIVES} sampled entities "
                                        f"(E > {SAMPLED_FROM:,})" if sampled else "; every entity scored"),
-           f"at most {EPOCHS} epochs = {most:,} steps; early stopping on validation MRR"]
+           f"at most {EPOCHS} epochs = {most:,} steps; early stopping on validation MRR of the weights averaged over "
+           f"about the last {round(1 / (1 - EMA))} steps (train.ema {EMA})"]
     return settings, why, most

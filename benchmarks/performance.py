@@ -126,6 +126,26 @@ def _generate_throughput(r: dict) -> list[str]:
 
 
 def _time_to_quality(r: dict) -> list[str]:
+    if "variants" in r and "timing_rounds" in r:  # steps to target x interleaved step times
+        seeds = len(r["seeds"])
+        lines = [f"Time to validation loss {r['target']} on the whole validation split: the median over {seeds} "
+                 f"seed(s) of the steps to the first evaluation at or below it (evaluations every {r['eval_every']} "
+                 f"steps), times the variant's training step time, all variants timed interleaved in one run "
+                 f"({r['timing_rounds']} rounds; evaluations and checkpoints not counted). The baseline is the "
+                 f"nanoGPT recipe's 2,000 iterations ({r['baseline_time_to_target_s']} s, ending at "
+                 f"{r.get('baseline_val_loss')}); **the recipe reaches {r['target']} in {r['ratio']}x that** "
+                 f"({r['time_to_target_s']} s). Quality runs from commit(s) {', '.join(r['run_commits'])}.", "",
+                 "| variant | overrides on the nanoGPT recipe | steps to target | ms/step | time to target "
+                 "| vs nanoGPT's 2,000 | final val loss (runs that never reached it) |",
+                 "|---|---|---|---|---|---|---|"]
+        for name, v in r["variants"].items():
+            over = ", ".join(f"`{k}={x}`" for k, x in v["overrides"].items()) or "(none)"
+            steps = "never" if v["steps_to_target"] is None else f"{v['steps_to_target']:.0f}"
+            t = f"{v['time_to_target_s']} s" if v["time_to_target_s"] is not None else "not reached"
+            ratio = f"**{v['ratio']:.2f}x**" if v["ratio"] else "-"
+            final = f"{v['final_val_loss']:.4f} ± {v['final_val_loss_sd']:.4f}" if v["final_val_loss"] else "-"
+            lines.append(f"| {name} | {over} | {steps} | {v['ms_per_step']} | {t} | {ratio} | {final} |")
+        return lines
     if "variants" in r:  # the side-by-side run: every variant timed to the target
         seeds = len(r["seeds"])
         lines = [f"Time to validation loss {r['target']} on the whole validation split (training time, "

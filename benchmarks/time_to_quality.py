@@ -1,24 +1,33 @@
 """Time to quality on shakespeare-char: the nanoGPT recipe and learnpos's recipe switches, side
-by side in one run, each timed to a target validation loss.
+by side, each timed to a target validation loss.
 
     python benchmarks/time_to_quality.py [--json] [--data PATH] [--target 1.88] [--seeds 1337,1,2]
         [--variants nanogpt,recipe,muon,...] [--iters N] [--eval-every 100] [--threads 0]
-        [--dtype auto|float32|bfloat16]
+        [--dtype auto|float32|bfloat16] [--runs PATH] [--fresh] [--timing-rounds 3]
 
 Every variant is the nanoGPT CPU recipe (the `shakespeare-char` preset with GPT-2's N(0, 0.02)
 position table: 4 x 128, block 64, batch 12, 2,000 iterations, AdamW 1e-3 cosine to 1e-4, 100
 warmup) plus the overrides named in VARIANTS, trained by learnpos itself: the same step code on
-both sides, so a ratio is the recipe's. Every `--eval-every` steps the whole validation split is
-evaluated; a variant's *time to target* is the training time (its steps and checkpoints, not the
-evaluations, which are this benchmark's instrument) up to the first evaluation at or below
-`--target`, and `None` where a run never gets there. The baseline is the nanoGPT recipe's time
-for its whole 2,000 iterations (1.88 is where that recipe ends in nanoGPT's report; here it ends
-near 1.90). Per variant: the mean final validation loss (± population standard deviation over
-seeds), the median time to target over seeds (None if any seed misses it) and its ratio to the
-baseline. `recipe` is the combination learnpos proposes (RECIPE); the JSON's `time_to_target_s`,
-`baseline_time_to_target_s` (the baseline's training time) and `ratio` (< 1 = faster) are about it.
-Each run is a process of its own (`--one VARIANT --seed S`): runs in one long process got slower
-one after another (the allocator's state), which timed later variants unfairly.
+both sides, so a ratio is the recipe's.
+
+A variant's *time to target* is its steps to the target times its time per step:
+- steps to target: every `--eval-every` steps the whole validation split is evaluated; the first
+  evaluation at or below `--target` ends the run (a run that never gets there trains its whole
+  schedule and reports its final loss). Steps do not depend on the machine's speed (a CPU run in
+  one precision is deterministic), so each (variant, seed) run is kept in `--runs` (default
+  benchmarks/results/time_to_quality_runs.json, with the commit it ran at) and a later
+  invocation reuses it: the 3-seed ablation can be spread over several sittings.
+- time per step: measured in this invocation, all variants interleaved (`--timing-rounds`
+  rounds, each variant 40 steps of a short run in one process, order reversed every other round;
+  the median), so a drift in the machine's speed (up to 1.7x within a session here) hits every
+  variant alike. Evaluations and checkpoints are not counted (they are this benchmark's
+  instrument).
+The baseline is the nanoGPT recipe's whole 2,000 iterations (1.88 is where that recipe ends in
+nanoGPT's report; here it ends near 1.90) at its time per step. Per variant: the median steps to
+target over seeds (None if any seed misses), time to target, its ratio to the baseline, and the
+final loss of the runs that trained their whole schedule. `recipe` is the combination learnpos
+proposes (RECIPE); the JSON's `time_to_target_s`, `baseline_time_to_target_s` and `ratio` (< 1 =
+faster) are about it. Each quality run is a process of its own (`--one VARIANT --seed S`).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from learnpos.train import train
 
 _BESIDE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 DEFAULT_DATA = _BESIDE if _BESIDE.exists() else Path("/work/shared/data/tinyshakespeare/input.txt")
+RUNS = Path(__file__).resolve().parent / "results" / "time_to_quality_runs.json"
 NANOGPT = {"model.positional.init": "normal"}  # the preset with the recipe's own position-table init
 
 # One switch each, on top of the nanoGPT recipe (the speedrun lessons, and the table's own settings)
@@ -69,44 +79,9 @@ RECIPE = {"train.optimizer": "muon", "train.batch_size": "24", "train.max_iters"
 VARIANTS["recipe"] = RECIPE
 
 
-class Clock:
-    """Training time of one run: the steps (and checkpoints) since its first batch, without the
-    evaluations. Installed on LMTask for the run, removed after."""
-
-    def __init__(self):
-        self.first_batch: float | None = None
-        self.in_eval = 0.0  # seconds spent in evaluations that have finished
-        self.at_last_eval = 0.0  # training seconds when the latest evaluation began
-        self.real = (LMTask.train_batch, LMTask.evaluate)
-
-    def __enter__(self) -> Clock:
-        real_batch, real_eval = self.real
-
-        def train_batch(task, step, batch_size):
-            if self.first_batch is None:
-                self.first_batch = time.perf_counter()
-            return real_batch(task, step, batch_size)
-
-        def evaluate(task, *a, **kw):
-            t0 = time.perf_counter()
-            self.at_last_eval = t0 - self.first_batch - self.in_eval
-            try:
-                return real_eval(task, *a, **kw)
-            finally:
-                self.in_eval += time.perf_counter() - t0
-
-        LMTask.train_batch, LMTask.evaluate = train_batch, evaluate
-        return self
-
-    def __exit__(self, *exc) -> None:
-        LMTask.train_batch, LMTask.evaluate = self.real
-
-    def training_s(self) -> float:
-        return time.perf_counter() - self.first_batch - self.in_eval
-
-
 def run_one(name: str, seed: str, data: str, target: float, iters: int, eval_every: int, dtype: str | None,
             out_dir: str) -> dict:
+    """One quality run: the first evaluation at or below `target` ends it."""
     over = {**NANOGPT, **VARIANTS[name], "lm.data": data, "train.seed": seed, "train.out_dir": out_dir,
             "train.eval_interval": str(eval_every), "train.log_interval": str(eval_every)}
     if dtype:
@@ -116,34 +91,77 @@ def run_one(name: str, seed: str, data: str, target: float, iters: int, eval_eve
         over |= {"train.max_iters": str(iters), "train.warmup_iters": str(min(base.warmup_iters, iters // 4 or 1))}
     cfg = load_config("shakespeare-char", over)
     reached = {}
-    with Clock() as clock:
-        def on_eval(step, metrics):  # the first evaluation at or below the target: the training time before it
-            if not reached and metrics["loss"] <= target:
-                reached.update(s=clock.at_last_eval, step=step)
-            return False
 
-        t0 = time.perf_counter()
-        result = train(cfg, quiet=True, on_eval=on_eval)
-        wall, training = time.perf_counter() - t0, clock.training_s()
-    return {"val_loss": round(float(result.metrics["loss"]), 4),
-            "time_to_target_s": round(reached["s"], 1) if reached else None, "step_at_target": reached.get("step"),
-            "train_s": round(training, 1), "wall_s": round(wall, 1), "iters": cfg.train.max_iters}
+    def on_eval(step, metrics):
+        if metrics["loss"] <= target:
+            reached.update(step=step, loss=metrics["loss"])
+        return bool(reached)
+
+    t0 = time.perf_counter()
+    result = train(cfg, quiet=True, on_eval=on_eval)
+    return {"step_at_target": reached.get("step"), "val_loss": round(float(result.metrics["loss"]), 4),
+            "steps_run": result.step, "iters": cfg.train.max_iters, "precision": cfg.train.dtype,
+            "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def summarise(runs: dict[str, dict], baseline: str) -> dict:
+def step_times(names: list[str], data: str, dtype: str | None, rounds: int, steps: int = 40, skip: int = 5) -> dict:
+    """ms per training step of each variant: short runs (`skip` + `steps` steps, the median
+    interval between consecutive batches after the first `skip`), variants interleaved over
+    `rounds` rounds (order reversed every other round); the median over rounds."""
+    stamps: list[float] = []
+    real = LMTask.train_batch
+
+    def train_batch(task, step, batch_size):
+        stamps.append(time.perf_counter())
+        return real(task, step, batch_size)
+
+    out: dict[str, list[float]] = {n: [] for n in names}
+    LMTask.train_batch = train_batch
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(rounds):
+                for name in (names if r % 2 == 0 else names[::-1]):
+                    n = skip + steps + 1
+                    over = {**NANOGPT, **VARIANTS[name], "lm.data": data, "train.out_dir": f"{tmp}/{name}-{r}",
+                            "train.max_iters": str(n), "train.warmup_iters": "1", "train.eval_interval": str(n),
+                            "train.log_interval": str(n), "lm.eval_windows": "8"}
+                    if dtype:
+                        over["train.dtype"] = dtype
+                    stamps.clear()
+                    train(load_config("shakespeare-char", over), quiet=True)
+                    gaps = [b - a for a, b in zip(stamps[skip:-1], stamps[skip + 1:], strict=True)]
+                    out[name].append(statistics.median(gaps) * 1e3)
+    finally:
+        LMTask.train_batch = real
+    return {name: round(statistics.median(ms), 2) for name, ms in out.items()}
+
+
+def summarise(runs: dict[str, dict], ms: dict[str, float], baseline: str) -> dict:
     out = {}
     for name, by_seed in runs.items():
-        losses = [r["val_loss"] for r in by_seed.values()]
-        times = [r["time_to_target_s"] for r in by_seed.values()]
-        out[name] = {"overrides": VARIANTS.get(name, {}), "val_loss": round(statistics.mean(losses), 4),
-                     "val_loss_sd": round(statistics.pstdev(losses), 4),
-                     "time_to_target_s": None if None in times else round(statistics.median(times), 1),
-                     "train_s": round(statistics.median(r["train_s"] for r in by_seed.values()), 1),
+        steps = [r["step_at_target"] for r in by_seed.values()]
+        full = [r["val_loss"] for r in by_seed.values() if r["step_at_target"] is None]
+        median_steps = None if None in steps else statistics.median(steps)
+        out[name] = {"overrides": VARIANTS.get(name, {}), "steps_to_target": median_steps, "ms_per_step": ms[name],
+                     "time_to_target_s": None if median_steps is None else round(median_steps * ms[name] / 1e3, 1),
+                     "final_val_loss": round(statistics.mean(full), 4) if full else None,
+                     "final_val_loss_sd": round(statistics.pstdev(full), 4) if full else None,
                      "by_seed": by_seed}
-    base = out.get(baseline, {}).get("train_s")  # its whole schedule: the time nanoGPT's 1.88 took
+    base = out.get(baseline)
+    base_s = round(next(iter(base["by_seed"].values()))["iters"] * base["ms_per_step"] / 1e3, 1) if base else None
     for v in out.values():
-        v["ratio"] = round(v["time_to_target_s"] / base, 3) if base and v["time_to_target_s"] else None
-    return out
+        v["ratio"] = round(v["time_to_target_s"] / base_s, 3) if base_s and v["time_to_target_s"] else None
+    return {"variants": out, "baseline_s": base_s}
+
+
+def _key(name: str, seed: str) -> str:
+    return f"{name}|{seed}"
+
+
+def _settings(name: str, args) -> dict:
+    """What a kept run must match to be reused."""
+    return {"overrides": VARIANTS[name], "target": args.target, "iters": args.iters, "eval_every": args.eval_every,
+            "dtype": args.dtype or "auto", "data": Path(args.data).name}
 
 
 def main() -> None:
@@ -157,6 +175,9 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=100, help="steps between evaluations (resolution of the time)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--runs", default=str(RUNS), help="JSON file of finished quality runs, reused and extended")
+    ap.add_argument("--fresh", action="store_true", help="run every quality run again (the --runs file is rewritten)")
+    ap.add_argument("--timing-rounds", type=int, default=3, help="interleaved rounds of the step timing")
     ap.add_argument("--one", metavar="VARIANT", help="run one variant with --seeds' one seed; print its JSON")
     args = ap.parse_args()
     if args.one:
@@ -170,37 +191,58 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"time_to_quality: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if "nanogpt" not in names:
+        names.insert(0, "nanogpt")  # the baseline
     C.set_threads(args.threads)
     precision = C.default_cpu_precision() if args.dtype in (None, "auto") else args.dtype
+    commit = C.machine()["commit"]
     print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; precision {precision}; target "
           f"{args.target}; seeds {args.seeds}; evaluation every {args.eval_every} steps", flush=True)
+    kept_path = Path(args.runs)
+    kept = {} if args.fresh or not kept_path.exists() else json.loads(kept_path.read_text(encoding="utf-8"))
     runs: dict[str, dict] = {}
-    for seed in args.seeds.split(","):  # seed-major: a drift of the machine's speed hits every variant alike
+    for seed in args.seeds.split(","):
         for name in names:
-            cmd = [sys.executable, __file__, "--one", name, "--seeds", seed, "--data", args.data, "--target",
-                   str(args.target), "--iters", str(args.iters), "--eval-every", str(args.eval_every), "--threads",
-                   str(args.threads), *(["--dtype", args.dtype] if args.dtype else [])]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"time_to_quality: {name} seed {seed} failed:\n{done.stderr[-3000:]}")
-            r = json.loads(done.stdout.strip().splitlines()[-1])
-            runs.setdefault(name, {})[seed] = r
-            print(f"  {name:18s} seed {seed:>5s}: val loss {r['val_loss']:.4f}, target at "
-                  f"{r['time_to_target_s']} s (step {r['step_at_target']}), training {r['train_s']} s, "
-                  f"wall {r['wall_s']} s", flush=True)
-    table = summarise(runs, "nanogpt")
-    print(f"\n| variant | val loss at {runs[names[0]][args.seeds.split(',')[0]]['iters']} steps | time to "
-          f"{args.target} | vs nanoGPT's {table.get('nanogpt', {}).get('train_s')} s |\n|---|---|---|---|")
-    for name, v in table.items():
+            old = kept.get(_key(name, seed))
+            if old and old.get("settings") == _settings(name, args) and old.get("precision") == precision:
+                r, how = old, f"kept from {old.get('commit')}"
+            else:
+                cmd = [sys.executable, __file__, "--one", name, "--seeds", seed, "--data", args.data, "--target",
+                       str(args.target), "--iters", str(args.iters), "--eval-every", str(args.eval_every),
+                       "--threads", str(args.threads), *(["--dtype", args.dtype] if args.dtype else [])]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"time_to_quality: {name} seed {seed} failed:\n{done.stderr[-3000:]}")
+                r = {**json.loads(done.stdout.strip().splitlines()[-1]), "settings": _settings(name, args),
+                     "commit": commit}
+                kept[_key(name, seed)] = r
+                kept_path.parent.mkdir(parents=True, exist_ok=True)
+                kept_path.write_text(json.dumps(kept, indent=1) + "\n", encoding="utf-8")  # after every run
+                how = f"{r['wall_s']} s"
+            runs.setdefault(name, {})[seed] = {k: r[k] for k in ("step_at_target", "val_loss", "steps_run", "iters",
+                                                                  "commit")}
+            print(f"  {name:18s} seed {seed:>5s}: target at step {r['step_at_target']}, val loss {r['val_loss']:.4f} "
+                  f"after {r['steps_run']} steps ({how})", flush=True)
+    print(f"# step times, {args.timing_rounds} interleaved rounds", flush=True)
+    ms = step_times(names, args.data, args.dtype, args.timing_rounds)
+    table = summarise(runs, ms, "nanogpt")
+    print(f"\n| variant | steps to {args.target} | ms/step | time to {args.target} | vs nanoGPT's "
+          f"{table['baseline_s']} s | final val loss (never reached) |\n|---|---|---|---|---|---|")
+    for name, v in table["variants"].items():
         ratio = f"{v['ratio']:.2f}x" if v["ratio"] else "-"
-        print(f"| {name} | {v['val_loss']:.4f} ± {v['val_loss_sd']:.4f} | {v['time_to_target_s']} s | {ratio} |")
-    rec, base = table.get("recipe", {}), table.get("nanogpt", {})
+        final = f"{v['final_val_loss']:.4f} ± {v['final_val_loss_sd']:.4f}" if v["final_val_loss"] else "-"
+        steps = "never" if v["steps_to_target"] is None else f"{v['steps_to_target']:.0f}"
+        t = "not reached" if v["time_to_target_s"] is None else f"{v['time_to_target_s']} s"
+        print(f"| {name} | {steps} | {v['ms_per_step']} | {t} | {ratio} | {final} |")
+    rec, base = table["variants"].get("recipe", {}), table["variants"]["nanogpt"]
     out = {"target": args.target, "precision": precision, "seeds": args.seeds.split(","), "eval_every": args.eval_every,
-           "variants": table, "recipe": RECIPE, "time_to_target_s": rec.get("time_to_target_s"),
-           "baseline_time_to_target_s": base.get("train_s"), "baseline_val_loss": base.get("val_loss"),
-           "ratio": rec.get("ratio")}
+           "variants": table["variants"], "recipe": RECIPE, "time_to_target_s": rec.get("time_to_target_s"),
+           "baseline_time_to_target_s": table["baseline_s"], "baseline_val_loss": base["final_val_loss"],
+           "ratio": rec.get("ratio"), "timing_rounds": args.timing_rounds,
+           "run_commits": sorted({r["commit"] for v in runs.values() for r in v.values()})}
+    iters = next(iter(base["by_seed"].values()))["iters"]
     print(f"time_to_quality: recipe reaches {args.target} in {out['time_to_target_s']} s; the nanoGPT recipe's "
-          f"2000 iterations take {out['baseline_time_to_target_s']} s (ending at {out['baseline_val_loss']}): ratio "
+          f"{iters} iterations take {out['baseline_time_to_target_s']} s (ending at {out['baseline_val_loss']}): ratio "
           f"{out['ratio']} ({precision}; {C.thread_note()})", flush=True)
     C.emit(args.json, out)
 

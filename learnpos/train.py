@@ -230,7 +230,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, autocast, resume: b
         if eval_now:
             metrics, best, since_best, stop = run.evaluate(step, elapsed, best, since_best, on_eval)
             if board is not None:
-                board.eval(step, metrics, {k: v.weight for k, v in model.learned_tables().items()})
+                with run.averaged():  # the tables that were evaluated
+                    board.eval(step, metrics, {k: v.weight for k, v in model.learned_tables().items()})
             run.checkpoint(step)
             if not quiet:
                 bar.write(_summary(step, metrics))

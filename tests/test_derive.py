@@ -185,7 +185,7 @@ def test_every_search_space_offers_the_optimizer_and_recipe_switches_and_each_va
 
     space = importlib.import_module(f"learnpos.derive.{task}").SPACE
     keys = {p.key for p in space}
-    assert {"train.optimizer", "train.muon_lr", "model.qk_norm", "model.zero_init_proj", "train.schedule",
+    assert {"train.optimizer", "train.muon_lr", "model.qk_norm", "model.zero_init_proj", "train.schedule", "train.ema",
             "model.mlp"} <= keys
     assert ("model.logit_softcap" in keys) == (task != "kg")  # kg scores entities with its own head
     for p in space:

@@ -2,14 +2,13 @@
 position-table gradient, the same tokens and the same greedy continuation."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import run_cli
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from learnpos.config import load_config
@@ -153,18 +152,14 @@ def test_settings_gpt2_cannot_represent_refuse_export_by_name(tmp_path, corpus):
 
 def test_an_imported_gpt2_fine_tunes_generates_and_refuses_unsupported_configs(tmp_path, corpus):
     hf_dir = _hf_gpt2_dir(tmp_path / "hf", tied=True)
-    cli = [sys.executable, "-m", "learnpos"]
-    r = subprocess.run([*cli, "import-hf", str(hf_dir), str(tmp_path / "run"), "--data", str(corpus),
-                        "--lm.block_size=16"], capture_output=True, text=True, timeout=120)
+    r = run_cli("import-hf", hf_dir, tmp_path / "run", "--data", corpus, "--lm.block_size=16", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([*cli, "train", "--resume", str(tmp_path / "run"), "--train.max_iters=6",
-                        "--train.eval_interval=6", "--train.batch_size=4", "--quiet"],
-                       capture_output=True, text=True, timeout=120)
+    r = run_cli("train", "--resume", tmp_path / "run", "--train.max_iters=6", "--train.eval_interval=6",
+                "--train.batch_size=4", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     metrics = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["split"] == "val"] == [6]
-    r = subprocess.run([*cli, "generate", "--run", str(tmp_path / "run"), "--prompt", "the king",
-                        "--max-new-tokens", "5"], capture_output=True, text=True, timeout=120)
+    r = run_cli("generate", "--run", tmp_path / "run", "--prompt", "the king", "--max-new-tokens", "5", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("the king"), r.stderr
 
     conf = json.loads((hf_dir / "config.json").read_text())
@@ -172,7 +167,6 @@ def test_an_imported_gpt2_fine_tunes_generates_and_refuses_unsupported_configs(t
                               ("layer_norm_epsilon", 1e-6, "layer_norm_epsilon=1e-06"),
                               ("model_type", "llama", "model_type is 'llama'")):
         (hf_dir / "config.json").write_text(json.dumps({**conf, key: value}))
-        r = subprocess.run([*cli, "import-hf", str(hf_dir), str(tmp_path / f"bad-{key}")], capture_output=True,
-                           text=True, timeout=120)
+        r = run_cli("import-hf", hf_dir, tmp_path / f"bad-{key}", cwd=tmp_path)
         assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / f"bad-{key}").exists()

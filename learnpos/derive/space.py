@@ -43,6 +43,7 @@ RECIPE = (
     Param("model.qk_norm", "choice", choices=(False, True), stage=2),
     Param("model.zero_init_proj", "choice", choices=(False, True), stage=2),
     Param("train.schedule", "choice", choices=("cosine", "wsd"), stage=2),
+    Param("train.ema", "choice", choices=(0.0, 0.99, 0.999), stage=2),
 )
 # tasks scored by the vocabulary head
 LOGITS = (Param("model.logit_softcap", "choice", choices=(0.0, 15.0, 30.0), stage=2),)

@@ -219,6 +219,6 @@ class WeightAverage:
 def load_trained(names: list[str], params: list[torch.Tensor], trained: dict[str, torch.Tensor]) -> None:
     missing = [n for n in names if n not in trained]
     if missing:
-        raise KeyError(f"the saved trained weights lack {missing[0]}")
+        raise ValueError(f"the saved trained weights lack {missing[0]}")
     for name, p in zip(names, params, strict=True):
         p.copy_(trained[name])

@@ -93,7 +93,7 @@ def load_checkpoint(folder: Path, model, optimizer, device: torch.device, dist: 
             average.resume(trained)
         elif trained is not None:
             load_trained(list(names), list(params), trained)
-    except (KeyError, RuntimeError) as e:
+    except (ValueError, RuntimeError) as e:  # names or shapes that are not this model's
         raise RunDirError(f"{folder}: {first_line(e)}; cannot resume from it") from None
     settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])

@@ -51,6 +51,7 @@ def test_bad_override_messages(key, value, match):
     ({"model.positional.offset": "-1"}, "offset.*>= 0"),
     ({"synthetic.positions": "absolute"}, "synthetic.positions"),
     ({"task": "index", "synthetic.positions": "task"}, "defines no position ids of its own"),
+    ({"train.ema": "1"}, r"train.ema .* must be in \[0, 1\)"),
 ])
 def test_impossible_configs_are_rejected(overrides, match):
     with pytest.raises(ConfigError, match=match):

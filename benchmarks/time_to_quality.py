@@ -4,18 +4,22 @@ by side, each timed to a target validation loss.
     python benchmarks/time_to_quality.py [--json] [--data PATH] [--target 1.88] [--seeds 1337,1,2]
         [--variants nanogpt,recipe,muon,...] [--iters N] [--eval-every 100] [--threads 0]
         [--dtype auto|float32|bfloat16] [--runs PATH] [--fresh] [--timing-rounds 3]
+        [--preset shakespeare-char] [--set KEY=VALUE ...]
 
 Every variant is the nanoGPT CPU recipe (the `shakespeare-char` preset with GPT-2's N(0, 0.02)
 position table: 4 x 128, block 64, batch 12, 2,000 iterations, AdamW 1e-3 cosine to 1e-4, 100
 warmup) plus the overrides named in VARIANTS, trained by learnpos itself: the same step code on
-both sides, so a ratio is the recipe's.
+both sides, so a ratio is the recipe's. `--preset` starts every variant from another LM preset
+(shakespeare-bpe, wikitext2-bpe with --data its folder) and `--set KEY=VALUE` adds an override to
+every variant, the baseline included (`--set model.positional.init=sinusoidal` measures the
+shakespeare-char preset's own table init against the recipe's).
 
 A variant's *time to target* is its steps to the target times its time per step:
 - steps to target: every `--eval-every` steps the whole validation split is evaluated; the first
   evaluation at or below `--target` ends the run (a run that never gets there trains its whole
   schedule and reports its final loss). Steps do not depend on the machine's speed (a CPU run in
   one precision is deterministic), so each (variant, seed) run is kept in `--runs` (default
-  benchmarks/results/time_to_quality_runs.json, with the commit it ran at) and a later
+  benchmarks/results/runs/time_to_quality.json, with the commit it ran at) and a later
   invocation reuses it: the 3-seed ablation can be spread over several sittings.
 - time per step: measured in this invocation, all variants interleaved (`--timing-rounds`
   rounds, each variant 40 steps of a short run in one process, order reversed every other round;
@@ -50,7 +54,7 @@ from learnpos.train import train
 
 _BESIDE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 DEFAULT_DATA = _BESIDE if _BESIDE.exists() else Path("/work/shared/data/tinyshakespeare/input.txt")
-RUNS = Path(__file__).resolve().parent / "results" / "time_to_quality_runs.json"
+RUNS = Path(__file__).resolve().parent / "results" / "runs" / "time_to_quality.json"
 NANOGPT = {"model.positional.init": "normal"}  # the preset with the recipe's own position-table init
 
 # One switch each, on top of the nanoGPT recipe (the speedrun lessons, and the table's own settings)
@@ -79,17 +83,21 @@ RECIPE = {"train.optimizer": "muon", "train.batch_size": "24", "train.max_iters"
 VARIANTS["recipe"] = RECIPE
 
 
+def _overrides(name: str, sets: list[str]) -> dict:
+    return {**NANOGPT, **VARIANTS[name], **dict(x.split("=", 1) for x in sets)}
+
+
 def run_one(name: str, seed: str, data: str, target: float, iters: int, eval_every: int, dtype: str | None,
-            out_dir: str) -> dict:
+            out_dir: str, preset: str = "shakespeare-char", sets: list[str] = ()) -> dict:
     """One quality run: the first evaluation at or below `target` ends it."""
-    over = {**NANOGPT, **VARIANTS[name], "lm.data": data, "train.seed": seed, "train.out_dir": out_dir,
+    over = {**_overrides(name, sets), "lm.data": data, "train.seed": seed, "train.out_dir": out_dir,
             "train.eval_interval": str(eval_every), "train.log_interval": str(eval_every)}
     if dtype:
         over["train.dtype"] = dtype
     if iters:
-        base = load_config("shakespeare-char", {"lm.data": data}).train
+        base = load_config(preset, {"lm.data": data}).train
         over |= {"train.max_iters": str(iters), "train.warmup_iters": str(min(base.warmup_iters, iters // 4 or 1))}
-    cfg = load_config("shakespeare-char", over)
+    cfg = load_config(preset, over)
     reached = {}
 
     def on_eval(step, metrics):
@@ -104,7 +112,8 @@ def run_one(name: str, seed: str, data: str, target: float, iters: int, eval_eve
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def step_times(names: list[str], data: str, dtype: str | None, rounds: int, steps: int = 40, skip: int = 5) -> dict:
+def step_times(names: list[str], data: str, dtype: str | None, rounds: int, preset: str = "shakespeare-char",
+               sets: list[str] = (), steps: int = 40, skip: int = 5) -> dict:
     """ms per training step of each variant: short runs (`skip` + `steps` steps, the median
     interval between consecutive batches after the first `skip`), variants interleaved over
     `rounds` rounds (order reversed every other round); the median over rounds."""
@@ -122,13 +131,13 @@ def step_times(names: list[str], data: str, dtype: str | None, rounds: int, step
             for r in range(rounds):
                 for name in (names if r % 2 == 0 else names[::-1]):
                     n = skip + steps + 1
-                    over = {**NANOGPT, **VARIANTS[name], "lm.data": data, "train.out_dir": f"{tmp}/{name}-{r}",
+                    over = {**_overrides(name, sets), "lm.data": data, "train.out_dir": f"{tmp}/{name}-{r}",
                             "train.max_iters": str(n), "train.warmup_iters": "1", "train.eval_interval": str(n),
                             "train.log_interval": str(n), "lm.eval_windows": "8"}
                     if dtype:
                         over["train.dtype"] = dtype
                     stamps.clear()
-                    train(load_config("shakespeare-char", over), quiet=True)
+                    train(load_config(preset, over), quiet=True)
                     gaps = [b - a for a, b in zip(stamps[skip:-1], stamps[skip + 1:], strict=True)]
                     out[name].append(statistics.median(gaps) * 1e3)
     finally:
@@ -160,8 +169,11 @@ def _key(name: str, seed: str) -> str:
 
 def _settings(name: str, args) -> dict:
     """What a kept run must match to be reused."""
-    return {"overrides": VARIANTS[name], "target": args.target, "iters": args.iters, "eval_every": args.eval_every,
-            "dtype": args.dtype or "auto", "data": Path(args.data).name}
+    out = {"overrides": VARIANTS[name], "target": args.target, "iters": args.iters, "eval_every": args.eval_every,
+           "dtype": args.dtype or "auto", "data": Path(args.data).name}
+    if args.preset != "shakespeare-char" or args.set:
+        out |= {"preset": args.preset, "sets": args.set}
+    return out
 
 
 def main() -> None:
@@ -178,13 +190,20 @@ def main() -> None:
     ap.add_argument("--runs", default=str(RUNS), help="JSON file of finished quality runs, reused and extended")
     ap.add_argument("--fresh", action="store_true", help="run every quality run again (the --runs file is rewritten)")
     ap.add_argument("--timing-rounds", type=int, default=3, help="interleaved rounds of the step timing")
+    ap.add_argument("--preset", default="shakespeare-char", help="the LM preset every variant starts from")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override on every variant, the baseline included (repeatable)")
     ap.add_argument("--one", metavar="VARIANT", help="run one variant with --seeds' one seed; print its JSON")
     args = ap.parse_args()
+    bad = [x for x in args.set if "=" not in x]
+    if bad:
+        raise SystemExit(f"time_to_quality: --set {bad[0]} is not KEY=VALUE (e.g. --set "
+                         f"model.positional.init=sinusoidal)")
     if args.one:
         C.set_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             r = run_one(args.one, args.seeds, args.data, args.target, args.iters, args.eval_every, args.dtype,
-                        tmp + "/run")
+                        tmp + "/run", args.preset, args.set)
         print(json.dumps(r), flush=True)
         return
     names = args.variants.split(",")
@@ -209,7 +228,8 @@ def main() -> None:
             else:
                 cmd = [sys.executable, __file__, "--one", name, "--seeds", seed, "--data", args.data, "--target",
                        str(args.target), "--iters", str(args.iters), "--eval-every", str(args.eval_every),
-                       "--threads", str(args.threads), *(["--dtype", args.dtype] if args.dtype else [])]
+                       "--threads", str(args.threads), "--preset", args.preset,
+                       *[f"--set={x}" for x in args.set], *(["--dtype", args.dtype] if args.dtype else [])]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     raise SystemExit(f"time_to_quality: {name} seed {seed} failed:\n{done.stderr[-3000:]}")
@@ -224,7 +244,7 @@ def main() -> None:
             print(f"  {name:18s} seed {seed:>5s}: target at step {r['step_at_target']}, val loss {r['val_loss']:.4f} "
                   f"after {r['steps_run']} steps ({how})", flush=True)
     print(f"# step times, {args.timing_rounds} interleaved rounds", flush=True)
-    ms = step_times(names, args.data, args.dtype, args.timing_rounds)
+    ms = step_times(names, args.data, args.dtype, args.timing_rounds, args.preset, args.set)
     table = summarise(runs, ms, "nanogpt")
     print(f"\n| variant | steps to {args.target} | ms/step | time to {args.target} | vs nanoGPT's "
           f"{table['baseline_s']} s | final val loss (never reached) |\n|---|---|---|---|---|---|")
@@ -238,7 +258,7 @@ def main() -> None:
     out = {"target": args.target, "precision": precision, "seeds": args.seeds.split(","), "eval_every": args.eval_every,
            "variants": table["variants"], "recipe": RECIPE, "time_to_target_s": rec.get("time_to_target_s"),
            "baseline_time_to_target_s": table["baseline_s"], "baseline_val_loss": base["final_val_loss"],
-           "ratio": rec.get("ratio"), "timing_rounds": args.timing_rounds,
+           "ratio": rec.get("ratio"), "timing_rounds": args.timing_rounds, "preset": args.preset, "sets": args.set,
            "run_commits": sorted({r["commit"] for v in runs.values() for r in v.values()})}
     iters = next(iter(base["by_seed"].values()))["iters"]
     print(f"time_to_quality: recipe reaches {args.target} in {out['time_to_target_s']} s; the nanoGPT recipe's "

@@ -145,3 +145,25 @@ def test_the_own_data_kg_reading_states_the_saved_figures():
             f"Kinships {small['kinships']['ratio_to_preset']:.3f} of their presets" in doc)
     assert (f"WN18RR {large['wn18rr']['ratio_to_preset']:.3f} and FB15k-237 "
             f"{large['fb15k-237']['ratio_to_preset']:.3f}" in doc)
+
+
+def test_time_to_quality_is_steps_to_target_times_the_step_time(monkeypatch):
+    """benchmarks/time_to_quality.py's summary: the median steps to target over seeds times the
+    variant's ms per step; None where any seed missed; the baseline is its whole schedule; the
+    final loss only of runs that never reached the target."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import time_to_quality as ttq
+
+    def run(step, loss, iters=2000):
+        return {"step_at_target": step, "val_loss": loss, "steps_run": step or iters, "iters": iters, "commit": "c"}
+
+    runs = {"nanogpt": {"1": run(None, 1.90), "2": run(None, 1.92)},
+            "muon": {"1": run(800, 1.86), "2": run(600, 1.87), "3": run(700, 1.85)},
+            "relu2": {"1": run(1400, 1.87), "2": run(None, 1.89)}}
+    table = ttq.summarise(runs, {"nanogpt": 50.0, "muon": 100.0, "relu2": 60.0}, "nanogpt")
+    v = table["variants"]
+    assert table["baseline_s"] == 100.0  # 2,000 steps x 50 ms
+    assert v["muon"]["steps_to_target"] == 700 and v["muon"]["time_to_target_s"] == 70.0 and v["muon"]["ratio"] == 0.7
+    assert v["relu2"]["time_to_target_s"] is None and v["relu2"]["ratio"] is None
+    assert v["relu2"]["final_val_loss"] == 1.89  # its seed that never got there
+    assert v["nanogpt"]["final_val_loss"] == 1.91 and v["muon"]["final_val_loss"] is None

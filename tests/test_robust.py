@@ -64,9 +64,12 @@ def snapshot(folder: Path) -> dict:
 
 
 def training_in_background(run: Path, cwd: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
-    """A `learnpos train` that runs until stopped, returned once its first checkpoint is in."""
+    """A `learnpos train` that runs until stopped, returned once its first checkpoint is in. It
+    starts with SIGINT at its default even where this process ignores it (a shell's background
+    job does: `pytest ... &`), so Ctrl-C reaches it as it reaches a user's terminal command."""
     proc = subprocess.Popen([sys.executable, "-m", "learnpos", "train", *TINY, "--train.max_iters=100000",
-                             "--train.eval_interval=50", f"--train.out_dir={run}"], env=ENV, cwd=cwd, stderr=stderr)
+                             "--train.eval_interval=50", f"--train.out_dir={run}"], env=ENV, cwd=cwd, stderr=stderr,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not checkpoint_dirs(run) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

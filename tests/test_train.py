@@ -134,6 +134,23 @@ def test_the_weight_average_is_evaluated_and_saved_and_leaves_training_alone(tmp
         assert torch.equal(dict(result.model.named_parameters())[k].detach(), saved[k])
 
 
+def test_the_weight_average_switched_on_then_off_at_resume_leaves_the_trained_path_alone(tmp_path):
+    """train.ema off for 5 steps, on for 5 (the average starts from the checkpoint), off again to
+    20: the trained weights end bit-identical to a run without it throughout."""
+    over = {**FAST, "train.max_iters": "20", "train.eval_interval": "5"}
+    train(load_config("demo", {**over, "train.out_dir": str(tmp_path / "plain")}), quiet=True)
+    run = str(tmp_path / "toggled")
+    train(load_config("demo", {**over, "train.out_dir": run}), quiet=True, stop_after=5)
+    train(load_config("demo", {**over, "train.ema": "0.9", "train.out_dir": run}), resume=True, quiet=True,
+          stop_after=5)
+    state = torch.load(latest_checkpoint(tmp_path / "toggled") / "trainer_state.pt", weights_only=True)
+    averaged = load_file(latest_checkpoint(tmp_path / "toggled") / "model.safetensors")
+    assert state["step"] == 10 and any(not torch.equal(averaged[k], w) for k, w in state["train_weights"].items())
+    assert train(load_config("demo", {**over, "train.out_dir": run}), resume=True, quiet=True).step == 20
+    a, b = (load_file(latest_checkpoint(tmp_path / r) / "model.safetensors") for r in ("plain", "toggled"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_muon_takes_the_block_matrices_and_follows_the_schedule_at_its_own_lr(tmp_path):
     """train.optimizer=muon: Muon's group holds exactly the 2-D weights inside the blocks, AdamW's
     groups the rest (tables included, each with its own decay policy); at every step Muon's lr is

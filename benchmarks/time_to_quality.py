@@ -19,7 +19,7 @@ A variant's *time to target* is its steps to the target times its time per step:
   evaluation at or below `--target` ends the run (a run that never gets there trains its whole
   schedule and reports its final loss). Steps do not depend on the machine's speed (a CPU run in
   one precision is deterministic), so each (variant, seed) run is kept in `--runs` (default
-  benchmarks/results/runs/time_to_quality.json, with the commit it ran at) and a later
+  benchmarks/results/kept/time_to_quality.json, with the commit it ran at) and a later
   invocation reuses it: the 3-seed ablation can be spread over several sittings.
 - time per step: measured in this invocation, all variants interleaved (`--timing-rounds`
   rounds, each variant 40 steps of a short run in one process, order reversed every other round;
@@ -54,7 +54,7 @@ from learnpos.train import train
 
 _BESIDE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 DEFAULT_DATA = _BESIDE if _BESIDE.exists() else Path("/work/shared/data/tinyshakespeare/input.txt")
-RUNS = Path(__file__).resolve().parent / "results" / "runs" / "time_to_quality.json"
+RUNS = Path(__file__).resolve().parent / "results" / "kept" / "time_to_quality.json"  # not runs/: .gitignore
 NANOGPT = {"model.positional.init": "normal"}  # the preset with the recipe's own position-table init
 
 # One switch each, on top of the nanoGPT recipe (the speedrun lessons, and the table's own settings)

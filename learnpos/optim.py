@@ -178,13 +178,14 @@ class WeightAverage:
         self.decay = decay
         self.names = [name for name, _ in model.named_parameters()]  # each shared parameter once
         self.params = [p for _, p in model.named_parameters()]
-        self.average = [p.detach().clone() for p in self.params]
+        self.live = [p.detach() for p in self.params]  # views made once: the update runs every step
+        self.average = [p.clone() for p in self.live]
         self.trained: dict[str, torch.Tensor] | None = None  # the trained weights while applied
 
     @torch.no_grad()
     def update(self, n: int) -> None:
         d = min(self.decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - d)
+        torch._foreach_lerp_(self.average, self.live, 1.0 - d)
 
     @contextmanager
     def applied(self):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learnpos.tasks import dialogue, kg, lm, synthetic  # noqa: F401  (the built-in tasks register on import)
+from learnpos.tasks import add, dialogue, kg, lm, synthetic  # noqa: F401  (the built-in tasks register on import)
 from learnpos.tasks.base import TASKS, Batch, Task, register
 
 

@@ -39,7 +39,8 @@ import math
 import time
 from pathlib import Path
 
-from learnpos.config import Config, load_config, set_override, validate
+from learnpos.analysis.plots import plot_trials
+from learnpos.config import Config, load_config, set_override, to_toml, validate
 from learnpos.errors import ConfigError
 from learnpos.files import atomic_write_text, lock_dir
 
@@ -316,7 +317,7 @@ def write_summary(study, out_dir: Path, base: Config, metric: str, mode: str) ->
         summary["preset"] = str(out_dir / BEST_PRESET)
     atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=1, default=str) + "\n")
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary))
-    _plot(summary, out_dir / PLOT)
+    plot_trials(summary, out_dir / PLOT)
     return summary
 
 
@@ -360,67 +361,3 @@ def _cell(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return "-" if v is None else str(v)
-
-
-def _plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in summary["trials"] if r["value"] is not None or r["reported"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    done = [r for r in rows if r["state"] == "complete"]
-    cut = [r for r in rows if r["state"] != "complete"]
-    ax.plot([r["trial"] for r in done], [r["value"] for r in done], "o", label="complete")
-    ax.plot([r["trial"] for r in cut], [r["reported"] for r in cut], "x", color="grey", label="pruned (last value)")
-    best, line = None, []
-    better = max if summary["direction"] == "max" else min
-    for r in done:
-        best = r["value"] if best is None else better(best, r["value"])
-        line.append((r["trial"], best))
-    if line:
-        ax.step(*zip(*line, strict=True), where="post", color="C1", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"validation {summary['metric']}")
-    ax.set_title(f"{summary['study']}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    from learnpos.files import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-
-
-def to_toml(data: dict, header: str = "") -> str:
-    """A config dict (as config.json holds it) as a TOML preset: scalars, sections, and lists
-    of tables (`[[model.tables]]`); None (a setting left to its default) is omitted."""
-    lines = [f"# {header}"] if header else []
-
-    def scalar(v) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list) and not any(isinstance(x, dict) for x in v):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        raise TypeError(f"cannot write {v!r} as TOML")
-
-    def section(name: str, d: dict) -> None:
-        simple = {k: v for k, v in d.items() if not isinstance(v, dict) and not (
-            isinstance(v, list) and v and all(isinstance(x, dict) for x in v)) and v is not None}
-        if name:
-            lines.extend(["", f"[{name}]"])
-        lines.extend(f"{k} = {scalar(v)}" for k, v in simple.items())
-        for k, v in d.items():
-            if isinstance(v, dict):
-                section(f"{name}.{k}" if name else k, v)
-            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-                for item in v:
-                    lines.extend(["", f"[[{name}.{k}]]" if name else f"[[{k}]]"])
-                    lines.extend(f"{ik} = {scalar(iv)}" for ik, iv in item.items() if iv is not None)
-
-    section("", data)
-    return "\n".join(lines) + "\n"

@@ -197,7 +197,7 @@ def test_every_search_space_offers_the_optimizer_and_recipe_switches_and_each_va
 
 
 def test_toml_preset_round_trips_a_config():
-    from learnpos.tune import to_toml
+    from learnpos.config import to_toml
 
     cfg = load_config("dailydialog", {"model.embd_dropout": "0.05"})
     back = from_dict(tomllib.loads(to_toml(cfg.to_dict(), "header")))

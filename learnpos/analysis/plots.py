@@ -1,4 +1,4 @@
-"""Plots of what the learned tables learned (matplotlib, written atomically)."""
+"""Plots of what the learned tables learned, and of a tune's trials (matplotlib, written atomically)."""
 
 from __future__ import annotations
 
@@ -55,3 +55,33 @@ def save_position_plots(model, run_dir: Path) -> list[Path]:
         paths.append(plot_position_similarity(table.weight, Path(run_dir) / f"{name}_similarity.png", title,
                                               "position" if name == "pos" else "id"))
     return paths
+
+
+def plot_trials(summary: dict, path: Path) -> None:
+    """`learnpos tune`'s trials.png: the validation metric by trial (pruned trials at their last
+    reported value) and the best so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["trials"] if r["value"] is not None or r["reported"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    done = [r for r in rows if r["state"] == "complete"]
+    cut = [r for r in rows if r["state"] != "complete"]
+    ax.plot([r["trial"] for r in done], [r["value"] for r in done], "o", label="complete")
+    ax.plot([r["trial"] for r in cut], [r["reported"] for r in cut], "x", color="grey", label="pruned (last value)")
+    best, line = None, []
+    better = max if summary["direction"] == "max" else min
+    for r in done:
+        best = r["value"] if best is None else better(best, r["value"])
+        line.append((r["trial"], best))
+    if line:
+        ax.step(*zip(*line, strict=True), where="post", color="C1", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"validation {summary['metric']}")
+    ax.set_title(f"{summary['study']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)

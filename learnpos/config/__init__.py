@@ -18,7 +18,8 @@ presets, overrides, validation and `config.json` work for it like for any other 
     schema.py       the dataclasses, `Config`, the task-section registry
     overrides.py    typed coercion and dotted-key overrides
     validation.py   what a runnable config is (choices declared as data)
-    (here)          presets, loading (defaults <- preset <- overrides), config.json, diffs
+    (here)          presets (read and written), loading (defaults <- preset <- overrides),
+                    config.json, diffs
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 __all__ = ["TASK_SPECS", "Config", "ModelConfig", "PositionalConfig", "TableConfig", "TaskSpec", "TrainConfig",
            "mlp_width", "new_config", "register_task", "set_override", "validate", "is_device_name", "SEED_MAX",
            "POSITIONAL_KINDS", "LEARNED_INITS", "MLP_KINDS", "RESERVED_TABLE_NAMES", "_MODULE_ATTRIBUTES",
-           "_apply_dict", "_coerce", "PRESET_DIR", "preset_path", "list_presets", "read_preset", "from_dict",
+           "_apply_dict", "_coerce", "PRESET_DIR", "preset_path", "list_presets", "read_preset", "to_toml", "from_dict",
            "load_config", "load_run_config", "config_diff"]
 
 
@@ -84,6 +85,40 @@ def read_preset(name: str) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def to_toml(data: dict, header: str = "") -> str:
+    """A config dict (as config.json holds it) as a TOML preset: scalars, sections, and lists
+    of tables (`[[model.tables]]`); None (a setting left to its default) is omitted."""
+    lines = [f"# {header}"] if header else []
+
+    def scalar(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list) and not any(isinstance(x, dict) for x in v):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    def section(name: str, d: dict) -> None:
+        simple = {k: v for k, v in d.items() if not isinstance(v, dict) and not (
+            isinstance(v, list) and v and all(isinstance(x, dict) for x in v)) and v is not None}
+        if name:
+            lines.extend(["", f"[{name}]"])
+        lines.extend(f"{k} = {scalar(v)}" for k, v in simple.items())
+        for k, v in d.items():
+            if isinstance(v, dict):
+                section(f"{name}.{k}" if name else k, v)
+            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                for item in v:
+                    lines.extend(["", f"[[{name}.{k}]]" if name else f"[[{k}]]"])
+                    lines.extend(f"{ik} = {scalar(iv)}" for ik, iv in item.items() if iv is not None)
+
+    section("", data)
+    return "\n".join(lines) + "\n"
 
 
 def from_dict(data: dict[str, Any], skip_other_tasks: bool = False) -> Config:

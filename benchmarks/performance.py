@@ -128,9 +128,10 @@ def _generate_throughput(r: dict) -> list[str]:
 def _time_to_quality(r: dict) -> list[str]:
     if "variants" in r and "timing_rounds" in r:  # steps to target x interleaved step times
         seeds = len(r["seeds"])
+        fine = f"; {', '.join(r['fine'])}: every {r['fine_every']}" if r.get("fine") else ""
         lines = [f"Time to validation loss {r['target']} on the whole validation split: the median over {seeds} "
                  f"seed(s) of the steps to the first evaluation at or below it (evaluations every {r['eval_every']} "
-                 f"steps), times the variant's training step time, all variants timed interleaved in one run "
+                 f"steps{fine}), times the variant's training step time, all variants timed interleaved in one run "
                  f"({r['timing_rounds']} rounds; evaluations and checkpoints not counted). The baseline is the "
                  f"nanoGPT recipe's 2,000 iterations ({r['baseline_time_to_target_s']} s, ending at "
                  f"{r.get('baseline_val_loss')}); **the recipe reaches {r['target']} in {r['ratio']}x that** "

@@ -2,7 +2,7 @@
 by side, each timed to a target validation loss.
 
     python benchmarks/time_to_quality.py [--json] [--data PATH] [--target 1.88] [--seeds 1337,1,2]
-        [--variants nanogpt,recipe,muon,...] [--iters N] [--eval-every 100] [--threads 0]
+        [--variants nanogpt,recipe,muon,...] [--iters N] [--eval-every 100] [--fine-every 20] [--threads 0]
         [--dtype auto|float32|bfloat16] [--runs PATH] [--fresh] [--timing-rounds 3]
         [--preset shakespeare-char] [--set KEY=VALUE ...]
 
@@ -17,10 +17,12 @@ shakespeare-char preset's own table init against the recipe's).
 A variant's *time to target* is its steps to the target times its time per step:
 - steps to target: every `--eval-every` steps the whole validation split is evaluated; the first
   evaluation at or below `--target` ends the run (a run that never gets there trains its whole
-  schedule and reports its final loss). Steps do not depend on the machine's speed (a CPU run in
-  one precision is deterministic), so each (variant, seed) run is kept in `--runs` (default
-  benchmarks/results/kept/time_to_quality.json, with the commit it ran at) and a later
-  invocation reuses it: the 3-seed ablation can be spread over several sittings.
+  schedule and reports its final loss). The variants that reach it fastest (FINE, the recipe's
+  headline among them) are evaluated every `--fine-every` steps: 100 of the recipe's steps are
+  0.12x of the baseline's time, too coarse to tell 0.5x from 0.6x. Steps do not depend on the
+  machine's speed (a CPU run in one precision is deterministic), so each (variant, seed) run is
+  kept in `--runs` (default benchmarks/results/kept/time_to_quality.json, with the commit it ran
+  at) and a later invocation reuses it: the 3-seed ablation can be spread over several sittings.
 - time per step: measured in this invocation, all variants interleaved (`--timing-rounds`
   rounds, each variant 40 steps of a short run in one process, order reversed every other round;
   the median), so a drift in the machine's speed (up to 1.7x within a session here) hits every
@@ -81,6 +83,7 @@ VARIANTS = {
 # AdamW but not Muon; a larger batch makes Muon's per-step iteration cheaper per token.
 RECIPE = {"train.optimizer": "muon", "train.batch_size": "24", "train.max_iters": "1000"}
 VARIANTS["recipe"] = RECIPE
+FINE = ("recipe", "muon + batch x2")  # evaluated every --fine-every steps (they reach the target in ~500)
 
 
 def _overrides(name: str, sets: list[str]) -> dict:
@@ -167,9 +170,13 @@ def _key(name: str, seed: str) -> str:
     return f"{name}|{seed}"
 
 
+def _every(name: str, args) -> int:
+    return args.fine_every if name in FINE else args.eval_every
+
+
 def _settings(name: str, args) -> dict:
     """What a kept run must match to be reused."""
-    out = {"overrides": VARIANTS[name], "target": args.target, "iters": args.iters, "eval_every": args.eval_every,
+    out = {"overrides": VARIANTS[name], "target": args.target, "iters": args.iters, "eval_every": _every(name, args),
            "dtype": args.dtype or "auto", "data": Path(args.data).name}
     if args.preset != "shakespeare-char" or args.set:
         out |= {"preset": args.preset, "sets": args.set}
@@ -185,6 +192,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of: {', '.join(VARIANTS)}")
     ap.add_argument("--iters", type=int, default=0, help="train.max_iters (0 = the recipe's 2000)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between evaluations (resolution of the time)")
+    ap.add_argument("--fine-every", type=int, default=20,
+                    help=f"steps between evaluations for {', '.join(FINE)} (the fastest: finer resolution)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--runs", default=str(RUNS), help="JSON file of finished quality runs, reused and extended")
@@ -216,7 +225,8 @@ def main() -> None:
     precision = C.default_cpu_precision() if args.dtype in (None, "auto") else args.dtype
     commit = C.machine()["commit"]
     print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; precision {precision}; target "
-          f"{args.target}; seeds {args.seeds}; evaluation every {args.eval_every} steps", flush=True)
+          f"{args.target}; seeds {args.seeds}; evaluation every {args.eval_every} steps ({', '.join(FINE)}: every "
+          f"{args.fine_every})", flush=True)
     kept_path = Path(args.runs)
     kept = {} if args.fresh or not kept_path.exists() else json.loads(kept_path.read_text(encoding="utf-8"))
     runs: dict[str, dict] = {}
@@ -227,14 +237,14 @@ def main() -> None:
                 r, how = old, f"kept from {old.get('commit')}"
             else:
                 cmd = [sys.executable, __file__, "--one", name, "--seeds", seed, "--data", args.data, "--target",
-                       str(args.target), "--iters", str(args.iters), "--eval-every", str(args.eval_every),
+                       str(args.target), "--iters", str(args.iters), "--eval-every", str(_every(name, args)),
                        "--threads", str(args.threads), "--preset", args.preset,
                        *[f"--set={x}" for x in args.set], *(["--dtype", args.dtype] if args.dtype else [])]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     raise SystemExit(f"time_to_quality: {name} seed {seed} failed:\n{done.stderr[-3000:]}")
                 r = {**json.loads(done.stdout.strip().splitlines()[-1]), "settings": _settings(name, args),
-                     "commit": commit}
+                     "commit": commit, "cpu": C.cpu_info()}
                 kept[_key(name, seed)] = r
                 kept_path.parent.mkdir(parents=True, exist_ok=True)
                 kept_path.write_text(json.dumps(kept, indent=1) + "\n", encoding="utf-8")  # after every run
@@ -246,6 +256,8 @@ def main() -> None:
     print(f"# step times, {args.timing_rounds} interleaved rounds", flush=True)
     ms = step_times(names, args.data, args.dtype, args.timing_rounds, args.preset, args.set)
     table = summarise(runs, ms, "nanogpt")
+    for name, v in table["variants"].items():
+        v["eval_every"] = _every(name, args)
     print(f"\n| variant | steps to {args.target} | ms/step | time to {args.target} | vs nanoGPT's "
           f"{table['baseline_s']} s | final val loss (never reached) |\n|---|---|---|---|---|---|")
     for name, v in table["variants"].items():
@@ -256,6 +268,7 @@ def main() -> None:
         print(f"| {name} | {steps} | {v['ms_per_step']} | {t} | {ratio} | {final} |")
     rec, base = table["variants"].get("recipe", {}), table["variants"]["nanogpt"]
     out = {"target": args.target, "precision": precision, "seeds": args.seeds.split(","), "eval_every": args.eval_every,
+           "fine_every": args.fine_every, "fine": [n for n in FINE if n in names],
            "variants": table["variants"], "recipe": RECIPE, "time_to_target_s": rec.get("time_to_target_s"),
            "baseline_time_to_target_s": table["baseline_s"], "baseline_val_loss": base["final_val_loss"],
            "ratio": rec.get("ratio"), "timing_rounds": args.timing_rounds, "preset": args.preset, "sets": args.set,

@@ -81,6 +81,7 @@ VARIANTS = {
 # muon 1.632 (800), muon + 1000 steps 1.740 (700), muon + relu2 + 1000 steps 1.852 (900), relu2 1.802 (1400),
 # lr x2 1.793 (1400), untied 1.878 (2000), zero-init 1.902 (never), muon + batch x2 1.546 (500). relu2 helps
 # AdamW but not Muon; a larger batch makes Muon's per-step iteration cheaper per token.
+# = the shakespeare-char-muon preset (tests/test_performance_doc.py holds the two equal)
 RECIPE = {"train.optimizer": "muon", "train.batch_size": "24", "train.max_iters": "1000"}
 VARIANTS["recipe"] = RECIPE
 FINE = ("recipe", "muon + batch x2")  # evaluated every --fine-every steps (they reach the target in ~500)

@@ -167,3 +167,16 @@ def test_time_to_quality_is_steps_to_target_times_the_step_time(monkeypatch):
     assert v["relu2"]["time_to_target_s"] is None and v["relu2"]["ratio"] is None
     assert v["relu2"]["final_val_loss"] == 1.89  # its seed that never got there
     assert v["nanogpt"]["final_val_loss"] == 1.91 and v["muon"]["final_val_loss"] is None
+
+
+def test_the_muon_preset_is_the_recipe_the_ablation_measured(monkeypatch):
+    """`shakespeare-char-muon` carries exactly what time_to_quality.py's `recipe` row measured
+    (the nanoGPT recipe plus RECIPE): editing one without the other fails here."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import time_to_quality as ttq
+
+    from learnpos.config import config_diff, load_config
+
+    measured = load_config("shakespeare-char", {**ttq.NANOGPT, **ttq.RECIPE})
+    assert config_diff(load_config("shakespeare-char-muon"), measured, ignore=("train.out_dir",)) == []
+    assert ttq.VARIANTS["recipe"] == ttq.RECIPE and "recipe" in ttq.FINE  # the headline row, finely resolved

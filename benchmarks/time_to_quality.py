@@ -28,6 +28,11 @@ A variant's *time to target* is its steps to the target times its time per step:
   the median), so a drift in the machine's speed (up to 1.7x within a session here) hits every
   variant alike. Evaluations and checkpoints are not counted (they are this benchmark's
   instrument).
+`--target baseline` first trains the baseline's whole schedule on every seed and takes its mean
+final loss as the target of the others: "the preset's quality in what share of its time" on a
+preset with no published target, e.g. `--preset wikitext2-bpe --data wikitext-2 --target baseline
+--variants recipe` (a value "xF" in VARIANTS is F times the preset's own: `recipe` doubles
+wikitext2-bpe's batch of 16 and halves its 5,000 steps as it does shakespeare-char's 12 and 2,000).
 The baseline is the nanoGPT recipe's whole 2,000 iterations (1.88 is where that recipe ends in
 nanoGPT's report; here it ends near 1.90) at its time per step. Per variant: the median steps to
 target over seeds (None if any seed misses), time to target, its ratio to the baseline, and the
@@ -69,11 +74,11 @@ VARIANTS = {
     "qk-norm": {"model.qk_norm": "true"},
     "softcap": {"model.logit_softcap": "15"},
     "wsd": {"train.schedule": "wsd"},
-    "lr x2": {"train.lr": "2e-3", "train.min_lr": "2e-4"},
-    "batch x2": {"train.batch_size": "24"},
+    "lr x2": {"train.lr": "x2", "train.min_lr": "x2"},
+    "batch x2": {"train.batch_size": "x2"},
     "muon + table lr x3": {"train.optimizer": "muon", "model.positional.lr_scale": "3"},
     "muon + table decay": {"train.optimizer": "muon", "model.positional.weight_decay": "true"},
-    "muon + batch x2": {"train.optimizer": "muon", "train.batch_size": "24"},
+    "muon + batch x2": {"train.optimizer": "muon", "train.batch_size": "x2"},
     "muon + 3 ns steps": {"train.optimizer": "muon", "train.muon_ns_steps": "3"},
     "muon + 1000 steps": {"train.optimizer": "muon", "train.max_iters": "1000"},
 }
@@ -82,19 +87,35 @@ VARIANTS = {
 # lr x2 1.793 (1400), untied 1.878 (2000), zero-init 1.902 (never), muon + batch x2 1.546 (500). relu2 helps
 # AdamW but not Muon; a larger batch makes Muon's per-step iteration cheaper per token.
 # = the shakespeare-char-muon preset (tests/test_performance_doc.py holds the two equal)
-RECIPE = {"train.optimizer": "muon", "train.batch_size": "24", "train.max_iters": "1000"}
+RECIPE = {"train.optimizer": "muon", "train.batch_size": "x2", "train.max_iters": "x0.5"}
 VARIANTS["recipe"] = RECIPE
 FINE = ("recipe", "muon + batch x2")  # evaluated every --fine-every steps (they reach the target in ~500)
 
 
-def _overrides(name: str, sets: list[str]) -> dict:
-    return {**NANOGPT, **VARIANTS[name], **dict(x.split("=", 1) for x in sets)}
+def resolve(name: str, preset: str = "shakespeare-char", sets: list[str] = ()) -> dict:
+    """The variant's overrides for `preset`: a value "xF" is F times the preset's own (batch x2 is
+    24 on shakespeare-char's 12, 32 on wikitext2-bpe's 16), so a recipe carries to other presets
+    as the same change."""
+    sets = dict(x.split("=", 1) for x in sets)
+    base = load_config(preset, {**NANOGPT, **sets})
+    out = {}
+    for key, value in VARIANTS[name].items():
+        if value.startswith("x"):
+            section, field = key.split(".", 1)
+            old = getattr(getattr(base, section), field)
+            value = str(round(old * float(value[1:])) if isinstance(old, int) else old * float(value[1:]))
+        out[key] = value
+    return out
+
+
+def _overrides(name: str, sets: list[str], preset: str = "shakespeare-char") -> dict:
+    return {**NANOGPT, **resolve(name, preset, sets), **dict(x.split("=", 1) for x in sets)}
 
 
 def run_one(name: str, seed: str, data: str, target: float, iters: int, eval_every: int, dtype: str | None,
             out_dir: str, preset: str = "shakespeare-char", sets: list[str] = ()) -> dict:
     """One quality run: the first evaluation at or below `target` ends it."""
-    over = {**_overrides(name, sets), "lm.data": data, "train.seed": seed, "train.out_dir": out_dir,
+    over = {**_overrides(name, sets, preset), "lm.data": data, "train.seed": seed, "train.out_dir": out_dir,
             "train.eval_interval": str(eval_every), "train.log_interval": str(eval_every)}
     if dtype:
         over["train.dtype"] = dtype
@@ -135,7 +156,7 @@ def step_times(names: list[str], data: str, dtype: str | None, rounds: int, pres
             for r in range(rounds):
                 for name in (names if r % 2 == 0 else names[::-1]):
                     n = skip + steps + 1
-                    over = {**_overrides(name, sets), "lm.data": data, "train.out_dir": f"{tmp}/{name}-{r}",
+                    over = {**_overrides(name, sets, preset), "lm.data": data, "train.out_dir": f"{tmp}/{name}-{r}",
                             "train.max_iters": str(n), "train.warmup_iters": "1", "train.eval_interval": str(n),
                             "train.log_interval": str(n), "lm.eval_windows": "8"}
                     if dtype:
@@ -167,8 +188,9 @@ def summarise(runs: dict[str, dict], ms: dict[str, float], baseline: str) -> dic
     return {"variants": out, "baseline_s": base_s}
 
 
-def _key(name: str, seed: str) -> str:
-    return f"{name}|{seed}"
+def _key(name: str, seed: str, args) -> str:
+    other = args.preset != "shakespeare-char" or args.set  # another preset's runs are kept beside these
+    return f"{name}|{seed}" + (f"|{args.preset}|{','.join(args.set)}" if other else "")
 
 
 def _every(name: str, args) -> int:
@@ -177,18 +199,33 @@ def _every(name: str, args) -> int:
 
 def _settings(name: str, args) -> dict:
     """What a kept run must match to be reused."""
-    out = {"overrides": VARIANTS[name], "target": args.target, "iters": args.iters, "eval_every": _every(name, args),
+    out = {"overrides": resolve(name, args.preset, args.set), "target": args.target, "iters": args.iters,
+           "eval_every": _every(name, args),
            "dtype": args.dtype or "auto", "data": Path(args.data).name}
     if args.preset != "shakespeare-char" or args.set:
         out |= {"preset": args.preset, "sets": args.set}
     return out
 
 
+def _same(a: dict | None, b: dict) -> bool:
+    """Kept settings match, numbers compared as numbers ("2e-3" is "0.002")."""
+    def number(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return v
+
+    norm = lambda d: {**d, "overrides": {k: number(v) for k, v in d["overrides"].items()}}  # noqa: E731
+    return a is not None and norm(a) == norm(b)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the tinyshakespeare input.txt")
-    ap.add_argument("--target", type=float, default=1.88, help="validation loss to reach (nanoGPT's CPU result)")
+    ap.add_argument("--target", default="1.88",
+                    help="validation loss to reach (nanoGPT's CPU result), or 'baseline': the baseline's own final "
+                         "loss (the mean over seeds; its runs then train their whole schedule first)")
     ap.add_argument("--seeds", default="1337,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of: {', '.join(VARIANTS)}")
     ap.add_argument("--iters", type=int, default=0, help="train.max_iters (0 = the recipe's 2000)")
@@ -209,6 +246,11 @@ def main() -> None:
     if bad:
         raise SystemExit(f"time_to_quality: --set {bad[0]} is not KEY=VALUE (e.g. --set "
                          f"model.positional.init=sinusoidal)")
+    from_baseline = args.target == "baseline"
+    try:
+        args.target = 0.0 if from_baseline else float(args.target)  # 0: a loss never reached
+    except ValueError:
+        raise SystemExit(f"time_to_quality: --target is a loss or 'baseline', not {args.target!r}") from None
     if args.one:
         C.set_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:
@@ -226,39 +268,46 @@ def main() -> None:
     precision = C.default_cpu_precision() if args.dtype in (None, "auto") else args.dtype
     commit = C.machine()["commit"]
     print(f"# {C.cpu_info()}; torch {torch.__version__}; {C.thread_note()}; precision {precision}; target "
-          f"{args.target}; seeds {args.seeds}; evaluation every {args.eval_every} steps ({', '.join(FINE)}: every "
-          f"{args.fine_every})", flush=True)
+          f"{'baseline' if from_baseline else args.target}; seeds {args.seeds}; evaluation every {args.eval_every} "
+          f"steps ({', '.join(FINE)}: every {args.fine_every})", flush=True)
     kept_path = Path(args.runs)
     kept = {} if args.fresh or not kept_path.exists() else json.loads(kept_path.read_text(encoding="utf-8"))
     runs: dict[str, dict] = {}
-    for seed in args.seeds.split(","):
-        for name in names:
-            old = kept.get(_key(name, seed))
-            if old and old.get("settings") == _settings(name, args) and old.get("precision") == precision:
-                r, how = old, f"kept from {old.get('commit')}"
-            else:
-                cmd = [sys.executable, __file__, "--one", name, "--seeds", seed, "--data", args.data, "--target",
-                       str(args.target), "--iters", str(args.iters), "--eval-every", str(_every(name, args)),
-                       "--threads", str(args.threads), "--preset", args.preset,
-                       *[f"--set={x}" for x in args.set], *(["--dtype", args.dtype] if args.dtype else [])]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise SystemExit(f"time_to_quality: {name} seed {seed} failed:\n{done.stderr[-3000:]}")
-                r = {**json.loads(done.stdout.strip().splitlines()[-1]), "settings": _settings(name, args),
-                     "commit": commit, "cpu": C.cpu_info()}
-                kept[_key(name, seed)] = r
-                kept_path.parent.mkdir(parents=True, exist_ok=True)
-                kept_path.write_text(json.dumps(kept, indent=1) + "\n", encoding="utf-8")  # after every run
-                how = f"{r['wall_s']} s"
-            runs.setdefault(name, {})[seed] = {k: r[k] for k in ("step_at_target", "val_loss", "steps_run", "iters",
-                                                                  "commit")}
-            print(f"  {name:18s} seed {seed:>5s}: target at step {r['step_at_target']}, val loss {r['val_loss']:.4f} "
-                  f"after {r['steps_run']} steps ({how})", flush=True)
+    seeds = args.seeds.split(",")
+    order = [(seed, name) for seed in seeds for name in names]
+    if from_baseline:  # every baseline run first: their final loss is the others' target
+        order = [(seed, "nanogpt") for seed in seeds] + [(s, n) for s, n in order if n != "nanogpt"]
+    for seed, name in order:
+        if from_baseline and name != "nanogpt" and args.target == 0.0:
+            args.target = round(statistics.mean(r["val_loss"] for r in runs["nanogpt"].values()), 4)
+            print(f"# target: {args.target}, the baseline's final validation loss (mean over seeds)", flush=True)
+        old = kept.get(_key(name, seed, args))
+        if old and _same(old.get("settings"), _settings(name, args)) and old.get("precision") == precision:
+            r, how = old, f"kept from {old.get('commit')}"
+        else:
+            cmd = [sys.executable, __file__, "--one", name, "--seeds", seed, "--data", args.data, "--target",
+                   str(args.target), "--iters", str(args.iters), "--eval-every", str(_every(name, args)),
+                   "--threads", str(args.threads), "--preset", args.preset,
+                   *[f"--set={x}" for x in args.set], *(["--dtype", args.dtype] if args.dtype else [])]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"time_to_quality: {name} seed {seed} failed:\n{done.stderr[-3000:]}")
+            r = {**json.loads(done.stdout.strip().splitlines()[-1]), "settings": _settings(name, args),
+                 "commit": commit, "cpu": C.cpu_info()}
+            kept[_key(name, seed, args)] = r
+            kept_path.parent.mkdir(parents=True, exist_ok=True)
+            kept_path.write_text(json.dumps(kept, indent=1) + "\n", encoding="utf-8")  # after every run
+            how = f"{r['wall_s']} s"
+        runs.setdefault(name, {})[seed] = {k: r[k] for k in ("step_at_target", "val_loss", "steps_run", "iters",
+                                                              "commit")}
+        print(f"  {name:18s} seed {seed:>5s}: target at step {r['step_at_target']}, val loss {r['val_loss']:.4f} "
+              f"after {r['steps_run']} steps ({how})", flush=True)
     print(f"# step times, {args.timing_rounds} interleaved rounds", flush=True)
     ms = step_times(names, args.data, args.dtype, args.timing_rounds, args.preset, args.set)
     table = summarise(runs, ms, "nanogpt")
     for name, v in table["variants"].items():
         v["eval_every"] = _every(name, args)
+        v["overrides"] = resolve(name, args.preset, args.set)  # as run on this preset ("x2" resolved)
     print(f"\n| variant | steps to {args.target} | ms/step | time to {args.target} | vs nanoGPT's "
           f"{table['baseline_s']} s | final val loss (never reached) |\n|---|---|---|---|---|---|")
     for name, v in table["variants"].items():
@@ -270,7 +319,8 @@ def main() -> None:
     rec, base = table["variants"].get("recipe", {}), table["variants"]["nanogpt"]
     out = {"target": args.target, "precision": precision, "seeds": args.seeds.split(","), "eval_every": args.eval_every,
            "fine_every": args.fine_every, "fine": [n for n in FINE if n in names],
-           "variants": table["variants"], "recipe": RECIPE, "time_to_target_s": rec.get("time_to_target_s"),
+           "variants": table["variants"], "recipe": resolve("recipe", args.preset, args.set),
+           "time_to_target_s": rec.get("time_to_target_s"),
            "baseline_time_to_target_s": table["baseline_s"], "baseline_val_loss": base["final_val_loss"],
            "ratio": rec.get("ratio"), "timing_rounds": args.timing_rounds, "preset": args.preset, "sets": args.set,
            "run_commits": sorted({r["commit"] for v in runs.values() for r in v.values()})}

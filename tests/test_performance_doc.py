@@ -177,6 +177,12 @@ def test_the_muon_preset_is_the_recipe_the_ablation_measured(monkeypatch):
 
     from learnpos.config import config_diff, load_config
 
-    measured = load_config("shakespeare-char", {**ttq.NANOGPT, **ttq.RECIPE})
+    measured = load_config("shakespeare-char", {**ttq.NANOGPT, **ttq.resolve("recipe")})
     assert config_diff(load_config("shakespeare-char-muon"), measured, ignore=("train.out_dir",)) == []
     assert ttq.VARIANTS["recipe"] == ttq.RECIPE and "recipe" in ttq.FINE  # the headline row, finely resolved
+    # relative values follow the preset: batch x2 and half the steps of wikitext2-bpe's 16 and 5,000
+    assert ttq.resolve("recipe", "wikitext2-bpe") == {"train.optimizer": "muon", "train.batch_size": "32",
+                                                       "train.max_iters": "2500"}
+    assert ttq.resolve("lr x2") == {"train.lr": "0.002", "train.min_lr": "0.0002"}
+    assert ttq._same({"overrides": {"train.lr": "2e-3"}, "target": 1.88}, {"overrides": {"train.lr": "0.002"},
+                                                                            "target": 1.88})

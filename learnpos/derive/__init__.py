@@ -59,6 +59,8 @@ def derive_config(task: str, data: str, overrides: dict[str, str], val_data: str
                      "train.log_interval": max(1, min(100, steps // 50))}
     except (KeyError, ValueError):
         pass  # not given (the probe fits it), or not a number (load_config names it)
+    if "model.n_embd" in overrides and "model.mlp_hidden" not in overrides:
+        settings.pop("model.mlp_hidden", None)  # a derived inner width follows a width the user set
     merged = {k: str(v) for k, v in settings.items()} | dict(overrides)
     cfg = load_config(None, {"task": task, **merged})
     lines = [f"settings derived from the data (learnpos.derive.{task}); any --key=value overrides them:",

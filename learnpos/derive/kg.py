@@ -41,6 +41,18 @@ The rules, and where each comes from:
   near their geometric mean).
 - One encoder layer, 256 wide, 8 heads, label smoothing 0.1: what every tuned preset converged
   to; one layer was better than two on validation at half the step time.
+- A gated MLP (model.mlp=swiglu, 1024 inner): its product multiplies the entity's and the
+  relation's features that attention mixed at MASK (a bilinear term, as TuckER's core and
+  ComplEx's product are), where GPT-2's gelu MLP combines them only through the nonlinearity.
+  Best validation / test MRR, mean of 3 seeds (1337, 1, 2), gelu (4 x 256 inner) against swiglu
+  (1024): Nations 0.840 / 0.825 and 0.855 / 0.837, UMLS 0.948 / 0.945 and 0.953 / 0.950, Kinships
+  0.847 / 0.854 and 0.861 / 0.865 (`python benchmarks/kg_own_data.py --graphs G --models ''
+  --set model.mlp=gelu --set model.mlp_hidden=0` gives the gelu rows). Better on validation on
+  every graph and seed, so it is chosen with any one left out. Not measured where training
+  samples its negatives (E > SAMPLED_FROM: WN18RR, FB15k-237, whose 29-minute runs are the check
+  it needs), so those keep gelu, as their presets have it. (The kg-kinships
+  preset's lr 5e-4 with it: validation 0.852, 0.959, 0.861 on the three; chosen or not depending
+  on which graph is left out, so the derived lr stays 1e-3.)
 - Dropout 0.2 on dense graphs (entities average more than DENSE = 50 training triples), else
   0.1. Best validation MRR, mean of 3 seeds (1337, 1, 2), derived settings with dropout 0.1 /
   0.2 / 0.3: Nations (114 triples per entity) 0.811 / 0.830 / 0.813, Kinships (82) 0.839 / 0.846 /
@@ -137,6 +149,7 @@ def derive(data: str, val_data: str | None = None, budget_s: float = 600.0) -> t
         "kg.query_weight": weight, "kg.label_smoothing": 0.1, "kg.negatives": NEGATIVES if sampled else 0,
         "kg.eval_batch_size": 512 if E > SAMPLED_FROM else 256,
         "model.n_layer": 1, "model.n_head": 8, "model.n_embd": 256, "model.dropout": dropout, "model.causal": False,
+        **({} if sampled else {"model.mlp": "swiglu", "model.mlp_hidden": 1024}),
         "model.positional.kind": "learned", "model.positional.max_len": 3,
         "train.lr": 1e-3, "train.min_lr": 1e-5, "train.batch_size": batch, "train.weight_decay": 0.01,
         "train.early_stop_metric": "mrr", "train.early_stop_mode": "max", "train.ema": EMA,
@@ -151,7 +164,9 @@ def derive(data: str, val_data: str | None = None, budget_s: float = 600.0) -> t
            f"a query weighs {'its answer count' if weight == 'answers' else 'the same'} in the loss (a triple's query "
            f"has {k2:.1f} answers on average: {'more than' if weight == 'answers' else 'at most'} {HEAVY})",
            f"model: 1 encoder layer, 256 wide, 8 heads, dropout {dropout} ({per_entity:.0f} training triples per "
-           f"entity: {'dense, more than' if dropout > 0.1 else 'at most'} {DENSE})",
+           f"entity: {'dense, more than' if dropout > 0.1 else 'at most'} {DENSE}), "
+           + ("gelu MLP (a gated one is unmeasured with sampled negatives)" if sampled else
+              "gated MLP (swiglu, 1024 inner: an entity-relation product)"),
            f"batch {batch} queries" + (f"; training scores its answers + {NEGATIVES} sampled entities "
                                        f"(E > {SAMPLED_FROM:,})" if sampled else "; every entity scored"),
            f"at most {EPOCHS} epochs = {most:,} steps; early stopping on validation MRR of the weights averaged over "

@@ -25,6 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+SHARED = HERE.parent.parent / "shared" / "data"  # the real data, beside the checkout
 DOC = HERE.parent / "docs" / "performance.md"
 # files with <!-- begin NAME --> blocks to refill
 BLOCK_FILES = [HERE.parent / "docs" / "applications.md", HERE.parent / "docs" / "dialogue.md",
@@ -36,6 +37,10 @@ BENCHMARKS = {
     "train_throughput": ("train_throughput", []),
     "generate_throughput": ("generate_throughput", []),
     "time_to_quality": ("time_to_quality", []),
+    # the same recipe on a GPU-sized preset, one seed (the baseline's 5,000 steps are about 20 minutes on 2 cores)
+    "time_to_quality_wikitext2": ("time_to_quality", ["--preset", "wikitext2-bpe", "--data", str(SHARED / "wikitext-2"),
+                                                      "--target", "baseline", "--variants", "recipe", "--seeds", "1337",
+                                                      "--eval-every", "250", "--fine-every", "50"]),
     "mfu": ("mfu", []),
     "attention": ("attention", ["--keys", "64,128,256,512"]),
     "position_probe": ("position_probe", []),
@@ -129,15 +134,19 @@ def _time_to_quality(r: dict) -> list[str]:
     if "variants" in r and "timing_rounds" in r:  # steps to target x interleaved step times
         seeds = len(r["seeds"])
         fine = f"; {', '.join(r['fine'])}: every {r['fine_every']}" if r.get("fine") else ""
-        lines = [f"Time to validation loss {r['target']} on the whole validation split: the median over {seeds} "
+        iters = next(iter(r["variants"]["nanogpt"]["by_seed"].values()))["iters"]
+        preset = r.get("preset", "shakespeare-char")
+        base = "nanoGPT recipe" if preset == "shakespeare-char" else f"`{preset}` preset"
+        target = ("the baseline's final loss, " if r.get("target_from_baseline") else "") + str(r["target"])
+        lines = [f"Time to validation loss {target} on the whole validation split: the median over {seeds} "
                  f"seed(s) of the steps to the first evaluation at or below it (evaluations every {r['eval_every']} "
                  f"steps{fine}), times the variant's training step time, all variants timed interleaved in one run "
                  f"({r['timing_rounds']} rounds; evaluations and checkpoints not counted). The baseline is the "
-                 f"nanoGPT recipe's 2,000 iterations ({r['baseline_time_to_target_s']} s, ending at "
+                 f"{base}'s {iters:,} iterations ({r['baseline_time_to_target_s']} s, ending at "
                  f"{r.get('baseline_val_loss')}); **the recipe reaches {r['target']} in {r['ratio']}x that** "
                  f"({r['time_to_target_s']} s). Quality runs from commit(s) {', '.join(r['run_commits'])}.", "",
-                 "| variant | overrides on the nanoGPT recipe | steps to target (by seed) | ms/step | time to target "
-                 "| vs nanoGPT's 2,000 | final val loss (runs that never reached it) |",
+                 f"| variant | overrides on the {base} | steps to target (by seed) | ms/step | time to target "
+                 f"| vs the {base}'s {iters:,} | final val loss (runs that never reached it) |",
                  "|---|---|---|---|---|---|---|"]
         for name, v in r["variants"].items():
             over = ", ".join(f"`{k}={x}`" for k, x in v["overrides"].items()) or "(none)"
@@ -410,6 +419,10 @@ SECTIONS = {
                         "The position table, trained by AdamW in every variant, is not where Muon's gain comes "
                         "from: its own learning rate (x3) or weight decay under Muon leave every seed's steps to "
                         "the target as they were."),
+    "time_to_quality_wikitext2": ("Time to quality: wikitext-2 BPE", _time_to_quality,
+                                  "The recipe above, unchanged in kind (Muon, twice the batch, half the steps), on "
+                                  "the `wikitext2-bpe` preset (6 x 384, block 256, byte-level BPE): the time to the "
+                                  "preset's own final validation loss. Evaluations cap at the preset's 200 windows."),
     "mfu": ("Model FLOPs utilisation", _mfu, "6N + 12LCT FLOPs per token against a matmul peak measured in the "
             "same run."),
     "attention": ("The CPU bf16 attention kernel", _attention,

@@ -319,6 +319,7 @@ def main() -> None:
     rec, base = table["variants"].get("recipe", {}), table["variants"]["nanogpt"]
     out = {"target": args.target, "precision": precision, "seeds": args.seeds.split(","), "eval_every": args.eval_every,
            "fine_every": args.fine_every, "fine": [n for n in FINE if n in names],
+           "target_from_baseline": from_baseline,
            "variants": table["variants"], "recipe": resolve("recipe", args.preset, args.set),
            "time_to_target_s": rec.get("time_to_target_s"),
            "baseline_time_to_target_s": table["baseline_s"], "baseline_val_loss": base["final_val_loss"],

@@ -116,6 +116,7 @@ def test_train_without_preset_derives_prints_and_saves(graph, tmp_path, capsys):
     wall = time.perf_counter() - t0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["n_embd"] == 64 and cfg["model"]["n_head"] == 8  # the user's key wins, the rest derived
+    assert cfg["model"]["mlp"] == "swiglu" and cfg["model"]["mlp_hidden"] == 0  # the inner width follows 64, not 1024
     assert cfg["kg"]["queries"] == "coke" and cfg["train"]["time_budget"] == 0.5  # 29 triples per relation
     assert cfg["kg"]["dataset"] == "toygraph" and cfg["train"]["early_stop_metric"] == "mrr"
     assert wall < 0.5 * 60 + 15  # the probe and the run fit the budget (15 s: interpreter and imports)

@@ -188,9 +188,13 @@ def summarise(runs: dict[str, dict], ms: dict[str, float], baseline: str) -> dic
     return {"variants": out, "baseline_s": base_s}
 
 
+def _elsewhere(args) -> bool:
+    """Runs of another preset or with --set: kept under their own keys, beside the default ones."""
+    return args.preset != "shakespeare-char" or bool(args.set)
+
+
 def _key(name: str, seed: str, args) -> str:
-    other = args.preset != "shakespeare-char" or args.set  # another preset's runs are kept beside these
-    return f"{name}|{seed}" + (f"|{args.preset}|{','.join(args.set)}" if other else "")
+    return f"{name}|{seed}" + (f"|{args.preset}|{','.join(args.set)}" if _elsewhere(args) else "")
 
 
 def _every(name: str, args) -> int:
@@ -202,7 +206,7 @@ def _settings(name: str, args) -> dict:
     out = {"overrides": resolve(name, args.preset, args.set), "target": args.target, "iters": args.iters,
            "eval_every": _every(name, args),
            "dtype": args.dtype or "auto", "data": Path(args.data).name}
-    if args.preset != "shakespeare-char" or args.set:
+    if _elsewhere(args):
         out |= {"preset": args.preset, "sets": args.set}
     return out
 
@@ -215,7 +219,9 @@ def _same(a: dict | None, b: dict) -> bool:
         except (TypeError, ValueError):
             return v
 
-    norm = lambda d: {**d, "overrides": {k: number(v) for k, v in d["overrides"].items()}}  # noqa: E731
+    def norm(d: dict) -> dict:
+        return {**d, "overrides": {k: number(v) for k, v in d["overrides"].items()}}
+
     return a is not None and norm(a) == norm(b)
 
 
@@ -273,14 +279,9 @@ def main() -> None:
     kept_path = Path(args.runs)
     kept = {} if args.fresh or not kept_path.exists() else json.loads(kept_path.read_text(encoding="utf-8"))
     runs: dict[str, dict] = {}
-    seeds = args.seeds.split(",")
-    order = [(seed, name) for seed in seeds for name in names]
-    if from_baseline:  # every baseline run first: their final loss is the others' target
-        order = [(seed, "nanogpt") for seed in seeds] + [(s, n) for s, n in order if n != "nanogpt"]
-    for seed, name in order:
-        if from_baseline and name != "nanogpt" and args.target == 0.0:
-            args.target = round(statistics.mean(r["val_loss"] for r in runs["nanogpt"].values()), 4)
-            print(f"# target: {args.target}, the baseline's final validation loss (mean over seeds)", flush=True)
+
+    def quality(name: str, seed: str) -> None:
+        """One (variant, seed) run: kept if its settings match, else run in a process of its own."""
         old = kept.get(_key(name, seed, args))
         if old and _same(old.get("settings"), _settings(name, args)) and old.get("precision") == precision:
             r, how = old, f"kept from {old.get('commit')}"
@@ -302,6 +303,17 @@ def main() -> None:
                                                               "commit")}
         print(f"  {name:18s} seed {seed:>5s}: target at step {r['step_at_target']}, val loss {r['val_loss']:.4f} "
               f"after {r['steps_run']} steps ({how})", flush=True)
+
+    seeds, rest = args.seeds.split(","), names
+    if from_baseline:  # the baseline's whole schedule first (target 0: never reached); its final loss is the target
+        for seed in seeds:
+            quality("nanogpt", seed)
+        args.target = round(statistics.mean(r["val_loss"] for r in runs["nanogpt"].values()), 4)
+        print(f"# target: {args.target}, the baseline's final validation loss (mean over seeds)", flush=True)
+        rest = [n for n in names if n != "nanogpt"]
+    for seed in seeds:
+        for name in rest:
+            quality(name, seed)
     print(f"# step times, {args.timing_rounds} interleaved rounds", flush=True)
     ms = step_times(names, args.data, args.dtype, args.timing_rounds, args.preset, args.set)
     table = summarise(runs, ms, "nanogpt")

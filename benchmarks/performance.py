@@ -38,8 +38,8 @@ BENCHMARKS = {
     "generate_throughput": ("generate_throughput", []),
     "time_to_quality": ("time_to_quality", []),
     # the same recipe on wikitext-2 with the CPU-sized BPE model (the wikitext2-bpe preset's 6 x 384 needs a
-    # GPU: over 1.2 s a step here, its 5,000 steps about 2 hours for one run); an evaluation of its whole
-    # validation split (428k tokens) takes about 10 s, so the recipe is evaluated every 50 steps, not 20
+    # GPU); an evaluation of its whole validation split is slow on 2 cores, so the recipe is evaluated every
+    # 50 steps, not 20
     "time_to_quality_wikitext2": ("time_to_quality", ["--preset", "shakespeare-bpe", "--data",
                                                       str(SHARED / "wikitext-2"), "--target", "baseline",
                                                       "--variants", "recipe", "--fine-every", "50"]),
@@ -417,8 +417,9 @@ SECTIONS = {
                         "The nanoGPT CPU recipe with one change at a time, and learnpos's recipe (`recipe`, the "
                         "`shakespeare-char-muon` preset): Muon for the block matrices, batch 24, a 1,000-step "
                         "schedule. Reading: Muon is the largest single gain in steps, but its Newton-Schulz "
-                        "iteration is a fixed cost per step that about doubles the step time at batch 12 on this "
-                        "CPU. Doubling the batch cuts the steps to the target with either optimizer, but it raises "
+                        "iteration is a fixed cost per step that raises the step time at batch 12 well above "
+                        "AdamW's on this CPU (the ms/step column). Doubling the batch cuts the steps to the target "
+                        "with either optimizer, but it raises "
                         "Muon's step time much less than AdamW's (the fixed cost is spread over twice the "
                         "tokens), so it pays off with Muon only, and the two together are faster than either. "
                         "The position table, trained by AdamW in every variant, is not where Muon's gain comes "
@@ -429,15 +430,15 @@ SECTIONS = {
                                   "held-out text: WikiText-2 (train.txt, valid.txt) with the `shakespeare-bpe` "
                                   "preset's model (4 x 128, block 64, a 2,048-token byte-level BPE trained on the "
                                   "training split), timed to the preset's own final validation loss. The "
-                                  "`wikitext2-bpe` preset (6 x 384, block 256) is GPU-sized: over 1.2 s a step on "
-                                  "these 2 cores, about 2 hours for its 5,000 steps. Reading: here the recipe gains "
-                                  "little. Muon's step costs as much more as on shakespeare-char, but it saves far "
-                                  "fewer steps: in tokens (steps x batch) it needs about three quarters of AdamW's to "
-                                  "the target here, against under half on shakespeare-char. The baseline sees 0.4 of "
-                                  "an epoch of WikiText-2's training text (3.9M tokens), where shakespeare-char's sees "
-                                  "its 1.0M characters 1.5 times (a likely reason, not tested here: Muon's sample "
-                                  "efficiency shows on repeated data more than on fresh). Issue 32's wikitext-2 "
-                                  "target (the same loss in 0.7x the time) is not met at this size."),
+                                  "`wikitext2-bpe` preset (6 x 384, block 256) is GPU-sized: hours a run on these 2 "
+                                  "cores. Reading: here the recipe gains little. Muon's step costs about as much more "
+                                  "as on shakespeare-char (the ms/step columns), but it saves far fewer steps: in "
+                                  "tokens (steps x batch, the batch twice the baseline's) it needs a larger share of "
+                                  "AdamW's than on shakespeare-char. The baseline sees less than one pass over "
+                                  "WikiText-2's training text, where shakespeare-char's sees its text more than once "
+                                  "(a likely reason, not tested here: Muon's sample efficiency shows on repeated data "
+                                  "more than on fresh). Issue 32's wikitext-2 target (the same loss in 0.7x the time) "
+                                  "is not met at this size."),
     "mfu": ("Model FLOPs utilisation", _mfu, "6N + 12LCT FLOPs per token against a matmul peak measured in the "
             "same run."),
     "attention": ("The CPU bf16 attention kernel", _attention,
